@@ -1,0 +1,317 @@
+"""The manifest format: every file the system loads, declared and pinned.
+
+A manifest (a "profile") is a YAML document that people write by hand:
+
+    profile: my-system
+    components:
+      - name: wav2vec2                    # unique, [a-z0-9_-]+
+        repo: TencentGameMate/chinese-wav2vec2-base
+        revision: <40-hex commit, or a ref such as main or refs/pr/1 until locked>
+        dir: chinese-wav2vec2-base        # folder under <volume>/models/
+        files:
+          - path: model.safetensors       # path in the repo, and under dir on the volume
+            size: 380000000               # bytes; optional until locked
+            sha256: <64 hex>              # LFS files
+            git_sha1: <40 hex>            # files kept in git: the git blob id instead
+            kind: weights                 # weights | tokenizer | processor | config
+            estimated_size: 380000000     # bytes; planning only, for files not yet locked
+
+A file lands at `<volume>/models/<dir>/<path>` (its *target*). A file is *pinned* when it
+has a sha256 or a git_sha1 to check against; until then an audit can only call it
+`unpinned`. `estimated_size` lets an unlocked profile still answer "how much space will
+this need"; it is never used to judge a file on the volume.
+
+Parsing is strict: every error names the manifest, the component, the file (1-based #)
+and the field, and says what was expected. Nothing here touches the network or a volume.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KINDS = ("weights", "tokenizer", "processor", "config")
+
+_NAME = re.compile(r"^[a-z0-9_-]+$")
+_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_HEX = re.compile(r"^[0-9a-f]+$")
+_REF = re.compile(r"^[A-Za-z0-9._/-]+$")
+
+_TOP_FIELDS = ("profile", "components")
+_COMPONENT_FIELDS = ("name", "repo", "revision", "dir", "files")
+_FILE_FIELDS = ("path", "size", "sha256", "git_sha1", "kind", "estimated_size")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names where, what and what was expected."""
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """One file the system loads, with everything needed to fetch and verify it."""
+
+    component: str
+    repo: str
+    revision: str
+    dir: str
+    path: str
+    kind: str
+    size: int | None = None
+    sha256: str | None = None
+    git_sha1: str | None = None
+    estimated_size: int | None = None
+
+    @property
+    def target(self) -> str:
+        """Where the file lives, relative to the volume root, '/'-separated."""
+        return f"models/{self.dir}/{self.path}"
+
+    @property
+    def pinned(self) -> bool:
+        return self.sha256 is not None or self.git_sha1 is not None
+
+    @property
+    def planned_size(self) -> int | None:
+        """Bytes to plan for: the pinned size, else the estimate, else unknown."""
+        return self.size if self.size is not None else self.estimated_size
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    repo: str
+    revision: str
+    dir: str
+    files: tuple[ManifestFile, ...]
+
+    @property
+    def locked(self) -> bool:
+        """True when the revision is a commit and every file has a size and a hash."""
+        return is_commit(self.revision) and all(f.pinned and f.size is not None for f in self.files)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    profile: str
+    source: str  # where it was read from, as shown in messages
+    components: tuple[Component, ...]
+
+    @property
+    def files(self) -> tuple[ManifestFile, ...]:
+        return tuple(f for c in self.components for f in c.files)
+
+    def component(self, name: str) -> Component:
+        for c in self.components:
+            if c.name == name:
+                return c
+        known = ", ".join(c.name for c in self.components)
+        raise ManifestError(f"manifest {self.source}: no component '{name}' (known: {known})")
+
+
+def is_commit(revision: str) -> bool:
+    return len(revision) == 40 and bool(_HEX.match(revision))
+
+
+def parse_manifest(text: str, source: str) -> Manifest:
+    """Parse and validate manifest YAML; `source` names it in error messages."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ManifestError(f"manifest {source}: not valid YAML{where}: {problem}") from None
+    return _Parser(source).manifest(data)
+
+
+def load_manifest(path: str | Path, display: str | None = None) -> Manifest:
+    """Read a manifest file; `display` is the name used in messages (default: the path given)."""
+    shown = display or str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"manifest {shown}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"manifest {shown}: cannot be read: {e}") from None
+    return parse_manifest(text, shown)
+
+
+def check_relative_path(value: str) -> str | None:
+    """Why `value` is not a safe relative '/'-separated path, or None when it is."""
+    if value == "":
+        return "must not be empty"
+    if "\x00" in value:
+        return "must not contain a NUL character"
+    if "\\" in value:
+        return "must use '/' separators, not backslashes"
+    if value.startswith("/") or re.match(r"^[A-Za-z]:", value):
+        return "must be relative, not absolute"
+    parts = value.split("/")
+    if ".." in parts:
+        return "must not contain '..'"
+    if any(p in ("", ".") for p in parts):
+        return "must not contain empty or '.' segments"
+    return None
+
+
+class _Parser:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, message: str) -> ManifestError:
+        return ManifestError(f"manifest {self.source}: {where}{message}")
+
+    def check_fields(self, mapping: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+        for key in mapping:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise self.fail(where, f"unknown field '{key}' (known: {', '.join(known)}){hint}")
+
+    def mapping(self, value: Any, where: str, what: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"{what} must be a mapping, got {_kind_of(value)}")
+        return value
+
+    def string(self, mapping: dict[str, Any], field: str, where: str) -> str:
+        if field not in mapping or mapping[field] is None:
+            raise self.fail(where, f"field '{field}' is required")
+        value = mapping[field]
+        if not isinstance(value, str):
+            raise self.fail(where, f"field '{field}' must be a string, got {_kind_of(value)}")
+        return value
+
+    def size(self, mapping: dict[str, Any], field: str, where: str) -> int | None:
+        value = mapping.get(field)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(where, f"field '{field}' must be a whole number of bytes, got {_kind_of(value)}")
+        if value < 0:
+            raise self.fail(where, f"field '{field}' must not be negative, got {value}")
+        return value
+
+    def hex_digest(self, mapping: dict[str, Any], field: str, length: int, where: str) -> str | None:
+        value = mapping.get(field)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(
+                where, f"field '{field}' must be a string of {length} hex characters, got {_kind_of(value)}"
+            )
+        if len(value) != length:
+            raise self.fail(where, f"field '{field}' must be {length} hex characters, got {len(value)}")
+        if not _HEX.match(value):
+            raise self.fail(where, f"field '{field}' must be lowercase hex (0-9, a-f), got '{value}'")
+        return value
+
+    def manifest(self, data: Any) -> Manifest:
+        top = self.mapping(data, "", "the document")
+        self.check_fields(top, _TOP_FIELDS, "")
+        profile = self.string(top, "profile", "")
+        if not _NAME.match(profile):
+            raise self.fail("", f"field 'profile' must match [a-z0-9_-]+, got '{profile}'")
+        raw_components = top.get("components")
+        if not isinstance(raw_components, list) or not raw_components:
+            raise self.fail("", "field 'components' must be a non-empty list")
+
+        components: list[Component] = []
+        names: set[str] = set()
+        targets: dict[str, str] = {}
+        for index, raw in enumerate(raw_components, start=1):
+            component = self.component(raw, index)
+            if component.name in names:
+                raise self.fail(
+                    f"component #{index}: ", f"field 'name': duplicate component name '{component.name}'"
+                )
+            names.add(component.name)
+            for file_index, f in enumerate(component.files, start=1):
+                if f.target in targets:
+                    raise self.fail(
+                        f"component '{component.name}', file #{file_index}: ",
+                        f"field 'path': target {f.target} is already declared by {targets[f.target]}",
+                    )
+                targets[f.target] = f"component '{component.name}', file #{file_index}"
+            components.append(component)
+        return Manifest(profile=profile, source=self.source, components=tuple(components))
+
+    def component(self, raw: Any, index: int) -> Component:
+        where = f"component #{index}: "
+        mapping = self.mapping(raw, where, "a component")
+        name = self.string(mapping, "name", where)
+        if not _NAME.match(name):
+            raise self.fail(where, f"field 'name' must match [a-z0-9_-]+, got '{name}'")
+        where = f"component '{name}': "
+        self.check_fields(mapping, _COMPONENT_FIELDS, where)
+        repo = self.string(mapping, "repo", where)
+        if not _REPO.match(repo):
+            raise self.fail(where, f"field 'repo' must look like 'owner/name', got '{repo}'")
+        revision = self.string(mapping, "revision", where)
+        if not _REF.match(revision) or ".." in revision:
+            raise self.fail(
+                where, f"field 'revision' must be a 40-hex commit or a ref name, got '{revision}'"
+            )
+        if _HEX.match(revision) and len(revision) >= 7 and len(revision) != 40:
+            raise self.fail(
+                where,
+                f"field 'revision' looks like a commit but has {len(revision)} hex characters; a commit has 40",
+            )
+        directory = self.string(mapping, "dir", where)
+        problem = check_relative_path(directory)
+        if problem:
+            raise self.fail(where, f"field 'dir' {problem}, got {directory!r}")
+        raw_files = mapping.get("files")
+        if not isinstance(raw_files, list) or not raw_files:
+            raise self.fail(where, "field 'files' must be a non-empty list")
+        files = tuple(
+            self.file(raw_file, file_index, name, repo, revision, directory)
+            for file_index, raw_file in enumerate(raw_files, start=1)
+        )
+        return Component(name=name, repo=repo, revision=revision, dir=directory, files=files)
+
+    def file(
+        self, raw: Any, index: int, component: str, repo: str, revision: str, directory: str
+    ) -> ManifestFile:
+        where = f"component '{component}', file #{index}: "
+        mapping = self.mapping(raw, where, "a file")
+        self.check_fields(mapping, _FILE_FIELDS, where)
+        path = self.string(mapping, "path", where)
+        problem = check_relative_path(path)
+        if problem:
+            raise self.fail(where, f"field 'path' {problem}, got {path!r}")
+        kind = self.string(mapping, "kind", where)
+        if kind not in KINDS:
+            raise self.fail(where, f"field 'kind' must be one of {', '.join(KINDS)}, got '{kind}'")
+        return ManifestFile(
+            component=component,
+            repo=repo,
+            revision=revision,
+            dir=directory,
+            path=path,
+            kind=kind,
+            size=self.size(mapping, "size", where),
+            sha256=self.hex_digest(mapping, "sha256", 64, where),
+            git_sha1=self.hex_digest(mapping, "git_sha1", 40, where),
+            estimated_size=self.size(mapping, "estimated_size", where),
+        )
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ('{value}')"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__

@@ -1,0 +1,158 @@
+"""What the command line shows: rich progress while bytes move, tables and a closing line.
+
+Progress goes to stderr (and only on a terminal), so `--json` keeps stdout to one document.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from mt_assets.audit import AuditReport
+
+STATUS_STYLE = {
+    "ok": "green",
+    "missing": "red",
+    "size_mismatch": "red",
+    "hash_mismatch": "bold red",
+    "unpinned": "yellow",
+}
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+class RichProgress:
+    """A rich display with one overall bar and one bar per file in flight."""
+
+    def __init__(self, console: Console, overall_label: str, overall_total: int | None) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}", justify="left"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not console.is_terminal,
+        )
+        self._overall = self._progress.add_task(overall_label, total=overall_total)
+        self._tasks: dict[str, TaskID] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def start(self, key: str, label: str, total: int | None) -> None:
+        with self._lock:
+            self._tasks[key] = self._progress.add_task(f"  {label}", total=total)
+
+    def advance(self, key: str, n: int) -> None:
+        task = self._tasks.get(key)
+        if task is not None:
+            self._progress.advance(task, n)
+        self._progress.advance(self._overall, n)
+
+    def finish(self, key: str) -> None:
+        with self._lock:
+            task = self._tasks.pop(key, None)
+        if task is not None:
+            self._progress.remove_task(task)
+
+
+def print_audit(report: AuditReport, console: Console, *, show_ok: bool = True) -> None:
+    totals = report.totals
+    components = Table(title=f"profile {report.profile} on volume {report.volume}", title_justify="left")
+    for col, justify in (
+        ("component", "left"),
+        ("files ok", "right"),
+        ("needed", "right"),
+        ("present", "right"),
+        ("to fetch", "right"),
+    ):
+        components.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for name, t in report.component_totals().items():
+        to_fetch = human_bytes(t.to_fetch_bytes) + (
+            f" +{t.unknown_size_files} of unknown size" if t.unknown_size_files else ""
+        )
+        components.add_row(
+            name, f"{t.ok}/{t.files}", human_bytes(t.needed_bytes), human_bytes(t.present_bytes), to_fetch
+        )
+    components.add_section()
+    components.add_row(
+        "total",
+        f"{totals.ok}/{totals.files}",
+        human_bytes(totals.needed_bytes),
+        human_bytes(totals.present_bytes),
+        human_bytes(totals.to_fetch_bytes),
+        style="bold",
+    )
+    console.print(components)
+
+    files = Table(title="files", title_justify="left")
+    for col in ("status", "component", "path", "size", "expected", "detail"):
+        files.add_column(col, overflow="fold")
+    for fa in report.files:
+        if fa.status == "ok" and not show_ok:
+            continue
+        files.add_row(
+            f"[{STATUS_STYLE[fa.status]}]{fa.status}[/]",
+            fa.file.component,
+            fa.file.path,
+            human_bytes(fa.size) if fa.size is not None else "-",
+            human_bytes(fa.file.size)
+            if fa.file.size is not None
+            else f"~{human_bytes(fa.file.estimated_size)}",
+            fa.detail or "",
+        )
+    console.print(files)
+    console.print(audit_summary(report))
+
+
+def audit_summary(report: AuditReport) -> str:
+    """One line that answers the question, then what to do next."""
+    t = report.totals
+    counts = report.counts()
+    free = human_bytes(report.free_bytes)
+    need = human_bytes(round(t.to_fetch_bytes * 1.05))
+    fit = "it fits" if report.fits else f"it does NOT fit (needs {need} with a 5% margin)"
+    if report.complete:
+        return (
+            f"[green]complete[/]: all {t.files} files of profile {report.profile} are on {report.volume} "
+            f"and verified ({human_bytes(t.present_bytes)})."
+        )
+    if counts["missing"] == t.files:
+        head = f"[red]nothing there yet[/]: {t.files} files, ~{human_bytes(t.needed_bytes)} needed"
+    else:
+        wrong = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s != "ok")
+        head = f"[red]incomplete[/]: {counts['ok']} of {t.files} files ok ({wrong}); {human_bytes(t.to_fetch_bytes)} to fetch"
+    unknown = f" (+{t.unknown_size_files} files of unknown size)" if t.unknown_size_files else ""
+    next_step = (
+        "next: lock the profile to pin the unpinned files (mt-assets lock)"
+        if counts["unpinned"] and not report.totals.to_fetch_bytes
+        else "next: fetch what is missing (mt-assets provision --source hub|s3://…|MIRROR)"
+    )
+    return f"{head}{unknown}; {free} free on the volume: {fit}.\n{next_step}"

@@ -1,0 +1,190 @@
+"""Atomic placement of a file on the volume: stage, hash while writing, fsync, verify, rename.
+
+A file reaches its final path only by a rename from <volume>/.mt/staging/, after its bytes
+were hashed on the way in, flushed to stable storage and checked against what the manifest
+pins (size, sha256, git blob id). Anything else (an exception, a full disk, a mismatch) removes
+the staged bytes; a SIGKILL leaves them in staging, never at the final path.
+
+Staged files are named after their target (<sha1 of target, 16 hex>.<basename>.part), so the
+next holder of the target's writer lock finds an interrupted transfer and may resume it
+(`resume_from()`), re-hashing the bytes already there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from mt_assets.volume.hashing import CHUNK_SIZE, Digest, StreamHasher
+
+
+class VolumeFullError(OSError):
+    """The volume ran out of space while a file was being written; nothing was placed."""
+
+
+class IntegrityError(ValueError):
+    """The bytes written do not match what was pinned; nothing was placed."""
+
+
+@dataclass(frozen=True)
+class Expected:
+    size: int | None = None
+    sha256: str | None = None
+    git_sha1: str | None = None
+
+
+def staging_name(target: str) -> str:
+    key = hashlib.sha1(target.encode(), usedforsecurity=False).hexdigest()[:16]
+    return f"{key}.{target.rsplit('/', 1)[-1]}.part"
+
+
+class AtomicWriter:
+    """Write one file; `commit()` verifies and renames it into place.
+
+    Use as a context manager: leaving the block without `commit()` (an exception) discards the
+    staged bytes unless `keep_partial` is set, for a transfer that may resume later.
+    """
+
+    def __init__(
+        self,
+        final_path: Path,
+        staging_path: Path,
+        *,
+        expected: Expected | None = None,
+        label: str | None = None,
+        keep_partial: bool = False,
+        guard: Callable[[], None] | None = None,
+    ) -> None:
+        self.final_path = final_path
+        self.staging_path = staging_path
+        self.expected = expected or Expected()
+        self.label = label or str(final_path)
+        self.keep_partial = keep_partial
+        self.guard = guard
+        self.digest: Digest | None = None
+        self._hasher = StreamHasher(total_size=self.expected.size)
+        self._file: BinaryIO | None = None
+
+    # -- writing -------------------------------------------------------------------------
+
+    def open(self, resume: bool = False) -> AtomicWriter:
+        """Open the staged file; with `resume`, keep bytes already staged and hash them first."""
+        self.staging_path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.staging_path.exists():
+            self._file = open(self.staging_path, "r+b")  # noqa: SIM115 - closed by commit/abort
+            while chunk := self._file.read(CHUNK_SIZE):
+                self._hasher.update(chunk)
+        else:
+            self._file = open(self.staging_path, "wb")  # noqa: SIM115 - closed by commit/abort
+        return self
+
+    @property
+    def resume_from(self) -> int:
+        """Bytes already staged (from an earlier, interrupted writer when opened with resume)."""
+        return self._hasher.size
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert self._file is not None, "open() first"
+        try:
+            self._file.write(data)
+        except OSError as e:
+            raise self._translate(e) from e
+        self._hasher.update(data)
+
+    def truncate_to(self, size: int) -> None:
+        """Drop staged bytes after `size` (a source that cannot serve a range restarts)."""
+        assert self._file is not None
+        if size == self._hasher.size:
+            return
+        if size != 0:
+            raise ValueError("can only restart from zero")
+        self._file.seek(0)
+        self._file.truncate(0)
+        self._hasher = StreamHasher(total_size=self.expected.size)
+
+    def commit(self) -> Digest:
+        """Flush, fsync, verify against `expected`, check `guard`, and rename into place."""
+        assert self._file is not None
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:
+            self._discard()
+            raise self._translate(e) from e
+        self._file.close()
+        digest = self._hasher.digest()
+        problem = self._mismatch(digest)
+        if problem:
+            self._discard()
+            raise IntegrityError(f"{self.label}: {problem}; not placed")
+        if self.guard is not None:
+            self.guard()
+        self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.staging_path, self.final_path)
+        _fsync_dir(self.final_path.parent)
+        self.digest = digest
+        return digest
+
+    def abort(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+        if not self.keep_partial:
+            self._discard()
+
+    def __enter__(self) -> AtomicWriter:
+        if self._file is None:
+            self.open()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.digest is None:
+            self.abort()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _mismatch(self, digest: Digest) -> str | None:
+        exp = self.expected
+        if exp.size is not None and digest.size != exp.size:
+            return f"size is {digest.size}, expected {exp.size}"
+        if exp.sha256 is not None and digest.sha256 != exp.sha256:
+            return f"sha256 is {digest.sha256[:12]}…, expected {exp.sha256[:12]}…"
+        if exp.git_sha1 is not None and digest.git_sha1 != exp.git_sha1:
+            got = (digest.git_sha1 or "not computed")[:12]
+            return f"git_sha1 is {got}…, expected {exp.git_sha1[:12]}…"
+        return None
+
+    def _discard(self) -> None:
+        if self._file is not None and not self._file.closed:
+            # Closing flushes the buffer, which fails again on a full disk: the bytes are
+            # being thrown away, so that failure is of no interest.
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self.staging_path.unlink(missing_ok=True)
+
+    def _translate(self, e: OSError) -> OSError:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            self._discard()
+            return VolumeFullError(
+                e.errno, f"{self.label}: the volume is full ({e.strerror}); nothing was placed"
+            )
+        return e
+
+
+def _fsync_dir(path: Path) -> None:
+    # The rename is only durable once the directory entry is on disk.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some network filesystems refuse fsync on directories
+    finally:
+        os.close(fd)

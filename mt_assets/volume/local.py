@@ -1,0 +1,210 @@
+"""A volume mounted as a folder: /runpod-volume, /workspace, an NFS mount, or ./var/volume.
+
+Layout (see DESIGN.md):
+
+    <volume>/models/<dir>/<path>     the files, as real files (never symlinks)
+    <volume>/.mt/hashes.sqlite       the hash cache (hashcache.py)
+    <volume>/.mt/locks/*.lock        writer locks (lock.py)
+    <volume>/.mt/staging/*.part      files being written (atomic.py)
+
+Every path handed in is a *target*: relative to the volume root, '/'-separated, checked
+against traversal before it is joined to the root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat as stat_module
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from mt_assets.manifest.schema import check_relative_path
+from mt_assets.volume.atomic import AtomicWriter, Expected, staging_name
+from mt_assets.volume.hashcache import HashCache
+from mt_assets.volume.hashing import Digest, hash_file
+from mt_assets.volume.lock import LockOwner, WriterLock
+
+STATE_DIR = ".mt"
+
+
+class VolumeError(ValueError):
+    """The volume cannot be used as given (not a directory, a bad target path, ...)."""
+
+
+class WriterBusy(RuntimeError):
+    """Another live writer holds the target's lock."""
+
+    def __init__(self, target: str, holder: LockOwner | None) -> None:
+        self.target = target
+        self.holder = holder
+        who = holder.describe() if holder else "another writer"
+        super().__init__(f"{target}: being written by {who}")
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What a stat of a target found: a regular file with its stat, or why not."""
+
+    st: os.stat_result | None
+    problem: str | None = None  # None when st describes a regular file
+
+    @property
+    def present(self) -> bool:
+        return self.st is not None and self.problem is None
+
+
+class LocalVolume:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        capacity: int | None = None,
+        lock_stale_after: float = 120.0,
+        trust_local_pids: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.exists():
+            raise VolumeError(f"volume {self.root}: no such directory")
+        if not self.root.is_dir():
+            raise VolumeError(f"volume {self.root}: not a directory")
+        self.capacity = capacity
+        self.lock_stale_after = lock_stale_after
+        self.trust_local_pids = trust_local_pids
+
+    def __repr__(self) -> str:
+        return f"LocalVolume({str(self.root)!r})"
+
+    @property
+    def uri(self) -> str:
+        return str(self.root)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    @cached_property
+    def hash_cache(self) -> HashCache:
+        return HashCache(self.state_dir / "hashes.sqlite")
+
+    # -- paths and state -------------------------------------------------------------------
+
+    def path(self, target: str) -> Path:
+        problem = check_relative_path(target)
+        if problem:
+            raise VolumeError(f"volume {self.root}: target {target!r} {problem}")
+        if target.split("/", 1)[0] == STATE_DIR:
+            raise VolumeError(
+                f"volume {self.root}: target {target!r} is inside the state folder {STATE_DIR}/"
+            )
+        return self.root / target
+
+    def state(self, target: str) -> FileState:
+        path = self.path(target)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return FileState(None, "missing")
+        except NotADirectoryError:
+            return FileState(None, "a parent folder is a file")
+        if stat_module.S_ISLNK(st.st_mode):
+            return FileState(st, "is a symlink; the volume keeps real files")
+        if not stat_module.S_ISREG(st.st_mode):
+            return FileState(st, "is not a regular file")
+        return FileState(st)
+
+    def free_bytes(self) -> int:
+        """Space a writer can still use: statvfs, capped by `capacity` when one is set."""
+        vfs = os.statvfs(self.root)
+        free = vfs.f_bavail * vfs.f_frsize
+        if self.capacity is not None:
+            free = min(free, max(self.capacity - self.used_bytes(), 0))
+        return free
+
+    def used_bytes(self) -> int:
+        total = 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                with suppress(FileNotFoundError):
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+        return total
+
+    # -- hashing -----------------------------------------------------------------------------
+
+    def digest(
+        self,
+        target: str,
+        st: os.stat_result,
+        *,
+        use_cache: bool = True,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> tuple[Digest, bool]:
+        """The file's digest and whether its bytes were read (False: from the hash cache)."""
+        if use_cache:
+            cached = self.hash_cache.lookup(target, st)
+            if cached is not None:
+                return cached, False
+        digest = hash_file(self.path(target), on_bytes=on_bytes)
+        after = os.stat(self.path(target))
+        # Only remember the digest if the file did not change while it was being read.
+        if (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino):
+            self.hash_cache.store(target, after, digest)
+        return digest, True
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def lock_for(self, target: str) -> WriterLock:
+        key = hashlib.sha1(target.encode(), usedforsecurity=False).hexdigest()[:16]
+        return WriterLock(
+            self.state_dir / "locks" / f"{key}.lock",
+            stale_after=self.lock_stale_after,
+            trust_local_pids=self.trust_local_pids,
+        )
+
+    @contextmanager
+    def writing(
+        self,
+        target: str,
+        expected: Expected | None = None,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        resume: bool = False,
+    ) -> Iterator[AtomicWriter]:
+        """Hold the target's writer lock and yield an open AtomicWriter for it.
+
+        `wait=False` raises WriterBusy at once when a live writer holds the lock. The caller
+        writes and calls `commit()`; leaving without it discards the staged bytes (kept when
+        `resume` is set, for the next attempt to continue).
+        """
+        final = self.path(target)
+        lock = self.lock_for(target)
+        if wait:
+            lock.acquire(timeout=timeout)
+        elif not lock.try_acquire():
+            raise WriterBusy(target, lock.holder())
+        try:
+            writer = AtomicWriter(
+                final,
+                self.state_dir / "staging" / staging_name(target),
+                expected=expected,
+                label=target,
+                keep_partial=resume,
+                guard=lambda: _check_lock(lock, target),
+            )
+            with writer.open(resume=resume):
+                yield writer
+            if writer.digest is not None:
+                self.hash_cache.store(target, os.stat(final), writer.digest)
+        finally:
+            lock.release()
+
+
+def _check_lock(lock: WriterLock, target: str) -> None:
+    if lock.lost:
+        raise RuntimeError(
+            f"{target}: the writer lock was taken over (this writer was presumed dead); not placed"
+        )

@@ -1,0 +1,201 @@
+"""The writer lock: one writer per file on a volume shared by many machines.
+
+flock/fcntl locks on network filesystems (NFS, Lustre, some FUSE volumes) can silently
+succeed for every caller, so the lock is a file created with O_CREAT|O_EXCL, which those
+filesystems do make atomic. Lock files live in <volume>/.mt/locks/<name>.lock and hold one
+JSON object:
+
+    {"host": "worker-7", "pid": 4242, "started": 1764412345.1, "token": "<random hex>"}
+
+While held, a heartbeat thread touches the file's mtime every `heartbeat` seconds. A lock
+whose mtime is older than `stale_after` seconds is stale: its owner died or lost the volume.
+It may also be taken over at once when its owner is on this host and its pid is gone
+(`trust_local_pids`; off for containers that share a hostname).
+
+Take-over renames the stale file to a unique name (only one renamer wins), re-reads it and
+checks it is still the stale owner's token; a lock refreshed in the meantime is put back.
+The heartbeat thread notices when its file no longer carries its token (`lost`), so a writer
+that was presumed dead can refuse to commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class LockTimeout(TimeoutError):
+    pass
+
+
+@dataclass(frozen=True)
+class LockOwner:
+    host: str
+    pid: int
+    started: float
+    token: str
+
+    def describe(self) -> str:
+        return f"{self.host} pid {self.pid} since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started))}"
+
+
+class WriterLock:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        stale_after: float = 120.0,
+        heartbeat: float | None = None,
+        trust_local_pids: bool = True,
+    ) -> None:
+        self.path = path
+        self.stale_after = stale_after
+        self.heartbeat = heartbeat if heartbeat is not None else max(stale_after / 4, 0.05)
+        self.trust_local_pids = trust_local_pids
+        self.owner: LockOwner | None = None
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- acquiring ---------------------------------------------------------------------
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free or stale; False when someone alive holds it."""
+        if self.owner is not None:
+            raise RuntimeError(f"lock {self.path} is already held by this object")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._create():
+            return True
+        holder = self.holder()
+        if holder is None or not self._is_stale(holder):
+            return False
+        if self._take_over(holder):
+            return self._create()
+        return False
+
+    def acquire(self, timeout: float | None = None, poll: float = 0.2) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.try_acquire():
+            if deadline is not None and time.monotonic() >= deadline:
+                holder = self.holder()
+                who = holder.describe() if holder else "another writer"
+                raise LockTimeout(f"lock {self.path}: still held by {who} after {timeout:.0f}s")
+            time.sleep(poll)
+
+    def release(self) -> None:
+        if self.owner is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        current = self.holder()
+        if current is not None and current.token == self.owner.token:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        self.owner = None
+        self._thread = None
+
+    def __enter__(self) -> WriterLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    # -- state -------------------------------------------------------------------------
+
+    def holder(self) -> LockOwner | None:
+        """Who holds the lock now, or None when it is free (or unreadable mid-creation)."""
+        try:
+            data = json.loads(self.path.read_text())
+            return LockOwner(
+                host=data["host"], pid=int(data["pid"]), started=float(data["started"]), token=data["token"]
+            )
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            # Created but not yet written by its owner, or garbage: judged by age alone.
+            return LockOwner(host="?", pid=-1, started=0.0, token="")
+
+    def _is_stale(self, holder: LockOwner) -> bool:
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if age > self.stale_after:
+            return True
+        if self.trust_local_pids and holder.host == socket.gethostname() and holder.pid > 0:
+            return not _pid_alive(holder.pid)
+        return False
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _create(self) -> bool:
+        owner = LockOwner(
+            host=socket.gethostname(), pid=os.getpid(), started=time.time(), token=secrets.token_hex(16)
+        )
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(owner.__dict__, f)
+            f.flush()
+            os.fsync(f.fileno())
+        self.owner = owner
+        self.lost = False
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {self.path.name}", daemon=True)
+        self._thread.start()
+        return True
+
+    def _take_over(self, stale: LockOwner) -> bool:
+        aside = self.path.with_name(f"{self.path.name}.stale-{secrets.token_hex(8)}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return True  # someone else removed it; try to create
+        try:
+            data = json.loads(aside.read_text())
+            moved_token = data.get("token", "")
+        except (OSError, ValueError):
+            moved_token = ""
+        if moved_token != stale.token:
+            # Between our look and our rename the lock changed hands: give it back.
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+            aside.unlink(missing_ok=True)
+            return False
+        aside.unlink(missing_ok=True)
+        return True
+
+    def _beat(self) -> None:
+        assert self.owner is not None
+        token = self.owner.token
+        while not self._stop.wait(self.heartbeat):
+            current = self.holder()
+            if current is None or current.token != token:
+                self.lost = True
+                return
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                self.lost = True
+                return
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,101 @@
+"""Shared fixtures: synthetic volumes of random bytes with known hashes, and their manifests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mt_assets.manifest import Manifest, parse_manifest
+from mt_assets.volume import LocalVolume
+
+
+@dataclass
+class SyntheticFile:
+    component: str
+    path: str
+    data: bytes = field(repr=False)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass
+class SyntheticVolume:
+    """A volume folder, the files that belong on it, and a manifest that pins them."""
+
+    root: Path
+    files: list[SyntheticFile]
+    manifest: Manifest
+
+    def volume(self, **kwargs: object) -> LocalVolume:
+        return LocalVolume(self.root, **kwargs)  # type: ignore[arg-type]
+
+    def target(self, path: str) -> Path:
+        f = next(f for f in self.files if f.path == path)
+        return self.root / "models" / f.component / f.path
+
+    def place_all(self) -> None:
+        for f in self.files:
+            dest = self.root / "models" / f.component / f.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(f.data)
+
+
+def manifest_yaml(files: list[SyntheticFile], *, pin: bool = True, profile: str = "synthetic") -> str:
+    components: dict[str, list[dict[str, object]]] = {}
+    for f in files:
+        entry: dict[str, object] = {"path": f.path, "kind": "weights"}
+        if pin:
+            entry.update(size=len(f.data), sha256=f.sha256)
+        components.setdefault(f.component, []).append(entry)
+    doc = {
+        "profile": profile,
+        "components": [
+            {"name": name, "repo": f"test/{name}", "revision": "a" * 40, "dir": name, "files": entries}
+            for name, entries in components.items()
+        ],
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+@pytest.fixture
+def synthetic_volume(tmp_path: Path) -> Callable[..., SyntheticVolume]:
+    """Build a volume with `spec` = {component: {path: size}} of random bytes, all placed."""
+
+    def build(
+        spec: dict[str, dict[str, int]] | None = None, *, place: bool = True, seed: int = 0
+    ) -> SyntheticVolume:
+        spec = spec or {"alpha": {"a.bin": 300_000, "sub/b.bin": 70_000}, "beta": {"c.json": 1_234}}
+        rng = random.Random(seed)
+        files = [
+            SyntheticFile(component, path, rng.randbytes(size))
+            for component, paths in spec.items()
+            for path, size in paths.items()
+        ]
+        root = tmp_path / "volume"
+        root.mkdir(exist_ok=True)
+        sv = SyntheticVolume(root, files, parse_manifest(manifest_yaml(files), "synthetic.yaml"))
+        if place:
+            sv.place_all()
+        return sv
+
+    return build
+
+
+def flip_bit_keep_mtime(path: Path, offset: int = 0) -> None:
+    """Flip one bit in place and put the mtime back, as silent corruption would."""
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))

@@ -1,0 +1,224 @@
+"""Every validation rule of the manifest format, with the exact message a user sees."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from mt_assets.manifest import ManifestError, load_manifest, parse_manifest
+
+SHA = "ab" * 32
+
+
+def base() -> dict[str, Any]:
+    return {
+        "profile": "custom",
+        "components": [
+            {
+                "name": "wav2vec2",
+                "repo": "TencentGameMate/chinese-wav2vec2-base",
+                "revision": "refs/pr/1",
+                "dir": "chinese-wav2vec2-base",
+                "files": [
+                    {"path": "config.json", "kind": "config"},
+                    {"path": "preprocessor_config.json", "kind": "processor", "git_sha1": "c" * 40},
+                    {"path": "model.safetensors", "kind": "weights", "size": 380, "sha256": SHA},
+                ],
+            },
+            {
+                "name": "vae",
+                "repo": "Wan-AI/Wan2.1-I2V-14B-480P",
+                "revision": "6b73f84e66371cdfe870c72acd6826e1d61cf279",
+                "dir": "Wan2.1-I2V-14B-480P",
+                "files": [{"path": "Wan2.1_VAE.pth", "kind": "weights", "size": 5, "sha256": SHA}],
+            },
+        ],
+    }
+
+
+def parse(doc: dict[str, Any]) -> Any:
+    return parse_manifest(yaml.safe_dump(doc), "profiles/custom.yaml")
+
+
+def error_for(edit: Any) -> str:
+    doc = copy.deepcopy(base())
+    edit(doc)
+    with pytest.raises(ManifestError) as info:
+        parse(doc)
+    return str(info.value)
+
+
+def set_file(index: int, field: str, value: Any) -> Any:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["components"][0]["files"][index - 1][field] = value
+
+    return edit
+
+
+def test_valid_manifest_parses_with_targets_and_pins() -> None:
+    m = parse(base())
+    assert m.profile == "custom"
+    assert [f.target for f in m.files] == [
+        "models/chinese-wav2vec2-base/config.json",
+        "models/chinese-wav2vec2-base/preprocessor_config.json",
+        "models/chinese-wav2vec2-base/model.safetensors",
+        "models/Wan2.1-I2V-14B-480P/Wan2.1_VAE.pth",
+    ]
+    assert [f.pinned for f in m.files] == [False, True, True, True]
+    assert not m.component("wav2vec2").locked
+    assert m.component("vae").locked
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("/etc/passwd", "field 'path' must be relative, not absolute, got '/etc/passwd'"),
+        ("C:/x.bin", "field 'path' must be relative, not absolute, got 'C:/x.bin'"),
+        ("../../etc/passwd", "field 'path' must not contain '..', got '../../etc/passwd'"),
+        ("a/../b", "field 'path' must not contain '..', got 'a/../b'"),
+        ("a\\b.bin", "field 'path' must use '/' separators, not backslashes, got 'a\\\\b.bin'"),
+        ("a\x00b", "field 'path' must not contain a NUL character, got 'a\\x00b'"),
+        ("a//b", "field 'path' must not contain empty or '.' segments, got 'a//b'"),
+        ("./a", "field 'path' must not contain empty or '.' segments, got './a'"),
+        ("", "field 'path' must not be empty, got ''"),
+    ],
+)
+def test_unsafe_paths_are_refused(value: str, message: str) -> None:
+    assert error_for(set_file(3, "path", value)) == (
+        f"manifest profiles/custom.yaml: component 'wav2vec2', file #3: {message}"
+    )
+
+
+def test_unsafe_dir_is_refused() -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["components"][1]["dir"] = "../outside"
+
+    assert (
+        error_for(edit)
+        == "manifest profiles/custom.yaml: component 'vae': field 'dir' must not contain '..', got '../outside'"
+    )
+
+
+def test_duplicate_target_names_both_places() -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["components"][1]["dir"] = "chinese-wav2vec2-base"
+        doc["components"][1]["files"][0]["path"] = "model.safetensors"
+
+    assert error_for(edit) == (
+        "manifest profiles/custom.yaml: component 'vae', file #1: field 'path': target "
+        "models/chinese-wav2vec2-base/model.safetensors is already declared by component 'wav2vec2', file #3"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("sha256", "a" * 63, "field 'sha256' must be 64 hex characters, got 63"),
+        ("sha256", "a" * 65, "field 'sha256' must be 64 hex characters, got 65"),
+        ("sha256", "g" * 64, "field 'sha256' must be lowercase hex (0-9, a-f), got '" + "g" * 64 + "'"),
+        ("sha256", "A" * 64, "field 'sha256' must be lowercase hex (0-9, a-f), got '" + "A" * 64 + "'"),
+        ("git_sha1", "c" * 39, "field 'git_sha1' must be 40 hex characters, got 39"),
+        ("sha256", 12, "field 'sha256' must be a string of 64 hex characters, got a number (12)"),
+        ("size", -1, "field 'size' must not be negative, got -1"),
+        ("size", "big", "field 'size' must be a whole number of bytes, got a string ('big')"),
+        ("size", 1.5, "field 'size' must be a whole number of bytes, got a number (1.5)"),
+        ("size", True, "field 'size' must be a whole number of bytes, got a boolean (true)"),
+        ("estimated_size", -5, "field 'estimated_size' must not be negative, got -5"),
+        ("kind", "model", "field 'kind' must be one of weights, tokenizer, processor, config, got 'model'"),
+        (
+            "sha265",
+            SHA,
+            "unknown field 'sha265' (known: path, size, sha256, git_sha1, kind, estimated_size); did you mean 'sha256'?",
+        ),
+    ],
+)
+def test_bad_file_fields_are_named(field: str, value: Any, message: str) -> None:
+    assert (
+        error_for(set_file(3, field, value))
+        == f"manifest profiles/custom.yaml: component 'wav2vec2', file #3: {message}"
+    )
+
+
+def test_missing_required_file_field() -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        del doc["components"][0]["files"][1]["kind"]
+
+    assert (
+        error_for(edit)
+        == "manifest profiles/custom.yaml: component 'wav2vec2', file #2: field 'kind' is required"
+    )
+
+
+def test_duplicate_component_names() -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["components"][1]["name"] = "wav2vec2"
+
+    assert (
+        error_for(edit)
+        == "manifest profiles/custom.yaml: component #2: field 'name': duplicate component name 'wav2vec2'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("name", "Wav2Vec2", "component #1: field 'name' must match [a-z0-9_-]+, got 'Wav2Vec2'"),
+        (
+            "repo",
+            "no-slash",
+            "component 'wav2vec2': field 'repo' must look like 'owner/name', got 'no-slash'",
+        ),
+        (
+            "revision",
+            "abc1234",
+            "component 'wav2vec2': field 'revision' looks like a commit but has 7 hex characters; a commit has 40",
+        ),
+        (
+            "revision",
+            "main branch",
+            "component 'wav2vec2': field 'revision' must be a 40-hex commit or a ref name, got 'main branch'",
+        ),
+        ("files", [], "component 'wav2vec2': field 'files' must be a non-empty list"),
+        ("url", "x", "component 'wav2vec2': unknown field 'url' (known: name, repo, revision, dir, files)"),
+    ],
+)
+def test_bad_component_fields_are_named(field: str, value: Any, message: str) -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["components"][0][field] = value
+
+    assert error_for(edit) == f"manifest profiles/custom.yaml: {message}"
+
+
+def test_unknown_top_level_field() -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["profiles"] = "x"
+
+    assert error_for(edit) == (
+        "manifest profiles/custom.yaml: unknown field 'profiles' (known: profile, components); did you mean 'profile'?"
+    )
+
+
+def test_empty_components_and_non_mapping_document() -> None:
+    assert error_for(lambda d: d.update(components=[])) == (
+        "manifest profiles/custom.yaml: field 'components' must be a non-empty list"
+    )
+    with pytest.raises(ManifestError, match=r"^manifest x.yaml: the document must be a mapping, got a list$"):
+        parse_manifest("- a\n- b\n", "x.yaml")
+
+
+def test_invalid_yaml_names_line_and_column() -> None:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest("profile: x\ncomponents: [\n  - {name: a\n", "broken.yaml")
+    assert str(info.value).startswith("manifest broken.yaml: not valid YAML at line ")
+
+
+def test_unreadable_manifest_file(tmp_path: Any) -> None:
+    with pytest.raises(ManifestError, match=r"^manifest .*nope.yaml: no such file$"):
+        load_manifest(tmp_path / "nope.yaml")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ManifestError, match=r"cannot be read"):
+        load_manifest(binary)

@@ -1,0 +1,180 @@
+"""The audit gives every file its status, and an unchanged volume is audited without reading data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import mt_assets.volume.local as volume_local
+from mt_assets.audit import audit
+from mt_assets.manifest import parse_manifest
+from mt_assets_tests.conftest import SyntheticVolume, flip_bit_keep_mtime, manifest_yaml
+
+
+@pytest.fixture
+def hash_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths whose bytes were read for hashing, in order."""
+    reads: list[str] = []
+    real = volume_local.hash_file
+
+    def counting(path: str | Path, on_bytes: Callable[[int], None] | None = None) -> object:
+        reads.append(Path(path).name)
+        return real(path, on_bytes=on_bytes)
+
+    monkeypatch.setattr(volume_local, "hash_file", counting)
+    return reads
+
+
+def statuses(report: object) -> dict[str, str]:
+    return {fa.file.path: fa.status for fa in report.files}  # type: ignore[attr-defined]
+
+
+def test_complete_volume_is_ok(synthetic_volume: Callable[..., SyntheticVolume]) -> None:
+    sv = synthetic_volume()
+    report = audit(sv.manifest, sv.volume())
+    assert report.complete
+    assert set(statuses(report).values()) == {"ok"}
+    assert report.totals.to_fetch_bytes == 0
+    assert report.totals.present_bytes == sum(len(f.data) for f in sv.files)
+
+
+def test_each_kind_of_damage_gets_its_status(synthetic_volume: Callable[..., SyntheticVolume]) -> None:
+    sv = synthetic_volume(
+        {
+            "alpha": {
+                "gone.bin": 5000,
+                "short.bin": 5000,
+                "flipped.bin": 5000,
+                "bigger.bin": 5000,
+                "fine.bin": 5000,
+            }
+        }
+    )
+    sv.target("gone.bin").unlink()
+    with open(sv.target("short.bin"), "r+b") as f:
+        f.truncate(4000)
+    flip_bit_keep_mtime(sv.target("flipped.bin"), offset=1234)
+    with open(sv.target("bigger.bin"), "ab") as f:
+        f.write(b"tail")
+    (sv.root / "models/alpha/extra.bin").write_bytes(b"not in the manifest")
+
+    report = audit(sv.manifest, sv.volume())
+    assert statuses(report) == {
+        "gone.bin": "missing",
+        "short.bin": "size_mismatch",
+        "flipped.bin": "hash_mismatch",
+        "bigger.bin": "size_mismatch",
+        "fine.bin": "ok",
+    }
+    assert not report.complete
+    by_path = {fa.file.path: fa for fa in report.files}
+    assert by_path["short.bin"].detail == "size is 4000, expected 5000"
+    assert by_path["flipped.bin"].detail.startswith("sha256 is ")
+    assert report.totals.to_fetch_bytes == 4 * 5000
+
+
+def test_present_file_without_a_pin_is_unpinned_not_ok(
+    synthetic_volume: Callable[..., SyntheticVolume],
+) -> None:
+    sv = synthetic_volume()
+    unpinned = parse_manifest(manifest_yaml(sv.files, pin=False), "unpinned.yaml")
+    report = audit(unpinned, sv.volume())
+    assert set(statuses(report).values()) == {"unpinned"}
+    assert not report.complete
+    assert {fa.sha256 for fa in report.files} == {f.sha256 for f in sv.files}  # hashed, ready for a lock
+
+
+def test_a_symlink_is_not_a_file_on_the_volume(
+    synthetic_volume: Callable[..., SyntheticVolume], tmp_path: Path
+) -> None:
+    sv = synthetic_volume({"alpha": {"a.bin": 100}})
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(sv.files[0].data)
+    sv.target("a.bin").unlink()
+    sv.target("a.bin").symlink_to(outside)
+    [fa] = audit(sv.manifest, sv.volume()).files
+    assert (fa.status, fa.detail) == ("missing", "is a symlink; the volume keeps real files")
+
+
+def test_second_audit_of_an_unchanged_volume_reads_no_file_data(
+    synthetic_volume: Callable[..., SyntheticVolume], hash_reads: list[str]
+) -> None:
+    sv = synthetic_volume()
+    first = audit(sv.manifest, sv.volume())
+    assert sorted(hash_reads) == sorted(Path(f.path).name for f in sv.files)
+    assert first.bytes_read == sum(len(f.data) for f in sv.files)
+
+    hash_reads.clear()
+    second = audit(sv.manifest, sv.volume())  # a new process would open the same cache
+    assert hash_reads == []
+    assert second.bytes_read == 0
+    assert second.complete
+
+
+def test_touching_or_modifying_one_file_rehashes_only_that_file(
+    synthetic_volume: Callable[..., SyntheticVolume], hash_reads: list[str]
+) -> None:
+    sv = synthetic_volume()
+    audit(sv.manifest, sv.volume())
+
+    hash_reads.clear()
+    os.utime(sv.target("a.bin"))  # touched: same bytes, new mtime
+    report = audit(sv.manifest, sv.volume())
+    assert hash_reads == ["a.bin"]
+    assert report.complete
+
+    hash_reads.clear()
+    data = bytearray(sv.target("sub/b.bin").read_bytes())
+    data[0] ^= 0xFF
+    sv.target("sub/b.bin").write_bytes(bytes(data))  # modified in place, same size
+    report = audit(sv.manifest, sv.volume())
+    assert hash_reads == ["b.bin"]
+    assert statuses(report)["sub/b.bin"] == "hash_mismatch"
+
+
+def test_replacing_a_file_with_same_size_and_mtime_is_caught_by_its_inode(
+    synthetic_volume: Callable[..., SyntheticVolume], hash_reads: list[str]
+) -> None:
+    sv = synthetic_volume({"alpha": {"a.bin": 1000}})
+    audit(sv.manifest, sv.volume())
+    path = sv.target("a.bin")
+    st = os.stat(path)
+    replacement = path.with_name("new")
+    replacement.write_bytes(os.urandom(1000))
+    os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(replacement, path)
+    hash_reads.clear()
+    assert statuses(audit(sv.manifest, sv.volume())) == {"a.bin": "hash_mismatch"}
+    assert hash_reads == ["a.bin"]
+
+
+def test_full_audit_ignores_the_cache_and_catches_a_silent_bit_flip(
+    synthetic_volume: Callable[..., SyntheticVolume], hash_reads: list[str]
+) -> None:
+    sv = synthetic_volume()
+    audit(sv.manifest, sv.volume())
+    flip_bit_keep_mtime(sv.target("a.bin"), offset=10)
+    assert audit(sv.manifest, sv.volume()).complete  # invisible to the cached audit, by design
+
+    hash_reads.clear()
+    report = audit(sv.manifest, sv.volume(), full=True, jobs=2)
+    assert sorted(hash_reads) == sorted(Path(f.path).name for f in sv.files)
+    assert statuses(report)["a.bin"] == "hash_mismatch"
+
+
+def test_space_accounting_per_component_and_fit(synthetic_volume: Callable[..., SyntheticVolume]) -> None:
+    sv = synthetic_volume(
+        {"alpha": {"a.bin": 10_000, "b.bin": 20_000}, "beta": {"c.bin": 5_000}}, place=False
+    )
+    report = audit(sv.manifest, sv.volume())
+    assert statuses(report) == {"a.bin": "missing", "b.bin": "missing", "c.bin": "missing"}
+    comps = report.component_totals()
+    assert (comps["alpha"].needed_bytes, comps["alpha"].to_fetch_bytes) == (30_000, 30_000)
+    assert (comps["beta"].needed_bytes, comps["beta"].present_bytes) == (5_000, 0)
+    assert report.fits
+    tight = audit(sv.manifest, sv.volume(capacity=35_000))
+    assert tight.free_bytes <= 35_000
+    assert not tight.fits  # 35,000 to fetch + 5% margin > 35,000 free

@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="mt_assets",
+    version="0.1.0",
+    description="MeiGen MultiTalk model assets on a shared network volume: declared, provisioned, verified.",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["mt_assets_tests*"]),
+    package_data={"mt_assets.manifest": ["profiles/*.yaml"]},
+    install_requires=[
+        "pyyaml>=6",
+        "rich>=13",
+        "click>=8.1",
+        "huggingface_hub>=1.0",
+        "boto3>=1.34",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+            "moto[server]>=5",
+            "olah>=0.5.4",
+        ],
+    },
+    entry_points={"console_scripts": ["mt-assets=mt_assets.cli:main"]},
+)
