@@ -154,32 +154,15 @@ def audit(
     to_hash: list[tuple[int, ManifestFile, os.stat_result]] = []
 
     for i, f in enumerate(files):
-        state = volume.state(f.target)
-        if not state.present:
-            results[i] = FileAudit(f, "missing", detail=None if state.problem == "missing" else state.problem)
-            continue
-        assert state.st is not None
-        if f.size is not None and state.st.st_size != f.size:
-            results[i] = FileAudit(
-                f,
-                "size_mismatch",
-                size=state.st.st_size,
-                detail=f"size is {state.st.st_size}, expected {f.size}",
-            )
-            continue
-        to_hash.append((i, f, state.st))
+        quick = _check_without_reading(f, volume)
+        if isinstance(quick, FileAudit):
+            results[i] = quick
+        else:
+            to_hash.append((i, f, quick))
 
     def check(item: tuple[int, ManifestFile, os.stat_result]) -> tuple[int, FileAudit]:
         i, f, st = item
-        key = f.target
-        progress.start(key, f.target, st.st_size)
-        try:
-            digest, hashed = volume.digest(
-                f.target, st, use_cache=not full, on_bytes=lambda n: progress.advance(key, n)
-            )
-        finally:
-            progress.finish(key)
-        return i, _judge(f, digest, hashed)
+        return i, _check_bytes(f, volume, st, full=full, progress=progress)
 
     if to_hash:
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="audit") as pool:
@@ -194,6 +177,43 @@ def audit(
         files=[results[i] for i in range(len(files))],
         full=full,
     )
+
+
+def audit_file(
+    f: ManifestFile, volume: LocalVolume, *, full: bool = False, progress: Progress | None = None
+) -> FileAudit:
+    """Audit one file (the hash cache answers unless `full`)."""
+    quick = _check_without_reading(f, volume)
+    if isinstance(quick, FileAudit):
+        return quick
+    return _check_bytes(f, volume, quick, full=full, progress=progress or NullProgress())
+
+
+def _check_without_reading(f: ManifestFile, volume: LocalVolume) -> FileAudit | os.stat_result:
+    """A verdict from stat alone (missing, size_mismatch), or the stat to hash with."""
+    state = volume.state(f.target)
+    if not state.present:
+        return FileAudit(f, "missing", detail=None if state.problem == "missing" else state.problem)
+    assert state.st is not None
+    if f.size is not None and state.st.st_size != f.size:
+        return FileAudit(
+            f, "size_mismatch", size=state.st.st_size, detail=f"size is {state.st.st_size}, expected {f.size}"
+        )
+    return state.st
+
+
+def _check_bytes(
+    f: ManifestFile, volume: LocalVolume, st: os.stat_result, *, full: bool, progress: Progress
+) -> FileAudit:
+    key = f.target
+    progress.start(key, f.target, st.st_size)
+    try:
+        digest, hashed = volume.digest(
+            f.target, st, use_cache=not full, on_bytes=lambda n: progress.advance(key, n)
+        )
+    finally:
+        progress.finish(key)
+    return _judge(f, digest, hashed)
 
 
 def _judge(f: ManifestFile, digest: Digest, hashed: bool) -> FileAudit:

@@ -11,15 +11,18 @@ import json
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 
+from mt_assets import provision as provision_core
 from mt_assets.audit import audit as run_audit
 from mt_assets.config import Settings
 from mt_assets.manifest import Manifest, ManifestError, load_manifest, load_profile
-from mt_assets.terminal import RichProgress, print_audit
+from mt_assets.sources import SourceError, open_source
+from mt_assets.terminal import RichProgress, print_audit, print_plan, print_provision
 from mt_assets.volume import LocalVolume, VolumeError, open_volume
 
 EXIT_OK, EXIT_PROBLEM, EXIT_BAD_INPUT = 0, 1, 2
@@ -30,7 +33,7 @@ def _bad_input_exits(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ManifestError, VolumeError) as e:
+        except (ManifestError, VolumeError, SourceError) as e:
             # Plain text, never wrapped: scripts grep these messages.
             click.echo(f"error: {e}", err=True)
             sys.exit(EXIT_BAD_INPUT)
@@ -101,6 +104,113 @@ def audit(
     else:
         print_audit(report, Console(highlight=False))
     sys.exit(EXIT_OK if report.complete else EXIT_PROBLEM)
+
+
+@main.command()
+@_manifest_options
+@_volume_option
+@click.option("--source", help="hub | s3://bucket/prefix | a mirror folder (default: $MT_SOURCE or hub).")
+@click.option("--only", "only", multiple=True, help="Only this component (repeatable).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Files fetched at once (default: 4).")
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=provision_core.DEFAULT_RETRIES,
+    show_default=True,
+    help="Retries per file for transient source errors, with exponential backoff.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout, nothing else.")
+@_bad_input_exits
+def provision(
+    profile: str | None,
+    manifest_path: str | None,
+    volume: str | None,
+    source: str | None,
+    only: tuple[str, ...],
+    jobs: int | None,
+    retries: int,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Fetch every missing or wrong file of a profile from a source onto the volume, verified."""
+    manifest = resolve_manifest(profile, manifest_path)
+    if only:
+        manifest = manifest.select(list(only))
+    vol = resolve_volume(volume)
+    err = Console(stderr=True)
+    out = Console(highlight=False)
+    with RichProgress(err, "checking", None) as progress:
+        the_plan = provision_core.plan(manifest, vol, progress=progress)
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps(the_plan.to_json(), indent=2))
+        else:
+            print_plan(the_plan, out)
+        sys.exit(EXIT_OK if the_plan.fits else EXIT_PROBLEM)
+    try:
+        the_plan.check_space()
+    except provision_core.NotEnoughSpace as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_PROBLEM)
+    src = open_source(source or Settings.from_env().source)
+    try:
+        with RichProgress(err, "fetching", the_plan.to_fetch_bytes) as progress:
+            report = provision_core.apply(
+                the_plan, src, vol, jobs=jobs or 4, retries=retries, progress=progress
+            )
+    finally:
+        src.close()
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        print_provision(report, out)
+    sys.exit(EXIT_OK if report.complete else EXIT_PROBLEM)
+
+
+@main.command()
+@_manifest_options
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Where to write the lock file (default: <manifest>.lock.yaml, or ./<profile>.lock.yaml).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the changes as one JSON document.")
+@_bad_input_exits
+def lock(profile: str | None, manifest_path: str | None, output: str | None, as_json: bool) -> None:
+    """Resolve refs to commits and pin every file's size and sha256 (or git_sha1) from the Hub."""
+    from mt_assets.manifest import lockfile
+    from mt_assets.sources.hub import HubSource
+
+    manifest = resolve_manifest(profile, manifest_path)
+    if output:
+        out_path = Path(output)
+    elif manifest_path:
+        out_path = Path(manifest_path).with_suffix(".lock.yaml")
+    else:
+        out_path = Path(f"{manifest.profile}.lock.yaml")
+    previous = load_manifest(out_path) if out_path.exists() else None
+    hub = HubSource()
+    try:
+        locked = lockfile.lock_manifest(manifest, hub)
+    finally:
+        hub.close()
+    changes = lockfile.diff(previous if previous is not None else manifest, locked)
+    lockfile.write_lock(
+        locked,
+        out_path,
+        header=f"Locked from {manifest.source} by `mt-assets lock`.\nEvery revision is a commit; every file has its size and sha256 or git_sha1.",
+    )
+    if as_json:
+        click.echo(json.dumps({"output": str(out_path), "changes": [c.__dict__ for c in changes]}, indent=2))
+    else:
+        against = f"previous lock {out_path}" if previous is not None else manifest.source
+        click.echo(f"locked {len(locked.files)} files of profile {locked.profile} into {out_path}")
+        click.echo(f"{len(changes)} changes against {against}:")
+        for c in changes:
+            click.echo(f"  {c.describe()}")
+        click.echo(f"next: mt-assets provision --manifest {out_path} --source hub")
 
 
 if __name__ == "__main__":

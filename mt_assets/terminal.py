@@ -20,6 +20,8 @@ from rich.progress import (
 from rich.table import Table
 
 from mt_assets.audit import AuditReport
+from mt_assets.provision import Plan, ProvisionReport
+from mt_assets.units import human_bytes
 
 STATUS_STYLE = {
     "ok": "green",
@@ -28,17 +30,6 @@ STATUS_STYLE = {
     "hash_mismatch": "bold red",
     "unpinned": "yellow",
 }
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
 
 
 class RichProgress:
@@ -150,9 +141,49 @@ def audit_summary(report: AuditReport) -> str:
         wrong = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s != "ok")
         head = f"[red]incomplete[/]: {counts['ok']} of {t.files} files ok ({wrong}); {human_bytes(t.to_fetch_bytes)} to fetch"
     unknown = f" (+{t.unknown_size_files} files of unknown size)" if t.unknown_size_files else ""
-    next_step = (
-        "next: lock the profile to pin the unpinned files (mt-assets lock)"
-        if counts["unpinned"] and not report.totals.to_fetch_bytes
-        else "next: fetch what is missing (mt-assets provision --source hub|s3://…|MIRROR)"
-    )
+    if counts["unpinned"] and not any(fa.to_fetch for fa in report.files):
+        next_step = "next: pin the unpinned files (mt-assets lock), then audit again"
+    else:
+        next_step = "next: fetch what is missing (mt-assets provision --source hub|s3://bucket/prefix|MIRROR)"
     return f"{head}{unknown}; {free} free on the volume: {fit}.\n{next_step}"
+
+
+OUTCOME_STYLE = {"placed": "green", "skipped": "cyan", "failed": "bold red"}
+
+
+def print_plan(the_plan: Plan, console: Console) -> None:
+    t = Table(
+        title=f"plan: {len(the_plan.to_fetch)} files to fetch onto {the_plan.audit.volume}",
+        title_justify="left",
+    )
+    for col in ("component", "path", "status now", "size"):
+        t.add_column(col, overflow="fold")
+    for fa in the_plan.to_fetch:
+        t.add_row(fa.file.component, fa.file.path, fa.status, human_bytes(fa.file.planned_size))
+    console.print(t)
+    unknown = f" (+{the_plan.unknown_size_files} of unknown size)" if the_plan.unknown_size_files else ""
+    console.print(
+        f"{human_bytes(the_plan.to_fetch_bytes)} to fetch{unknown}, {human_bytes(the_plan.free_bytes)} free: "
+        + ("it fits." if the_plan.fits else "[red]it does NOT fit.[/]")
+    )
+
+
+def print_provision(report: ProvisionReport, console: Console) -> None:
+    t = Table(title="provision", title_justify="left")
+    for col in ("outcome", "status", "component", "path", "bytes", "MB/s", "tries", "detail"):
+        t.add_column(col, overflow="fold")
+    for r in report.results:
+        t.add_row(
+            f"[{OUTCOME_STYLE[r.outcome]}]{r.outcome}[/]",
+            f"[{STATUS_STYLE.get(r.status, 'white')}]{r.status}[/]",
+            r.file.component,
+            r.file.path,
+            human_bytes(r.bytes) + (f" (resumed at {human_bytes(r.resumed_from)})" if r.resumed_from else ""),
+            f"{r.mb_per_s:.1f}" if r.bytes else "",
+            str(r.attempts),
+            r.detail or "",
+        )
+    if report.results:
+        console.print(t)
+    assert report.audit is not None
+    console.print(audit_summary(report.audit))

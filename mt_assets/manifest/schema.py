@@ -105,6 +105,11 @@ class Manifest:
     def files(self) -> tuple[ManifestFile, ...]:
         return tuple(f for c in self.components for f in c.files)
 
+    def select(self, names: list[str]) -> Manifest:
+        """The same manifest with only the named components (each must exist)."""
+        chosen = [self.component(n) for n in names]
+        return Manifest(profile=self.profile, source=self.source, components=tuple(chosen))
+
     def component(self, name: str) -> Component:
         for c in self.components:
             if c.name == name:
