@@ -209,7 +209,11 @@ def _check_bytes(
     progress.start(key, f.target, st.st_size)
     try:
         digest, hashed = volume.digest(
-            f.target, st, use_cache=not full, on_bytes=lambda n: progress.advance(key, n)
+            f.target,
+            st,
+            use_cache=not full,
+            git_sha1=f.git_sha1 is not None,
+            on_bytes=lambda n: progress.advance(key, n),
         )
     finally:
         progress.finish(key)

@@ -20,9 +20,9 @@ def hash_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     reads: list[str] = []
     real = volume_local.hash_file
 
-    def counting(path: str | Path, on_bytes: Callable[[int], None] | None = None) -> object:
+    def counting(path: str | Path, on_bytes: Callable[[int], None] | None = None, **kwargs: bool) -> object:
         reads.append(Path(path).name)
-        return real(path, on_bytes=on_bytes)
+        return real(path, on_bytes=on_bytes, **kwargs)
 
     monkeypatch.setattr(volume_local, "hash_file", counting)
     return reads
@@ -178,3 +178,24 @@ def test_space_accounting_per_component_and_fit(synthetic_volume: Callable[..., 
     tight = audit(sv.manifest, sv.volume(capacity=35_000))
     assert tight.free_bytes <= 35_000
     assert not tight.fits  # 35,000 to fetch + 5% margin > 35,000 free
+
+
+def test_a_file_pinned_by_git_blob_id_is_checked_by_it(tmp_path: Path) -> None:
+    from mt_assets.volume import LocalVolume
+    from mt_assets.volume.hashing import git_blob_sha1
+
+    data = b'{"hidden_size": 768}\n'
+    (tmp_path / "models/w").mkdir(parents=True)
+    (tmp_path / "models/w/config.json").write_bytes(data)
+    text = (
+        "profile: p\ncomponents:\n  - {name: w, repo: o/r, revision: main, dir: w, files: "
+        f"[{{path: config.json, kind: config, size: {len(data)}, git_sha1: {git_blob_sha1(data)}}}]}}\n"
+    )
+    vol = LocalVolume(tmp_path)
+    assert statuses(audit(parse_manifest(text, "m.yaml"), vol)) == {"config.json": "ok"}
+    wrong = text.replace(git_blob_sha1(data), "f" * 40)
+    [fa] = audit(parse_manifest(wrong, "m.yaml"), vol).files
+    assert (fa.status, fa.detail) == (
+        "hash_mismatch",
+        f"git_sha1 is {git_blob_sha1(data)[:12]}…, expected ffffffffffff…",
+    )

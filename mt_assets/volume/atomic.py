@@ -68,7 +68,9 @@ class AtomicWriter:
         self.keep_partial = keep_partial
         self.guard = guard
         self.digest: Digest | None = None
-        self._hasher = StreamHasher(total_size=self.expected.size)
+        self._hasher = StreamHasher(
+            total_size=self.expected.size, git_sha1=self.expected.git_sha1 is not None
+        )
         self._file: BinaryIO | None = None
 
     # -- writing -------------------------------------------------------------------------
@@ -106,7 +108,9 @@ class AtomicWriter:
             raise ValueError("can only restart from zero")
         self._file.seek(0)
         self._file.truncate(0)
-        self._hasher = StreamHasher(total_size=self.expected.size)
+        self._hasher = StreamHasher(
+            total_size=self.expected.size, git_sha1=self.expected.git_sha1 is not None
+        )
 
     def commit(self) -> Digest:
         """Flush, fsync, verify against `expected`, check `guard`, and rename into place."""

@@ -61,6 +61,9 @@ class HashCache:
         # default rollback journal works on network filesystems where WAL's shared memory
         # does not.
         conn = sqlite3.connect(self.db_path, timeout=30.0, check_same_thread=False, isolation_level=None)
+        # The cache is disposable (a corrupt file is moved aside and rebuilt), so it need not
+        # wait for the disk on every row: an fsync per file cost ~1.6 ms in the audit benchmark.
+        conn.execute("PRAGMA synchronous = OFF")
         conn.execute(_SCHEMA)
         return conn
 

@@ -1,9 +1,9 @@
-"""Hashing file bytes: sha256 for every file, and the git blob id for small files.
+"""Hashing file bytes: sha256 always, and the git blob id when a pin asks for it.
 
 The Hub pins LFS files by the sha256 of their bytes and files kept in git by their git blob
-id: sha1(b"blob <size>\\0" + bytes). Both are computed in one pass over the data; the blob id
-only for files up to GIT_SHA1_MAX_SIZE, since git-kept files on the Hub are small and a second
-digest on multi-GB weights would cost time for nothing.
+id: sha1(b"blob <size>\\0" + bytes). Both are computed in one pass over the data, the blob id
+only when asked for (`git_sha1=True`): it halves hashing speed, and only files pinned by
+git_sha1 need it.
 
 hashlib releases the GIL on large updates, so several files hash in parallel on threads.
 """
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK_SIZE = 8 * 1024 * 1024
-GIT_SHA1_MAX_SIZE = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -30,10 +29,10 @@ class Digest:
 class StreamHasher:
     """Feeds bytes as they pass by (while writing or reading) and yields a Digest at the end."""
 
-    def __init__(self, total_size: int | None = None) -> None:
+    def __init__(self, total_size: int | None = None, *, git_sha1: bool = False) -> None:
         self._sha256 = hashlib.sha256()
         self._git = None
-        if total_size is not None and total_size <= GIT_SHA1_MAX_SIZE:
+        if git_sha1 and total_size is not None:
             self._git = hashlib.sha1(f"blob {total_size}\0".encode(), usedforsecurity=False)
         self._total_size = total_size
         self.size = 0
@@ -51,11 +50,13 @@ class StreamHasher:
         return Digest(size=self.size, sha256=self._sha256.hexdigest(), git_sha1=git_sha1)
 
 
-def hash_file(path: str | Path, on_bytes: Callable[[int], None] | None = None) -> Digest:
+def hash_file(
+    path: str | Path, on_bytes: Callable[[int], None] | None = None, *, git_sha1: bool = False
+) -> Digest:
     """Hash a file's bytes; `on_bytes(n)` is called after each chunk, for progress."""
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
-        hasher = StreamHasher(total_size=size)
+        hasher = StreamHasher(total_size=size, git_sha1=git_sha1)
         buffer = bytearray(CHUNK_SIZE)
         view = memoryview(buffer)
         while True:

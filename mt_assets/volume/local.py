@@ -140,14 +140,18 @@ class LocalVolume:
         st: os.stat_result,
         *,
         use_cache: bool = True,
+        git_sha1: bool = False,
         on_bytes: Callable[[int], None] | None = None,
     ) -> tuple[Digest, bool]:
-        """The file's digest and whether its bytes were read (False: from the hash cache)."""
+        """The file's digest and whether its bytes were read (False: from the hash cache).
+
+        `git_sha1` asks for the git blob id too; a cached digest without one does not answer.
+        """
         if use_cache:
             cached = self.hash_cache.lookup(target, st)
-            if cached is not None:
+            if cached is not None and (cached.git_sha1 is not None or not git_sha1):
                 return cached, False
-        digest = hash_file(self.path(target), on_bytes=on_bytes)
+        digest = hash_file(self.path(target), on_bytes=on_bytes, git_sha1=git_sha1)
         after = os.stat(self.path(target))
         # Only remember the digest if the file did not change while it was being read.
         if (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino):

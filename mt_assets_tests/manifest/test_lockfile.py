@@ -1,0 +1,51 @@
+"""Lock files: the same format, every pin filled, changes listed, written whole or not at all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mt_assets.manifest import is_commit, load_manifest, load_profile
+from mt_assets.manifest.lockfile import diff, to_yaml, write_lock
+
+
+def test_a_lock_file_round_trips_through_the_parser(tmp_path: Path) -> None:
+    m = load_profile("multitalk-480p")
+    out = tmp_path / "multitalk-480p.lock.yaml"
+    write_lock(m, out, header="Locked for a test.")
+    assert out.read_text().startswith("# Locked for a test.\n")
+    again = load_manifest(out)
+    assert again.files == m.files
+    assert diff(m, again) == []
+
+
+def test_diff_lists_revision_and_pin_changes() -> None:
+    m = load_profile("multitalk-480p")
+    text = to_yaml(m).replace("refs/pr/1", "c" * 40).replace("size: 507609880", "size: 507609881")
+    from mt_assets.manifest import parse_manifest
+
+    changed = parse_manifest(text, "changed.yaml")
+    described = [c.describe() for c in diff(m, changed)]
+    assert described == [
+        "vae/Wan2.1_VAE.pth: size 507609880 → 507609881",
+        "wav2vec2: revision refs/pr/1 → cccccccccccc…",
+    ]
+    assert is_commit(changed.component("wav2vec2").revision)
+
+
+def test_write_lock_leaves_the_previous_file_when_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = load_profile("multitalk-480p")
+    out = tmp_path / "x.lock.yaml"
+    out.write_text("previous\n")
+
+    def boom(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", boom)
+    with pytest.raises(OSError, match="No space left"):
+        write_lock(m, out)
+    assert out.read_text() == "previous\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.lock.yaml"]
