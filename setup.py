@@ -11,8 +11,23 @@ setup(
         "pyyaml>=6",
         "rich>=13",
         "click>=8.1",
-        "huggingface_hub>=1.0",
+        "huggingface_hub>=2",
         "boto3>=1.34",
+        # the control plane
+        "dagster>=1.13,<1.14",
+        "dagster-webserver>=1.13,<1.14",
+        # model code: torch comes from constraints.txt (the CPU build on this machine's disk)
+        "torch",
+        "numpy",
+        "safetensors",
+        "diffusers>=0.42,<0.43",
+        "transformers>=5,<6",
+        "tokenizers",
+        "sentencepiece",
+        "protobuf",
+        "ftfy",
+        "soundfile",
+        "pyloudnorm",
     ],
     extras_require={
         "dev": [
