@@ -5,9 +5,19 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export MT_VOLUME ?= $(CURDIR)/var/volume
 
-.PHONY: setup demo test lint bench-audit clean
+export DAGSTER_HOME ?= $(CURDIR)/var/dagster
 
-setup: $(STAMP)
+.PHONY: setup browser demo ui test lint bench-audit bench-provision clean
+
+setup: $(STAMP) browser
+
+# Headless Chromium for the UI test: installed with apt where we are root; elsewhere that
+# test is skipped and says why (in CI it must run).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is not installed and this is not root: the browser test will be skipped"; fi; }
 
 $(STAMP): setup.py pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +35,16 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 
+# The Dagster UI on http://127.0.0.1:3000 with the demo's instance; Ctrl-C stops all of it.
+ui: setup
+	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	env --default-signal=INT,TERM $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
 bench-audit: setup
 	$(BIN)/python benchmarks/audit.py
+
+bench-provision: setup
+	$(BIN)/python benchmarks/provision.py
 
 clean:
 	rm -rf $(VENV) var

@@ -28,6 +28,7 @@ setup(
         "ftfy",
         "soundfile",
         "pyloudnorm",
+        "scipy",
     ],
     extras_require={
         "dev": [

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from mt_assets.manifest.schema import (
+    BUNDLE_LOADERS,
     KINDS,
+    Bundle,
     Component,
     Manifest,
     ManifestError,
@@ -35,8 +37,10 @@ def load_profile(name: str) -> Manifest:
 
 
 __all__ = [
+    "BUNDLE_LOADERS",
     "KINDS",
     "PROFILES_DIR",
+    "Bundle",
     "Component",
     "Manifest",
     "ManifestError",

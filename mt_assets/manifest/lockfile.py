@@ -77,7 +77,14 @@ def lock_manifest(manifest: Manifest, hub: MetadataSource) -> Manifest:
                 )
             files.append(_pinned(f, commit, remote))
         components.append(Component(name=c.name, repo=c.repo, revision=commit, dir=c.dir, files=tuple(files)))
-    return Manifest(profile=manifest.profile, source=manifest.source, components=tuple(components))
+    locked = Manifest(
+        profile=manifest.profile,
+        source=manifest.source,
+        components=tuple(components),
+        bundles=manifest.bundles,
+    )
+    # Re-parsing ties the bundles to the locked files and validates the result like any manifest.
+    return parse_manifest(to_yaml(locked), manifest.source)
 
 
 def _pinned(f: ManifestFile, commit: str, remote: RemoteFileInfo) -> ManifestFile:
@@ -126,6 +133,16 @@ def to_yaml(manifest: Manifest, header: str = "") -> str:
             for c in manifest.components
         ],
     }
+    if manifest.bundles:
+        doc["bundles"] = [
+            {
+                "name": b.name,
+                "loader": b.loader,
+                "component": b.component,
+                **({"folder": b.folder} if b.folder else {}),
+            }
+            for b in manifest.bundles
+        ]
     text = yaml.safe_dump(doc, sort_keys=False, width=200)
     return "".join(f"# {line}\n" for line in header.splitlines()) + text
 
@@ -134,7 +151,9 @@ def write_lock(manifest: Manifest, path: Path, header: str = "") -> None:
     """Write atomically (temp file + rename), after checking the text parses back to the same manifest."""
     text = to_yaml(manifest, header)
     reparsed = parse_manifest(text, str(path))
-    assert [f for f in reparsed.files] == [f for f in manifest.files], "lock file does not round-trip"
+    assert reparsed.files == manifest.files and reparsed.bundles == manifest.bundles, (
+        "lock file does not round-trip"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

@@ -16,6 +16,15 @@ A manifest (a "profile") is a YAML document that people write by hand:
             kind: weights                 # weights | tokenizer | processor | config
             estimated_size: 380000000     # bytes; planning only, for files not yet locked
 
+    bundles:                              # optional: files that must load together
+      - name: t5-tokenizer                # unique, [a-z0-9_-]+
+        loader: tokenizer                 # tokenizer | feature_extractor
+        component: t5-tokenizer
+        folder: google/umt5-xxl           # under the component's dir; default: the dir itself
+
+A bundle is the component's non-weights files under `folder` (tokenizer, processor and
+config files), loaded together with transformers from the volume, offline.
+
 A file lands at `<volume>/models/<dir>/<path>` (its *target*). A file is *pinned* when it
 has a sha256 or a git_sha1 to check against; until then an audit can only call it
 `unpinned`. `estimated_size` lets an unlocked profile still answer "how much space will
@@ -42,7 +51,9 @@ _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HEX = re.compile(r"^[0-9a-f]+$")
 _REF = re.compile(r"^[A-Za-z0-9._/-]+$")
 
-_TOP_FIELDS = ("profile", "components")
+_TOP_FIELDS = ("profile", "components", "bundles")
+_BUNDLE_FIELDS = ("name", "loader", "component", "folder")
+BUNDLE_LOADERS = ("tokenizer", "feature_extractor")
 _COMPONENT_FIELDS = ("name", "repo", "revision", "dir", "files")
 _FILE_FIELDS = ("path", "size", "sha256", "git_sha1", "kind", "estimated_size")
 
@@ -96,10 +107,26 @@ class Component:
 
 
 @dataclass(frozen=True)
+class Bundle:
+    name: str
+    loader: str
+    component: str
+    folder: str  # relative to the component's dir; '' for the dir itself
+    files: tuple[ManifestFile, ...]
+
+    @property
+    def location(self) -> str:
+        """The folder to load from, relative to the volume root."""
+        d = self.files[0].dir
+        return f"models/{d}/{self.folder}" if self.folder else f"models/{d}"
+
+
+@dataclass(frozen=True)
 class Manifest:
     profile: str
     source: str  # where it was read from, as shown in messages
     components: tuple[Component, ...]
+    bundles: tuple[Bundle, ...] = ()
 
     @property
     def files(self) -> tuple[ManifestFile, ...]:
@@ -108,7 +135,19 @@ class Manifest:
     def select(self, names: list[str]) -> Manifest:
         """The same manifest with only the named components (each must exist)."""
         chosen = [self.component(n) for n in names]
-        return Manifest(profile=self.profile, source=self.source, components=tuple(chosen))
+        bundles = tuple(b for b in self.bundles if b.component in names)
+        return Manifest(profile=self.profile, source=self.source, components=tuple(chosen), bundles=bundles)
+
+    def only(self, targets: set[str]) -> Manifest:
+        """The same manifest with only the files whose target is in `targets` (no bundles)."""
+        components = []
+        for c in self.components:
+            files = tuple(f for f in c.files if f.target in targets)
+            if files:
+                components.append(
+                    Component(name=c.name, repo=c.repo, revision=c.revision, dir=c.dir, files=files)
+                )
+        return Manifest(profile=self.profile, source=self.source, components=tuple(components))
 
     def component(self, name: str) -> Component:
         for c in self.components:
@@ -243,7 +282,53 @@ class _Parser:
                     )
                 targets[f.target] = f"component '{component.name}', file #{file_index}"
             components.append(component)
-        return Manifest(profile=profile, source=self.source, components=tuple(components))
+        raw_bundles = top.get("bundles", [])
+        if not isinstance(raw_bundles, list):
+            raise self.fail("", f"field 'bundles' must be a list, got {_kind_of(raw_bundles)}")
+        bundles: list[Bundle] = []
+        for index, raw in enumerate(raw_bundles, start=1):
+            bundle = self.bundle(raw, index, {c.name: c for c in components})
+            if any(b.name == bundle.name for b in bundles):
+                raise self.fail(f"bundle #{index}: ", f"field 'name': duplicate bundle name '{bundle.name}'")
+            bundles.append(bundle)
+        return Manifest(
+            profile=profile, source=self.source, components=tuple(components), bundles=tuple(bundles)
+        )
+
+    def bundle(self, raw: Any, index: int, components: dict[str, Component]) -> Bundle:
+        where = f"bundle #{index}: "
+        mapping = self.mapping(raw, where, "a bundle")
+        name = self.string(mapping, "name", where)
+        if not _NAME.match(name):
+            raise self.fail(where, f"field 'name' must match [a-z0-9_-]+, got '{name}'")
+        where = f"bundle '{name}': "
+        self.check_fields(mapping, _BUNDLE_FIELDS, where)
+        loader = self.string(mapping, "loader", where)
+        if loader not in BUNDLE_LOADERS:
+            raise self.fail(
+                where, f"field 'loader' must be one of {', '.join(BUNDLE_LOADERS)}, got '{loader}'"
+            )
+        component_name = self.string(mapping, "component", where)
+        component = components.get(component_name)
+        if component is None:
+            raise self.fail(
+                where, f"field 'component': no component '{component_name}' (known: {', '.join(components)})"
+            )
+        folder = mapping.get("folder") or ""
+        if not isinstance(folder, str):
+            raise self.fail(where, f"field 'folder' must be a string, got {_kind_of(folder)}")
+        if folder:
+            problem = check_relative_path(folder)
+            if problem:
+                raise self.fail(where, f"field 'folder' {problem}, got {folder!r}")
+        prefix = f"{folder}/" if folder else ""
+        files = tuple(f for f in component.files if f.path.startswith(prefix) and f.kind != "weights")
+        if not files:
+            raise self.fail(
+                where,
+                f"no tokenizer, processor or config files of component '{component_name}' under '{folder}'",
+            )
+        return Bundle(name=name, loader=loader, component=component_name, folder=folder, files=files)
 
     def component(self, raw: Any, index: int) -> Component:
         where = f"component #{index}: "

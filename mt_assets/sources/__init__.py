@@ -6,12 +6,15 @@ from mt_assets.sources.base import Source, SourceError, TransientSourceError
 from mt_assets.sources.mirror import MirrorSource
 
 
-def open_source(spec: str) -> Source:
-    """A source from its configuration string (MT_SOURCE or --source): hub | s3://bucket/prefix | folder."""
+def open_source(spec: str, *, hub_endpoint: str | None = None) -> Source:
+    """A source from its configuration string (MT_SOURCE or --source): hub | s3://bucket/prefix | folder.
+
+    `hub_endpoint` overrides HF_ENDPOINT for the hub (tests, self-hosted mirrors).
+    """
     if spec == "hub":
         from mt_assets.sources.hub import HubSource
 
-        return HubSource()
+        return HubSource(endpoint=hub_endpoint)
     if spec.startswith("s3://"):
         from mt_assets.sources.s3 import S3Source
 

@@ -197,7 +197,7 @@ def test_unknown_top_level_field() -> None:
         doc["profiles"] = "x"
 
     assert error_for(edit) == (
-        "manifest profiles/custom.yaml: unknown field 'profiles' (known: profile, components); did you mean 'profile'?"
+        "manifest profiles/custom.yaml: unknown field 'profiles' (known: profile, components, bundles); did you mean 'profile'?"
     )
 
 
@@ -222,3 +222,44 @@ def test_unreadable_manifest_file(tmp_path: Any) -> None:
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ManifestError, match=r"cannot be read"):
         load_manifest(binary)
+
+
+def bundle_error(bundle: dict[str, Any]) -> str:
+    return error_for(lambda d: d.update(bundles=[bundle]))
+
+
+def test_bundles_take_the_non_weights_files_of_their_folder() -> None:
+    doc = base()
+    doc["bundles"] = [{"name": "w2v", "loader": "feature_extractor", "component": "wav2vec2"}]
+    [bundle] = parse(doc).bundles
+    assert [f.path for f in bundle.files] == ["config.json", "preprocessor_config.json"]
+    assert bundle.location == "models/chinese-wav2vec2-base"
+
+
+@pytest.mark.parametrize(
+    ("bundle", "message"),
+    [
+        (
+            {"name": "b", "loader": "pickle", "component": "vae"},
+            "bundle 'b': field 'loader' must be one of tokenizer, feature_extractor, got 'pickle'",
+        ),
+        (
+            {"name": "b", "loader": "tokenizer", "component": "t5"},
+            "bundle 'b': field 'component': no component 't5' (known: wav2vec2, vae)",
+        ),
+        (
+            {"name": "b", "loader": "tokenizer", "component": "vae"},
+            "bundle 'b': no tokenizer, processor or config files of component 'vae' under ''",
+        ),
+        (
+            {"name": "b", "loader": "tokenizer", "component": "wav2vec2", "folder": "../x"},
+            "bundle 'b': field 'folder' must not contain '..', got '../x'",
+        ),
+        (
+            {"name": "b", "loader": "tokenizer", "component": "wav2vec2", "path": "x"},
+            "bundle 'b': unknown field 'path' (known: name, loader, component, folder)",
+        ),
+    ],
+)
+def test_bad_bundles_are_named(bundle: dict[str, Any], message: str) -> None:
+    assert bundle_error(bundle) == f"manifest profiles/custom.yaml: {message}"

@@ -1,0 +1,52 @@
+"""The Definitions: everything above, for one manifest, with resources from the environment.
+
+MT_PROFILE / MT_MANIFEST   which manifest (a shipped profile name, or a YAML file)
+MT_VOLUME, MT_SOURCE       the volume folder and where missing files come from
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from mt_assets.config import Settings
+from mt_assets.defs.bundle_assets import build_bundle_assets
+from mt_assets.defs.drift_sensor import build_drift_sensor
+from mt_assets.defs.integrity import build_integrity_job, build_integrity_schedule
+from mt_assets.defs.model_files import build_file_checks, build_model_files_asset
+from mt_assets.defs.resources import SourceResource, VolumeResource
+from mt_assets.manifest import Manifest, load_manifest, load_profile
+
+
+def manifest_from_env(settings: Settings | None = None) -> Manifest:
+    settings = settings or Settings.from_env()
+    path = os.environ.get("MT_MANIFEST")
+    return load_manifest(path) if path else load_profile(settings.profile)
+
+
+def build_definitions(
+    manifest: Manifest, settings: Settings | None = None, *, resources: dict[str, object] | None = None
+) -> dg.Definitions:
+    """`resources` replaces the ones built from `settings` (tests: a loopback source)."""
+    settings = settings or Settings.from_env()
+    integrity_job = build_integrity_job(manifest)
+    return dg.Definitions(
+        assets=[build_model_files_asset(manifest), *build_bundle_assets(manifest)],
+        asset_checks=[build_file_checks(manifest)],
+        jobs=[integrity_job],
+        schedules=[build_integrity_schedule(integrity_job)],
+        sensors=[
+            build_drift_sensor(manifest),
+            dg.AutomationConditionSensorDefinition(
+                "bundles_automation",
+                target=dg.AssetSelection.groups("bundles"),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+            ),
+        ],
+        resources=resources
+        or {
+            "volume": VolumeResource(path=os.path.abspath(settings.volume)),
+            "source": SourceResource(spec=settings.source),
+        },
+    )
