@@ -140,7 +140,7 @@ def test_without_audio_output_equals_stock_diffusers_wan(tiny_model: MultiTalkTr
     hidden = torch.randn(2, 36, 3, 8, 8, generator=gen)
     # Stock diffusers finds the image tokens at len - 512, so give it exactly 512 text tokens.
     text = torch.randn(2, 512, 32, generator=gen)
-    image = torch.randn(2, 257, 32, generator=gen)
+    image = torch.randn(2, 257, TINY_DIT_CONFIG["image_dim"], generator=gen)
     # A small t: diffusers' float32 timestep sinusoid drifts from the reference's float64 one as t grows.
     t = torch.tensor([50.0, 50.0])
     with torch.no_grad():
@@ -155,7 +155,7 @@ def test_audio_changes_the_output_and_two_speakers_differ_from_one(
 ) -> None:
     gen = torch.Generator().manual_seed(2)
     hidden, t = torch.randn(1, 36, 3, 8, 8, generator=gen), torch.tensor([500.0])
-    text, image = torch.randn(1, 512, 32, generator=gen), torch.randn(1, 257, 32, generator=gen)
+    text, image = torch.randn(1, 512, 32, generator=gen), torch.randn(1, 257, TINY_DIT_CONFIG["image_dim"], generator=gen)
     audio = torch.randn(2, 9, 5, 2, 32, generator=gen)
     masks = torch.zeros(3, 16, 16)
     masks[0, :, :8], masks[1, :, 8:], masks[2] = 1, 1, 1
@@ -274,7 +274,7 @@ def test_bf16_load_keeps_time_embedder_and_modulation_in_fp32(tiny_dirs: tuple[P
             torch.randn(1, 36, 3, 8, 8, generator=gen),
             torch.tensor([500.0]),
             torch.randn(1, 512, 32, generator=gen),
-            torch.randn(1, 257, 32, generator=gen),
+            torch.randn(1, 257, TINY_DIT_CONFIG["image_dim"], generator=gen),
             audio=torch.randn(1, 9, 5, 2, 32, generator=gen),
         ).sample
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
