@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export MT_VOLUME ?= $(CURDIR)/var/volume
+# The demo's source: the tiny profile's mirror, built locally on first use (nothing downloaded).
+export MT_SOURCE ?= $(CURDIR)/var/tiny-mirror
 
 export DAGSTER_HOME ?= $(CURDIR)/var/dagster
 
@@ -26,8 +28,8 @@ $(STAMP): setup.py pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	mkdir -p $(MT_VOLUME)
-	$(BIN)/mt-assets audit --profile multitalk-480p --volume $(MT_VOLUME) || test $$? -eq 1
+	mkdir -p $(MT_VOLUME) $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m mt_assets.defs.demo
 
 lint: setup
 	$(BIN)/ruff check .

@@ -48,9 +48,7 @@ def _manifest_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(dir_okay=False),
         help="A manifest YAML file (instead of --profile).",
     )(fn)
-    fn = click.option("--profile", help="A shipped profile name (default: $MT_PROFILE or multitalk-480p).")(
-        fn
-    )
+    fn = click.option("--profile", help="A shipped profile name (default: $MT_PROFILE or tiny).")(fn)
     return fn
 
 
@@ -211,6 +209,47 @@ def lock(profile: str | None, manifest_path: str | None, output: str | None, as_
         for c in changes:
             click.echo(f"  {c.describe()}")
         click.echo(f"next: mt-assets provision --manifest {out_path} --source hub")
+
+
+@main.group()
+def tiny() -> None:
+    """The tiny profile: the real layout at toy scale, built locally."""
+
+
+@tiny.command("build")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--update-profile", is_flag=True, help="Rewrite the shipped profiles/tiny.yaml from this build."
+)
+@_bad_input_exits
+def tiny_build(directory: str, seed: int, update_profile: bool) -> None:
+    """Write a mirror of the tiny profile into DIRECTORY (new or empty), plus its pinned manifest."""
+    from mt_assets.manifest import profile_path
+    from mt_assets.models.tiny import TINY_PROFILE, build_tiny_mirror, tiny_profile_yaml
+
+    try:
+        manifest = build_tiny_mirror(directory, seed=seed)
+    except FileExistsError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    text = tiny_profile_yaml(manifest)
+    written = Path(directory) / f"{TINY_PROFILE}.yaml"  # beside the model folders; sources read only those
+    written.write_text(text)
+    total = sum(f.size or 0 for f in manifest.files)
+    click.echo(f"built {len(manifest.files)} files ({total:,} bytes) in {directory}; manifest: {written}")
+    shipped = profile_path(TINY_PROFILE)
+    if update_profile:
+        shipped.write_text(text)
+        click.echo(f"updated {shipped}")
+    elif shipped.read_text() != text:
+        click.echo(
+            f"error: this build differs from the shipped {shipped}: pass --update-profile if the builder "
+            "changed on purpose",
+            err=True,
+        )
+        sys.exit(EXIT_PROBLEM)
+    click.echo(f"next: mt-assets provision --profile {TINY_PROFILE} --source {directory}")
 
 
 if __name__ == "__main__":

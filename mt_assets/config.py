@@ -1,7 +1,7 @@
 """Configuration from the environment, with embedded defaults that work on a laptop.
 
     MT_VOLUME          a folder (default ./var/volume)
-    MT_PROFILE         a shipped profile name (default multitalk-480p)
+    MT_PROFILE         a shipped profile name (default tiny; the real one is multitalk-480p)
     MT_SOURCE          hub | s3://bucket/prefix | a mirror folder (default hub)
     MT_RENDER_BACKEND  local | runpod (default local)
 
@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 DEFAULT_VOLUME = "var/volume"
-DEFAULT_PROFILE = "multitalk-480p"
+DEFAULT_PROFILE = "tiny"
 DEFAULT_SOURCE = "hub"
 
 

@@ -99,3 +99,27 @@ def flip_bit_keep_mtime(path: Path, offset: int = 0) -> None:
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0x01]))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.fixture(scope="session")
+def tiny_mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny profile's mirror, built once per test session (about 5 MB, a few seconds)."""
+    from mt_assets.models.tiny import build_tiny_mirror
+
+    root = tmp_path_factory.mktemp("tiny") / "mirror"
+    build_tiny_mirror(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_volume(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A volume provisioned from the tiny mirror through the real provisioner (read-only use)."""
+    from mt_assets import provision
+    from mt_assets.manifest import load_profile
+    from mt_assets.sources import MirrorSource
+
+    root = tmp_path_factory.mktemp("tiny-volume")
+    volume = LocalVolume(root)
+    report = provision.apply(provision.plan(load_profile("tiny"), volume), MirrorSource(tiny_mirror), volume)
+    assert report.complete, [r.detail for r in report.results if r.outcome == "failed"]
+    return root

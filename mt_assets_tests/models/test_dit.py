@@ -155,7 +155,10 @@ def test_audio_changes_the_output_and_two_speakers_differ_from_one(
 ) -> None:
     gen = torch.Generator().manual_seed(2)
     hidden, t = torch.randn(1, 36, 3, 8, 8, generator=gen), torch.tensor([500.0])
-    text, image = torch.randn(1, 512, 32, generator=gen), torch.randn(1, 257, TINY_DIT_CONFIG["image_dim"], generator=gen)
+    text, image = (
+        torch.randn(1, 512, 32, generator=gen),
+        torch.randn(1, 257, TINY_DIT_CONFIG["image_dim"], generator=gen),
+    )
     audio = torch.randn(2, 9, 5, 2, 32, generator=gen)
     masks = torch.zeros(3, 16, 16)
     masks[0, :, :8], masks[1, :, 8:], masks[2] = 1, 1, 1

@@ -1,0 +1,138 @@
+"""Everything a worker loads, from a volume, in one call: `load_pipeline_components`.
+
+The renderer, the offline verifier and the RunPod worker all call this one function, so what
+is proved offline is what renders. Each load unit reads the files of one or two manifest
+components from `<volume>/models/<dir>/...`:
+
+    transformer     wan-dit (config, shards, index) + multitalk (adapter, MeiGen's index)
+    t5              models_t5_umt5-xxl-enc-bf16.pth
+    t5-tokenizer    google/umt5-xxl/
+    clip            models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth (vision tower)
+    clip-tokenizer  xlm-roberta-large/
+    vae             Wan2.1_VAE.pth
+    wav2vec2        chinese-wav2vec2-base/ (model + feature extractor)
+
+Per unit it reports seconds and bytes (the on-volume size of the files it loads).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mt_assets.manifest import Manifest, ManifestError
+from mt_assets.volume import LocalVolume
+
+# unit -> the manifest components whose files it reads
+UNITS: dict[str, tuple[str, ...]] = {
+    "transformer": ("wan-dit", "multitalk"),
+    "t5": ("t5",),
+    "t5-tokenizer": ("t5-tokenizer",),
+    "clip": ("clip",),
+    "clip-tokenizer": ("clip-tokenizer",),
+    "vae": ("vae",),
+    "wav2vec2": ("wav2vec2",),
+}
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    unit: str
+    components: tuple[str, ...]
+    seconds: float
+    bytes: int
+    files: tuple[str, ...]  # targets, relative to the volume
+
+    def to_json(self) -> dict[str, Any]:
+        return {"components": list(self.components), "seconds": round(self.seconds, 3), "bytes": self.bytes}
+
+
+@dataclass
+class PipelineComponents:
+    transformer: Any = None
+    t5: Any = None
+    t5_tokenizer: Any = None
+    clip: Any = None
+    clip_tokenizer: Any = None
+    vae: Any = None
+    wav2vec2: Any = None  # (feature extractor, model)
+    reports: dict[str, LoadReport] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.reports.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(r.bytes for r in self.reports.values())
+
+
+def load_pipeline_components(
+    volume: LocalVolume,
+    manifest: Manifest,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    only: list[str] | None = None,
+    on_loaded: Callable[[LoadReport], None] | None = None,
+) -> PipelineComponents:
+    """Load every unit (or `only` those) from the volume; each loader is strict about keys."""
+    from mt_assets.models.audio import load_wav2vec2
+    from mt_assets.models.clip_vision import load_clip_vision
+    from mt_assets.models.dit import load_multitalk_transformer
+    from mt_assets.models.text_encoder import load_t5_encoder
+    from mt_assets.models.tokenizers import load_clip_tokenizer, load_t5_tokenizer
+    from mt_assets.models.vae import load_vae
+
+    def one_file(component: str) -> Path:
+        [f] = manifest.component(component).files
+        return volume.path(f.target)
+
+    def folder(component: str) -> Path:
+        files = manifest.component(component).files
+        return volume.path(files[0].target).parent
+
+    def dir_of(component: str) -> Path:
+        return volume.root / "models" / manifest.component(component).dir
+
+    loaders: dict[str, Callable[[], Any]] = {
+        "transformer": lambda: load_multitalk_transformer(
+            dir_of("wan-dit"),
+            dir_of("multitalk") / "diffusion_pytorch_model.safetensors.index.json",
+            device=device,
+            dtype=dtype,
+        ),
+        "t5": lambda: load_t5_encoder(one_file("t5"), dtype=dtype, device=device),
+        "t5-tokenizer": lambda: load_t5_tokenizer(folder("t5-tokenizer")),
+        "clip": lambda: load_clip_vision(one_file("clip"), dtype=dtype, device=device),
+        "clip-tokenizer": lambda: load_clip_tokenizer(folder("clip-tokenizer")),
+        "vae": lambda: load_vae(one_file("vae"), dtype=dtype, device=device),
+        "wav2vec2": lambda: load_wav2vec2(dir_of("wav2vec2"), dtype=dtype, device=device),
+    }
+    units = only or list(UNITS)
+    unknown = [u for u in units if u not in UNITS]
+    if unknown:
+        raise ManifestError(f"load: unknown units {unknown} (known: {', '.join(UNITS)})")
+    result = PipelineComponents()
+    for unit in units:
+        components = UNITS[unit]
+        files = tuple(f for name in components for f in manifest.component(name).files)
+        started = time.perf_counter()
+        loaded = loaders[unit]()
+        report = LoadReport(
+            unit=unit,
+            components=components,
+            seconds=time.perf_counter() - started,
+            bytes=sum(f.size or volume.path(f.target).stat().st_size for f in files),
+            files=tuple(f.target for f in files),
+        )
+        setattr(result, unit.replace("-", "_"), loaded)
+        result.reports[unit] = report
+        if on_loaded is not None:
+            on_loaded(report)
+    return result

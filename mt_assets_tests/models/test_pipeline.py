@@ -1,0 +1,105 @@
+"""load_pipeline_components: the worker's whole load path, offline, from a provisioned tiny volume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mt_assets.manifest import ManifestError, load_profile
+from mt_assets.models.audio import audio_features
+from mt_assets.models.checkpoints import CheckpointError
+from mt_assets.models.pipeline import UNITS, load_pipeline_components
+from mt_assets.volume import LocalVolume
+
+
+@pytest.fixture(scope="module")
+def components(tiny_volume: Path):
+    return load_pipeline_components(LocalVolume(tiny_volume), load_profile("tiny"))
+
+
+def test_every_unit_loads_and_reports_seconds_and_bytes(components) -> None:
+    assert set(components.reports) == set(UNITS)
+    tiny = load_profile("tiny")
+    for unit, report in components.reports.items():
+        expected = sum(f.size for name in UNITS[unit] for f in tiny.component(name).files)
+        assert report.bytes == expected, unit
+        assert report.seconds > 0
+    assert components.bytes == sum(f.size for f in tiny.files)  # every file of the profile is loaded
+    assert all(getattr(components, u.replace("-", "_")) is not None for u in UNITS)
+
+
+def test_a_forward_pass_with_audio_from_a_synthetic_waveform_has_the_latent_shape(
+    components, tmp_path: Path
+) -> None:
+    sr = 16_000
+    t = np.arange(int(1.2 * sr)) / sr
+    wave = 0.3 * np.sin(2 * np.pi * (120 + 80 * t) * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+    wav = tmp_path / "speech.wav"
+    sf.write(wav, wave.astype(np.float32), sr, subtype="PCM_16")
+    frames = 17  # 4n+1 video frames -> 5 latent frames
+    fe, w2v = components.wav2vec2
+    audio = audio_features(wav, fe, w2v, num_frames=frames).unsqueeze(0)  # one speaker
+    assert audio.shape == (1, frames, 5, 2, 32)
+
+    gen = torch.Generator().manual_seed(0)
+    latent_frames, h, w = (frames - 1) // 4 + 1, 8, 12
+    x = torch.randn(16, latent_frames, h, w, generator=gen)
+    y = torch.randn(1, 20, latent_frames, h, w, generator=gen)
+    ids = components.t5_tokenizer(["a person talking"], return_tensors="pt")
+    with torch.no_grad():
+        context = components.t5(input_ids=ids.input_ids, attention_mask=ids.attention_mask).last_hidden_state[
+            0
+        ]
+        clip = components.clip(
+            pixel_values=torch.randn(1, 3, 224, 224, generator=gen), output_hidden_states=True
+        )
+        clip_fea = clip.hidden_states[-2]
+        out = components.transformer.forward_reference(x, torch.tensor([500.0]), context, clip_fea, y, audio)
+    assert out.shape == (1, 16, latent_frames, h, w)
+    assert torch.isfinite(out).all()
+
+
+def test_a_key_removed_from_the_adapter_on_the_volume_is_named(tiny_volume: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "volume"
+    shutil.copytree(tiny_volume, copy, ignore=shutil.ignore_patterns(".mt"))
+    adapter = copy / "models/MeiGen-MultiTalk/multitalk.safetensors"
+    tensors = load_file(adapter)
+    del tensors["blocks.1.norm_x.weight"]
+    save_file(tensors, adapter)
+    with pytest.raises(CheckpointError, match=r"blocks\.1\.norm_x\.weight"):
+        load_pipeline_components(LocalVolume(copy), load_profile("tiny"), only=["transformer"])
+
+
+def test_unknown_units_are_refused(tiny_volume: Path) -> None:
+    with pytest.raises(ManifestError, match=r"unknown units \['unet'\]"):
+        load_pipeline_components(LocalVolume(tiny_volume), load_profile("tiny"), only=["unet"])
+
+
+def test_loading_works_with_the_hub_unreachable(tiny_volume: Path) -> None:
+    """The load in a fresh interpreter with HF offline and an empty cache: nothing comes from the Hub."""
+    code = (
+        "from mt_assets.volume import LocalVolume; from mt_assets.manifest import load_profile;"
+        "from mt_assets.models.pipeline import load_pipeline_components as l;"
+        f"r = l(LocalVolume({str(tiny_volume)!r}), load_profile('tiny')); print(sorted(r.reports))"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": str(tiny_volume.parent / "hf"),
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+    }
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(sorted(UNITS))

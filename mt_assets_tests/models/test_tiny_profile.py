@@ -1,0 +1,49 @@
+"""The tiny profile is the real layout at toy scale, and what the builder writes is what it pins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mt_assets.audit import audit
+from mt_assets.manifest import load_profile, profile_path
+from mt_assets.models.tiny import build_tiny_mirror, tiny_manifest, tiny_profile_yaml
+from mt_assets.volume import LocalVolume
+
+
+def test_tiny_and_real_profiles_have_the_same_files_and_bundles() -> None:
+    real, tiny = load_profile("multitalk-480p"), load_profile("tiny")
+    assert [(c.name, c.repo, c.dir) for c in tiny.components] == [
+        (c.name, c.repo, c.dir) for c in real.components
+    ]
+    assert [(f.target, f.kind) for f in tiny.files] == [(f.target, f.kind) for f in real.files]
+    assert [(b.name, b.loader, b.location) for b in tiny.bundles] == [
+        (b.name, b.loader, b.location) for b in real.bundles
+    ]
+    assert all(f.sha256 and f.size for f in tiny.files)  # fully pinned
+
+
+def test_the_builder_writes_exactly_the_shipped_tiny_profile(tiny_mirror: Path) -> None:
+    assert tiny_profile_yaml(tiny_manifest(tiny_mirror)) == profile_path("tiny").read_text()
+
+
+def test_two_builds_are_byte_identical(tiny_mirror: Path, tmp_path: Path) -> None:
+    second = tmp_path / "again"
+    build_tiny_mirror(second)
+    for f in load_profile("tiny").files:
+        assert (second / f.dir / f.path).read_bytes() == (tiny_mirror / f.dir / f.path).read_bytes(), f.target
+
+
+def test_the_builder_refuses_a_non_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        build_tiny_mirror(tmp_path / "x")
+    assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["x"]  # no half-built folder left beside it
+
+
+def test_provisioned_tiny_volume_audits_clean(tiny_volume: Path) -> None:
+    report = audit(load_profile("tiny"), LocalVolume(tiny_volume), full=True)
+    assert report.complete
