@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,63 @@ def provision(
     else:
         print_provision(report, out)
     sys.exit(EXIT_OK if report.complete else EXIT_PROBLEM)
+
+
+@main.command("verify-offline")
+@_manifest_options
+@_volume_option
+@click.option(
+    "--only", "only", multiple=True, help="Only this load unit (repeatable; default: the whole load)."
+)
+@click.option(
+    "--override-unit",
+    "override_unit",
+    multiple=True,
+    metavar="UNIT=LOCATION",
+    help="Test the verifier: load UNIT naively from LOCATION (a repo id or a path) instead of the volume.",
+)
+@click.option(
+    "--socket-only",
+    is_flag=True,
+    help="Leave HF_HUB_OFFLINE unset: only the audit hook cuts the network (the stricter proof).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout, nothing else.")
+@_bad_input_exits
+def verify_offline(
+    profile: str | None,
+    manifest_path: str | None,
+    volume: str | None,
+    only: tuple[str, ...],
+    override_unit: tuple[str, ...],
+    socket_only: bool,
+    as_json: bool,
+) -> None:
+    """Run the worker's load with the network cut and prove it touches only the volume's declared files."""
+    from mt_assets.offline import parse_overrides
+    from mt_assets.offline import verify_offline as run_verify_offline
+    from mt_assets.offline.terminal import print_offline
+
+    manifest = resolve_manifest(profile, manifest_path)
+    vol = resolve_volume(volume)
+    try:
+        overrides = parse_overrides(override_unit)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--override-unit") from None
+    err = Console(stderr=True)
+    with err.status("loading with the network cut", spinner="dots") if err.is_terminal else _nothing():
+        report = run_verify_offline(
+            vol, manifest, only=list(only) or None, overrides=overrides, hub_offline=not socket_only
+        )
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        print_offline(report, Console(highlight=False))
+    sys.exit(EXIT_OK if report.ok else EXIT_PROBLEM)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 @main.command()

@@ -15,6 +15,7 @@ from mt_assets.defs.bundle_assets import build_bundle_assets
 from mt_assets.defs.drift_sensor import build_drift_sensor
 from mt_assets.defs.integrity import build_integrity_job, build_integrity_schedule
 from mt_assets.defs.model_files import build_file_checks, build_model_files_asset
+from mt_assets.defs.offline_cache import build_offline_cache_assets
 from mt_assets.defs.resources import SourceResource, VolumeResource
 from mt_assets.manifest import Manifest, load_manifest, load_profile
 
@@ -32,15 +33,19 @@ def build_definitions(
     settings = settings or Settings.from_env()
     integrity_job = build_integrity_job(manifest)
     return dg.Definitions(
-        assets=[build_model_files_asset(manifest), *build_bundle_assets(manifest)],
+        assets=[
+            build_model_files_asset(manifest),
+            *build_bundle_assets(manifest),
+            *build_offline_cache_assets(manifest),  # with its check `offline_verified`
+        ],
         asset_checks=[build_file_checks(manifest)],
         jobs=[integrity_job],
         schedules=[build_integrity_schedule(integrity_job)],
         sensors=[
             build_drift_sensor(manifest),
             dg.AutomationConditionSensorDefinition(
-                "bundles_automation",
-                target=dg.AssetSelection.groups("bundles"),
+                "volume_automation",
+                target=dg.AssetSelection.groups("bundles", "offline"),
                 default_status=dg.DefaultSensorStatus.RUNNING,
             ),
         ],

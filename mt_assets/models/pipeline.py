@@ -21,12 +21,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mt_assets.manifest import Manifest, ManifestError
 from mt_assets.volume import LocalVolume
+
+if TYPE_CHECKING:  # torch is imported when loading, not when this module is (Definitions, the CLI)
+    import torch
 
 # unit -> the manifest components whose files it reads
 UNITS: dict[str, tuple[str, ...]] = {
@@ -76,12 +77,18 @@ def load_pipeline_components(
     volume: LocalVolume,
     manifest: Manifest,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     only: list[str] | None = None,
     on_loaded: Callable[[LoadReport], None] | None = None,
 ) -> PipelineComponents:
-    """Load every unit (or `only` those) from the volume; each loader is strict about keys."""
+    """Load every unit (or `only` those) from the volume; each loader is strict about keys.
+
+    dtype: default float32 (CPU); bf16 on a GPU.
+    """
+    import torch
+
+    dtype = dtype or torch.float32
     from mt_assets.models.audio import load_wav2vec2
     from mt_assets.models.clip_vision import load_clip_vision
     from mt_assets.models.dit import load_multitalk_transformer

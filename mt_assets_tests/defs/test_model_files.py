@@ -31,9 +31,10 @@ def test_definitions_have_one_asset_per_file_plus_the_bundles() -> None:
     defs = build_definitions(manifest)
     graph = defs.resolve_asset_graph()
     keys = set(graph.get_all_asset_keys())
-    assert keys == {file_key(f) for f in manifest.files} | {bundle_key(b) for b in manifest.bundles}
-    assert len(keys) == 25 + 3
-    assert {c.asset_key for c in graph.asset_check_keys} == {file_key(f) for f in manifest.files}
+    offline = {dg.AssetKey("offline_cache")}
+    assert keys == {file_key(f) for f in manifest.files} | {bundle_key(b) for b in manifest.bundles} | offline
+    assert len(keys) == 25 + 3 + 1
+    assert {c.asset_key for c in graph.asset_check_keys} == {file_key(f) for f in manifest.files} | offline
     shard = graph.get(file_key(manifest.files[2]))
     assert shard.group_name == "wan_dit"
     assert "Wan-AI/Wan2.1-I2V-14B-480P" in (shard.description or "")

@@ -1,0 +1,98 @@
+"""The test seam: make one load unit do what a hand-written worker often does, so the verifier can
+be shown to catch it. Used inside the probe process only; production passes no overrides.
+
+    --override-unit UNIT=LOCATION      (CLI; `overrides={UNIT: LOCATION}` in Python and Dagster)
+
+replaces UNIT's loader, for that one run, with the naive load from LOCATION instead of the volume:
+
+    t5-tokenizer, clip-tokenizer   AutoTokenizer.from_pretrained(LOCATION)
+                                   LOCATION "google/umt5-xxl": a repo id, the classic mistake
+    wav2vec2                       AutoFeatureExtractor.from_pretrained(LOCATION)
+                                   LOCATION a folder such as ~/.cache/huggingface/hub/.../snapshots/<sha>
+    transformer, t5, clip, vae     the checkpoint file LOCATION (.safetensors or a torch .pth)
+
+Everything else about the run is the production path: `load_pipeline_components` is called as
+the worker calls it. The override works by replacing the loader function in its module
+(`mt_assets.models.tokenizers.load_t5_tokenizer`, ...), which the pipeline imports when it
+runs; if the pipeline stops picking it up, the override reports itself as not applied and the
+verification fails rather than passing silently.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# unit -> (module, function) that load_pipeline_components calls for it
+UNIT_LOADERS: dict[str, tuple[str, str]] = {
+    "transformer": ("mt_assets.models.dit", "load_multitalk_transformer"),
+    "t5": ("mt_assets.models.text_encoder", "load_t5_encoder"),
+    "t5-tokenizer": ("mt_assets.models.tokenizers", "load_t5_tokenizer"),
+    "clip": ("mt_assets.models.clip_vision", "load_clip_vision"),
+    "clip-tokenizer": ("mt_assets.models.tokenizers", "load_clip_tokenizer"),
+    "vae": ("mt_assets.models.vae", "load_vae"),
+    "wav2vec2": ("mt_assets.models.audio", "load_wav2vec2"),
+}
+
+
+def parse_overrides(values: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """`UNIT=LOCATION` strings to a mapping; a ValueError names the bad one."""
+    overrides: dict[str, str] = {}
+    for value in values:
+        unit, sep, location = value.partition("=")
+        if not sep or not unit or not location:
+            raise ValueError(f"override {value!r}: expected UNIT=LOCATION, e.g. t5-tokenizer=google/umt5-xxl")
+        check_unit(unit)
+        overrides[unit] = location
+    return overrides
+
+
+def check_unit(unit: str) -> None:
+    if unit not in UNIT_LOADERS:
+        raise ValueError(f"override: unknown unit '{unit}' (known: {', '.join(UNIT_LOADERS)})")
+
+
+def naive_loader(unit: str, location: str) -> Callable[[], Any]:
+    if unit in ("t5-tokenizer", "clip-tokenizer"):
+
+        def load() -> Any:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(location)
+
+    elif unit == "wav2vec2":
+
+        def load() -> Any:
+            from transformers import AutoFeatureExtractor
+
+            return AutoFeatureExtractor.from_pretrained(location), None
+
+    else:
+
+        def load() -> Any:
+            from mt_assets.models.checkpoints import load_pth, load_safetensors
+
+            return load_safetensors(location) if location.endswith(".safetensors") else load_pth(location)
+
+    return load
+
+
+def apply_overrides(overrides: Mapping[str, str]) -> dict[str, bool]:
+    """Swap in the naive loaders; the returned dict turns True per unit once its override ran."""
+    applied: dict[str, bool] = {}
+    for unit, location in overrides.items():
+        check_unit(unit)
+        module_name, function = UNIT_LOADERS[unit]
+        module = importlib.import_module(module_name)
+        load = naive_loader(unit, location)
+        applied[unit] = False
+
+        def replacement(
+            *_args: Any, _unit: str = unit, _load: Callable[[], Any] = load, **_kwargs: Any
+        ) -> Any:
+            applied[_unit] = True
+            return _load()
+
+        setattr(module, function, replacement)
+    return applied

@@ -1,0 +1,98 @@
+"""The offline proof as an asset: real materializations of `offline_cache` and its blocking check."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mt_assets.defs import build_definitions
+from mt_assets.defs.keys import bundle_key, file_key
+from mt_assets.defs.offline_cache import ASSET_KEY, CHECK_NAME
+from mt_assets.defs.resources import SourceResource, VolumeResource
+from mt_assets.manifest import load_profile
+from mt_assets_tests.offline.conftest import T5_TOKENIZER_JSON, copy_volume
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        yield instance
+
+
+def prove(
+    instance: dg.DagsterInstance, volume: Path, mirror: Path, config: dict[str, object] | None = None
+) -> dg.ExecuteInProcessResult:
+    defs = build_definitions(
+        load_profile("tiny"),
+        resources={"volume": VolumeResource(path=str(volume)), "source": SourceResource(spec=str(mirror))},
+    )
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        instance=instance,
+        asset_selection=[ASSET_KEY],
+        run_config={"ops": {"offline_cache": {"config": config or {}}}},
+        raise_on_error=False,
+    )
+
+
+def verdict(result: dg.ExecuteInProcessResult) -> tuple[bool, dict[str, object]]:
+    [evaluation] = [e for e in result.get_asset_check_evaluations() if e.check_name == CHECK_NAME]
+    return evaluation.passed, {k: v.value for k, v in evaluation.metadata.items()}
+
+
+def materialized(result: dg.ExecuteInProcessResult) -> dict[str, object]:
+    [event] = [m for m in result.get_asset_materialization_events() if m.asset_key == ASSET_KEY]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_offline_cache_is_downstream_of_every_file_and_bundle() -> None:
+    manifest = load_profile("tiny")
+    graph = build_definitions(manifest).resolve_asset_graph()
+    node = graph.get(ASSET_KEY)
+    assert node.group_name == "offline"
+    assert set(node.parent_keys) == {file_key(f) for f in manifest.files} | {
+        bundle_key(b) for b in manifest.bundles
+    }
+    assert dg.AssetCheckKey(ASSET_KEY, CHECK_NAME) in graph.asset_check_keys
+
+
+def test_the_check_passes_on_the_tiny_volume_with_a_table_per_component(
+    instance: dg.DagsterInstance, tiny_volume: Path, tiny_mirror: Path
+) -> None:
+    result = prove(instance, tiny_volume, tiny_mirror)
+    assert result.success
+    passed, check = verdict(result)
+    assert passed, check["violations"]
+    metadata = materialized(result)
+    assert metadata["ok"] is True
+    table = str(metadata["components"])
+    for unit in ("transformer", "t5", "t5-tokenizer", "clip", "clip-tokenizer", "vae", "wav2vec2"):
+        assert f"| {unit} | loaded |" in table
+    assert metadata["violations"] == "none"
+    assert float(metadata["total_seconds"]) > 0  # type: ignore[arg-type]
+
+
+def test_the_check_fails_when_a_tokenizer_file_is_missing(
+    instance: dg.DagsterInstance, tiny_volume: Path, tiny_mirror: Path, tmp_path: Path
+) -> None:
+    volume = copy_volume(tiny_volume, tmp_path / "volume")
+    (volume / T5_TOKENIZER_JSON).unlink()
+    result = prove(instance, volume, tiny_mirror, {"only": ["t5-tokenizer"]})
+    passed, check = verdict(result)
+    assert not passed
+    assert f"missing `{T5_TOKENIZER_JSON}`" in str(check["violations"])
+
+
+def test_the_check_fails_for_a_loader_that_asks_the_hub(
+    instance: dg.DagsterInstance, tiny_volume: Path, tiny_mirror: Path
+) -> None:
+    config = {"only": ["t5-tokenizer"], "overrides": {"t5-tokenizer": "google/umt5-xxl"}}
+    result = prove(instance, tiny_volume, tiny_mirror, config)
+    passed, check = verdict(result)
+    assert not passed
+    assert "by `huggingface_hub.offline` in unit t5-tokenizer" in str(check["violations"])
+    attempts = materialized(result)["network_attempts"]
+    assert [a["unit"] for a in attempts] == ["t5-tokenizer"]  # type: ignore[index,union-attr]

@@ -1,0 +1,168 @@
+"""The offline proof: the worker's real load, network cut, every file traced and judged."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mt_assets.cli import main
+from mt_assets.manifest import load_profile
+from mt_assets.models.pipeline import UNITS
+from mt_assets.offline import Classifier, OfflineReport, verify_offline
+from mt_assets_tests.offline.conftest import T5_TOKENIZER_JSON
+
+
+@pytest.fixture(scope="module")
+def good(tiny_volume: Path) -> OfflineReport:
+    return verify_offline(tiny_volume, load_profile("tiny"))
+
+
+def test_the_whole_tiny_load_is_proven_offline_with_every_component_timed(good: OfflineReport) -> None:
+    manifest = load_profile("tiny")
+    doc = good.to_json()
+    assert doc["ok"] is True, json.dumps(
+        {k: doc[k] for k in ("network_attempts", "outside_volume", "errors")}
+    )
+    assert doc["network_attempts"] == [] and doc["outside_volume"] == [] and doc["undeclared"] == []
+    assert list(doc["components"]) == list(UNITS)
+    for unit, entry in doc["components"].items():
+        expected = sum(f.size or 0 for name in UNITS[unit] for f in manifest.component(name).files)
+        assert entry["status"] == "loaded"
+        assert entry["seconds"] > 0
+        assert entry["bytes"] == expected
+        assert entry["files"], f"{unit}: no volume file traced"
+    # Native loaders are traced too: the shards are opened by safetensors in Rust, not by `open`.
+    transformer = doc["components"]["transformer"]["files"]
+    assert "models/Wan2.1-I2V-14B-480P/diffusion_pytorch_model-00007-of-00007.safetensors" in transformer
+    assert "models/MeiGen-MultiTalk/multitalk.safetensors" in transformer
+    assert doc["files_touched"]["volume"] >= 20
+    assert doc["files_touched"]["python"] > 100
+    assert doc["total_seconds"] == pytest.approx(
+        sum(e["seconds"] for e in doc["components"].values()), abs=0.01
+    )
+
+
+def test_a_missing_tokenizer_file_fails_and_is_named(volume_without_t5_tokenizer_json: Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "verify-offline",
+            "--profile",
+            "tiny",
+            "--volume",
+            str(volume_without_t5_tokenizer_json),
+            "--only",
+            "t5-tokenizer",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    doc = json.loads(result.stdout)  # the whole of stdout is one JSON document
+    assert doc["ok"] is False
+    assert doc["missing"] == [T5_TOKENIZER_JSON]
+    assert doc["components"]["t5-tokenizer"]["status"] == "failed"
+    assert "missing tokenizer.json" in doc["components"]["t5-tokenizer"]["error"]
+    assert doc["network_attempts"] == []
+
+
+def test_a_loader_asking_the_hub_by_repo_id_fails_fast_and_names_the_host(tiny_volume: Path) -> None:
+    started = time.perf_counter()
+    result = CliRunner().invoke(
+        main,
+        [
+            "verify-offline",
+            "--profile",
+            "tiny",
+            "--volume",
+            str(tiny_volume),
+            "--only",
+            "t5-tokenizer",
+            "--override-unit",
+            "t5-tokenizer=google/umt5-xxl",
+        ],
+        env={"HF_ENDPOINT": "https://huggingface.co"},
+    )
+    assert time.perf_counter() - started < 60
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.stdout.split())  # rich wraps lines at the terminal width
+    assert "network attempt huggingface.co:443 by huggingface_hub.offline" in text
+    assert "in unit t5-tokenizer: Cannot access file" in text
+    assert "repo_id: google/umt5-xxl" in text
+    assert "hf_hub_download" in text  # the stack that made it
+    assert "offline: not proven — a loader reaches past the volume" in text
+    assert text.endswith("then run verify-offline again")
+
+
+def test_with_only_the_audit_hook_the_socket_call_is_refused_before_it_leaves(tiny_volume: Path) -> None:
+    """HF_HUB_OFFLINE unset: the library really tries; the hook refuses the name lookup, at once."""
+    report = verify_offline(
+        tiny_volume,
+        load_profile("tiny"),
+        only=["t5-tokenizer"],
+        overrides={"t5-tokenizer": "google/umt5-xxl"},
+        env={"HF_ENDPOINT": "https://huggingface.co"},
+        hub_offline=False,
+    )
+    assert not report.ok
+    [attempt] = report.network_attempts
+    assert (attempt.event, attempt.host, attempt.port, attempt.unit) == (
+        "socket.getaddrinfo",
+        "huggingface.co",
+        443,
+        "t5-tokenizer",
+    )
+    assert any("create_connection" in frame for frame in attempt.stack)
+    assert report.units[0].status == "failed"
+    assert report.units[0].seconds is not None and report.units[0].seconds < 10  # no retry back-off
+
+
+def test_a_processor_read_from_a_home_cache_fails_and_names_the_path(
+    tiny_volume: Path, home_cache_snapshot: Path
+) -> None:
+    report = verify_offline(
+        tiny_volume, load_profile("tiny"), only=["wav2vec2"], overrides={"wav2vec2": str(home_cache_snapshot)}
+    )
+    doc = report.to_json()
+    assert doc["ok"] is False
+    assert str(home_cache_snapshot / "preprocessor_config.json") in doc["outside_volume"]
+    assert doc["outside_volume_detail"][0]["unit"] == "wav2vec2"
+    assert doc["components"]["wav2vec2"]["files"] == []  # nothing came from the volume
+    assert doc["network_attempts"] == []
+
+
+def test_bad_units_and_overrides_are_bad_input(tiny_volume: Path) -> None:
+    runner = CliRunner()
+    base = ["verify-offline", "--profile", "tiny", "--volume", str(tiny_volume)]
+    unknown = runner.invoke(main, [*base, "--only", "unet"])
+    assert unknown.exit_code == 2
+    assert "unknown units ['unet']" in unknown.stderr
+    malformed = runner.invoke(main, [*base, "--override-unit", "t5-tokenizer"])
+    assert malformed.exit_code == 2
+    assert "UNIT=LOCATION" in malformed.stderr
+
+
+def test_what_counts_as_outside(tmp_path: Path) -> None:
+    volume, sandbox, home = tmp_path / "volume", tmp_path / "sandbox", tmp_path / "home"
+    classify = Classifier(
+        volume=volume,
+        declared={"models/a/config.json"},
+        sandbox=sandbox,
+        python_roots=["/opt/python"],
+        home=str(home),
+    )
+    assert classify(f"{volume}/models/a/config.json") == "volume"
+    assert classify(f"{volume}/models/a/stray.json") == "undeclared"
+    assert classify(f"{volume}/.mt/hashes.sqlite") == "undeclared"
+    assert classify(f"{sandbox}/hf/token") == "sandbox"
+    assert classify("/opt/python/lib/python3.11/json/__init__.py") == "python"
+    assert classify("/usr/lib/x86_64-linux-gnu/libc.so.6") == "system"
+    assert classify("/proc/self/maps") == "system"
+    assert classify("/etc/ld.so.cache") == "system"
+    assert classify(f"{home}/.cache/huggingface/hub/models--x/config.json") == "outside"
+    assert classify(f"{home}/lib/libsneaky.so") == "outside"
+    assert classify("/tmp/config.json") == "outside"
+    assert classify("/etc/hosts") == "outside"
