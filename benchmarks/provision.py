@@ -1,0 +1,388 @@
+"""Benchmark fetching from an S3-compatible server: `S3Source` + verified commit vs boto3 `download_file`.
+
+What it measures, against a real `moto_server` on loopback (default: 8 objects of 256 MiB, ~2 GB of
+random bytes at s3://mt-bench/models/<dir>/<path>):
+
+    baseline   boto3 `download_file` of every object into a temp folder, no verification: what a
+               hand-written provisioning script does. Files run on a thread pool of --file-jobs;
+               each download_file uses TransferConfig(multipart_chunksize=--chunk-mb,
+               max_concurrency=--concurrency / --file-jobs), so at most --concurrency ranged GETs
+               are in flight in all.
+    ours       `S3Source(max_concurrency=--concurrency, chunk_size=--chunk-mb)` fetching every object
+               into a fresh `LocalVolume` through `volume.writing(target, Expected(size, sha256))` and
+               `commit()`: sha256 while writing, fsync, verify, rename, hash-cache row. Files on the
+               same --file-jobs thread pool, as a provisioner runs them; the source's one thread pool
+               caps ranged GETs in flight at --concurrency across files.
+                                                Goal: ours / baseline <= 1.1.
+    (info)     download_file, then fsync of each file: the baseline made as durable as ours, to
+               show how much of the difference is the fsync rather than hashing (--no-fsync-row
+               skips it).
+
+Next to wall seconds the table shows the client's CPU seconds (user + system, all threads): steadier
+than wall time on a busy machine, and where hashing shows up. The load average before and after is
+printed with the conditions: on a shared machine it explains noisy runs.
+
+Both sides use the same client settings (path-style, standard retries, checksums only when
+required), the same chunk size, the same number of files at once and the same total number of
+GETs in flight. Runs alternate (baseline, ours, baseline, ...); the table shows medians. Before
+each run the destination is empty and `sync` has flushed the previous run's writes; with
+`--page-cache drop` (auto: when /proc/sys/vm/drop_caches is writable) the page cache is dropped too,
+which also evicts moto's copies of the objects (moto spools objects over ~5 MB to temp files).
+
+moto reads the whole object for every GET, ranged or not, so small chunks measure moto, not the
+client: 64 MiB chunks (the default here) keep that cost low; it is the same for both sides.
+
+Usage:
+    .venv/bin/python benchmarks/provision.py                           # 8 x 256 MiB, ~2 GB
+    .venv/bin/python benchmarks/provision.py --files 4 --mb-per-file 16   # a quick check
+The last line printed is `provision_s3_ratio=<x>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import random
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from boto3.s3.transfer import TransferConfig
+
+# The loopback moto_server helpers live with the tests (mt_assets_tests is not installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mt_assets.manifest import ManifestFile
+from mt_assets.sources.s3 import S3Source
+from mt_assets.volume import Expected, LocalVolume
+from mt_assets_tests.s3_server import put_tree, s3_client, s3_server
+
+MB = 1024 * 1024
+BUCKET = "mt-bench"
+PREFIX = "models"
+GOAL = 1.1
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+class BenchmarkError(RuntimeError):
+    """A measurement that cannot be trusted (a wrong result, a failing download)."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    files: list[ManifestFile]
+    total_bytes: int
+
+
+# -- the objects -----------------------------------------------------------------------------
+
+
+def upload(endpoint: str, files: int, mb_per_file: float, seed: int) -> Stored:
+    """Put `files` objects of ~`mb_per_file` MiB of random bytes; pin them in ManifestFiles."""
+    rng = random.Random(seed)
+    base_size = max(int(mb_per_file * MB), 64)
+    jitter = min(4096, base_size // 8)
+    # One block of random bytes, then a few bytes changed per object: fast, and every object differs.
+    n = base_size + jitter
+    block = bytearray(b"".join(rng.randbytes(min(16 * MB, n - i)) for i in range(0, n, 16 * MB)))
+    pinned: list[ManifestFile] = []
+    total = 0
+    for index in range(files):
+        size = base_size + rng.randint(-jitter, jitter)
+        for _ in range(8):
+            block[rng.randrange(size)] = rng.randrange(256)
+        block[0:8] = index.to_bytes(8, "little")
+        data = bytes(block[:size])
+        f = ManifestFile(
+            component="bench",
+            repo="bench/objects",
+            revision=hashlib.sha1(b"bench").hexdigest(),
+            dir="bench-objects",
+            path=f"shard-{index:05d}.safetensors",
+            kind="weights",
+            size=size,
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        put_tree(endpoint, BUCKET, PREFIX, {f"{f.dir}/{f.path}": data})
+        pinned.append(f)
+        total += size
+    return Stored(pinned, total)
+
+
+# -- page cache ------------------------------------------------------------------------------
+
+
+def can_drop_caches() -> bool:
+    try:
+        os.sync()
+        DROP_CACHES.write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def settle(mode: str) -> None:
+    """Before a run: flush the previous run's writes, and drop the page cache when asked."""
+    os.sync()
+    if mode == "drop":
+        DROP_CACHES.write_text("3\n")
+
+
+# -- the two sides ---------------------------------------------------------------------------
+
+
+def baseline_run(
+    endpoint: str, stored: Stored, dest: Path, args: argparse.Namespace, *, fsync: bool = False
+) -> float:
+    """Seconds for boto3 download_file of every object (no verification); `fsync`: then fsync each."""
+    per_file = max(1, args.concurrency // args.file_jobs)
+    config = TransferConfig(
+        multipart_threshold=args.chunk_mb * MB,
+        multipart_chunksize=args.chunk_mb * MB,
+        max_concurrency=per_file,
+    )
+    client = s3_client(endpoint, retries={"mode": "standard"}, max_pool_connections=args.concurrency + 16)
+    dest.mkdir(parents=True)
+
+    def one(f: ManifestFile) -> None:
+        out = dest / f.dir / f.path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(BUCKET, f"{PREFIX}/{f.dir}/{f.path}", str(out), Config=config)
+        if fsync:
+            fd = os.open(out, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.file_jobs) as pool:
+        list(pool.map(one, stored.files))
+    elapsed = time.perf_counter() - start
+    client.close()
+    for f in stored.files:
+        got = (dest / f.dir / f.path).stat().st_size
+        if got != f.size:
+            raise BenchmarkError(f"baseline: {f.path} is {got} bytes, expected {f.size}")
+    return elapsed
+
+
+def ours_run(endpoint: str, stored: Stored, root: Path, args: argparse.Namespace) -> float:
+    """Seconds for S3Source + LocalVolume.writing + commit (sha256 verified) of every object."""
+    root.mkdir(parents=True)
+    volume = LocalVolume(root)
+    source = S3Source.from_uri(
+        f"s3://{BUCKET}/{PREFIX}",
+        endpoint_url=endpoint,
+        max_concurrency=args.concurrency,
+        chunk_size=args.chunk_mb * MB,
+    )
+
+    def one(f: ManifestFile) -> None:
+        with volume.writing(f.target, Expected(size=f.size, sha256=f.sha256)) as w:
+            source.fetch(f, w, lambda n: None)
+            w.commit()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.file_jobs) as pool:
+        list(pool.map(one, stored.files))
+    elapsed = time.perf_counter() - start
+    source.close()
+    volume.hash_cache.close()
+    for f in stored.files:
+        if (root / f.target).stat().st_size != f.size:
+            raise BenchmarkError(f"ours: {f.target} has the wrong size")
+    return elapsed
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--files", type=int, default=8, help="number of objects (default 8)")
+    parser.add_argument(
+        "--mb-per-file", type=float, default=256.0, help="MiB per object, +-4 KiB (default 256)"
+    )
+    parser.add_argument(
+        "--chunk-mb", type=int, default=64, help="ranged-GET size in MiB, both sides (default 64)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="ranged GETs in flight in all, both sides (default 8)"
+    )
+    parser.add_argument(
+        "--file-jobs", type=int, default=4, help="files fetched at once, both sides (default 4)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating (median)")
+    parser.add_argument(
+        "--page-cache",
+        choices=("auto", "drop", "warm"),
+        default="auto",
+        help="auto: drop before each run when /proc/sys/vm/drop_caches is writable, else warm",
+    )
+    parser.add_argument("--dir", type=Path, default=None, help="where to download (default: system temp)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-fsync-row",
+        action="store_true",
+        help="skip the informational download_file + fsync runs",
+    )
+    return parser.parse_args(argv)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process (all its threads) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def moto_peak_rss(endpoint: str) -> int | None:
+    """Peak RSS in bytes of the moto_server process listening on the endpoint's port, if found."""
+    port = endpoint.rsplit(":", 1)[1]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            if not any(b"moto" in part for part in cmdline) or port.encode() not in cmdline:
+                continue
+            for line in (proc / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return None
+
+
+def run(args: argparse.Namespace) -> float:
+    mode = args.page_cache
+    if mode != "warm":
+        droppable = can_drop_caches()
+        if mode == "drop" and not droppable:
+            raise BenchmarkError(f"--page-cache drop: cannot write {DROP_CACHES}")
+        mode = "drop" if droppable else "warm"
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
+    )
+
+    load_before = os.getloadavg()[0]
+    work = Path(tempfile.mkdtemp(prefix="mt-bench-provision-", dir=args.dir))
+    sides: list[tuple[str, Callable[..., float]]] = [
+        ("baseline", baseline_run),
+        ("ours", ours_run),
+    ]
+    if not args.no_fsync_row:
+        sides.append(("baseline+fsync", lambda *a: baseline_run(*a, fsync=True)))
+    runs: dict[str, list[float]] = {name: [] for name, _ in sides}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in sides}
+    try:
+        with s3_server() as endpoint:
+            t0 = time.perf_counter()
+            stored = upload(endpoint, args.files, args.mb_per_file, args.seed)
+            upload_s = time.perf_counter() - t0
+            gb = stored.total_bytes / 1e9
+            print(
+                f"uploaded {len(stored.files)} objects, {stored.total_bytes:,} bytes in {upload_s:.1f} s "
+                f"to moto_server at {endpoint}",
+                flush=True,
+            )
+            for i in range(args.repeats):
+                for name, fn in sides:
+                    dest = work / f"{name}-{i}"
+                    settle(mode)
+                    cpu_before = _cpu_seconds()
+                    seconds = fn(endpoint, stored, dest, args)
+                    cpu[name].append(_cpu_seconds() - cpu_before)
+                    runs[name].append(seconds)
+                    print(
+                        f"  run {i + 1} {name:<14} {seconds:7.2f} s  {gb / seconds:5.2f} GB/s  "
+                        f"client cpu {cpu[name][-1]:6.2f} s",
+                        flush=True,
+                    )
+                    shutil.rmtree(dest)
+            moto_rss = moto_peak_rss(endpoint)
+            load_after = os.getloadavg()[0]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    baseline = statistics.median(runs["baseline"])
+    ours = statistics.median(runs["ours"])
+    ratio = ours / baseline
+    own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    per_file = max(1, args.concurrency // args.file_jobs)
+    mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    print()
+    print("conditions")
+    print(f"  cpus            {os.cpu_count()} ({platform.machine()}), memory {mem_total / 2**30:.1f} GiB")
+    print(f"  load average    {load_before:.2f} before, {load_after:.2f} after (1 min)")
+    print(
+        f"  objects         {len(stored.files)} x ~{args.mb_per_file:g} MiB = {stored.total_bytes:,} bytes "
+        f"({gb:.2f} GB)"
+    )
+    print(f"  server          moto_server {version('moto')} on 127.0.0.1 (one process, threaded werkzeug)")
+    print(
+        f"  client          boto3 {version('boto3')}, botocore {version('botocore')}, "
+        f"s3transfer {version('s3transfer')}, python {platform.python_version()}"
+    )
+    print(
+        f"  transfer        {args.chunk_mb} MiB ranges, <= {args.concurrency} GETs in flight, "
+        f"{args.file_jobs} files at once (baseline: max_concurrency={per_file} per download_file)"
+    )
+    print(
+        f"  page cache      {'dropped before each run' if mode == 'drop' else 'warm (objects in page cache)'}"
+        "; sync before each run"
+    )
+    print(f"  destination     {work} (removed), the same disk for every side")
+    print(
+        f"  peak RSS        moto_server {moto_rss / 1e9:.2f} GB, benchmark process {own_rss / 1e9:.2f} GB"
+        if moto_rss is not None
+        else f"  peak RSS        benchmark process {own_rss / 1e9:.2f} GB"
+    )
+    print()
+
+    def row(name: str, key: str) -> None:
+        seconds = statistics.median(runs[key])
+        spread = ", ".join(f"{x:.2f}" for x in runs[key])
+        print(
+            f"  {name:<44} {seconds:8.2f} {gb / seconds:7.2f} {seconds / baseline:7.3f} "
+            f"{statistics.median(cpu[key]):8.2f}   [{spread}]"
+        )
+
+    print(f"  {'measurement':<44} {'seconds':>8} {'GB/s':>7} {'ratio':>7} {'cpu s':>8}   [runs]")
+    row("boto3 download_file, no verification", "baseline")
+    row("S3Source + writing/commit (sha256, fsync)", "ours")
+    if "baseline+fsync" in runs:
+        row("  (info) download_file, then fsync each file", "baseline+fsync")
+    print()
+    print(f"  goal: ours / baseline <= {GOAL} {'met' if ratio <= GOAL else 'MISSED'}")
+    return ratio
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.file_jobs < 1 or args.concurrency < 1 or args.chunk_mb < 1 or args.repeats < 1:
+        print("benchmark: --file-jobs, --concurrency, --chunk-mb and --repeats must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        ratio = run(args)
+    except BenchmarkError as e:
+        print(f"benchmark aborted: {e}", file=sys.stderr)
+        return 1
+    print(f"provision_s3_ratio={ratio:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,587 @@
+"""An S3-compatible bucket as a source: RunPod's S3 API onto a network volume, MinIO, or AWS S3.
+
+Layout: the volume's own `<dir>/<path>` layout under a key prefix,
+
+    s3://<bucket>/<prefix>/<dir>/<path>      e.g. s3://models/wan/Wan2.1-I2V-14B-480P/Wan2.1_VAE.pth
+
+so a bucket can be filled with `aws s3 sync <mirror folder> s3://bucket/prefix`, and a RunPod
+volume seen through its S3 API (bucket = volume id) serves its own `models/` folder with
+`s3://<volume id>/models`.
+
+Protocol, per file: one HeadObject (the object's size, checked against the manifest's `size`
+before any byte is fetched), then GetObject with a byte Range. Only GET and HEAD are used: no
+listing, no presigned URLs, no DeleteObjects.
+
+Resume: `supports_ranges` is true; the fetch starts at `writer.resume_from` with
+`Range: bytes=<resume_from>-`. A server that ignores the range (200 with the whole body) makes the
+writer restart from zero.
+
+Concurrency: an object larger than `chunk_size` is fetched as byte ranges of `chunk_size`,
+several at once on a thread pool shared by every fetch of this source (`max_concurrency` ranged
+GETs in flight in all, across files). The parts are written into the writer in order, so the
+sha256 is computed in one pass over the bytes while later parts are still downloading; at most
+`window_bytes` (at least two parts) of one file are held in memory ahead of the writer. Parts are
+read into reused buffers and handed to the writer in 1 MiB writes (both measured: see _Buffers
+and _fetch_ranges). A part that fails stops the fetch after the parts before it were written, so
+a retry resumes there. An object no larger than `chunk_size` (or a resumed remainder that small)
+is one streaming GET.
+
+Errors, as sources/base.py defines them:
+
+    SourceError           no such object / bucket; the object's size differs from the manifest;
+                          access denied, unknown access key, signature mismatch, missing
+                          credentials (the message names AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
+                          never their values); wrong region
+    TransientSourceError  connection refused or dropped, connect/read timeouts, a body cut short
+                          (IncompleteRead, ResponseStreamingError), HTTP 5xx, SlowDown and other
+                          throttling, after botocore's own retries (standard mode)
+
+Messages name the file's target and `s3://bucket/prefix/<dir>/<path>`, and the endpoint without
+any userinfo; credential values are scrubbed from anything a server sent back.
+
+Configuration: boto3's usual chain. The endpoint comes from `endpoint_url`, else
+AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL; credentials from AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY (or a profile); the region from `region`, AWS_REGION, AWS_DEFAULT_REGION or
+the profile, else us-east-1. With a custom endpoint, path-style addressing is used
+(`<endpoint>/<bucket>/<key>`: MinIO expects it, and it needs no wildcard DNS name or certificate for
+`<bucket>.<host>`); pass `addressing_style="virtual"` for a server that wants the bucket in the
+host name. Retries use botocore's standard mode
+(AWS_MAX_ATTEMPTS or `max_attempts`; default 3 attempts). Flexible checksums are only
+sent/validated when an operation requires them: the manifest's sha256 is the check, and some
+S3-compatible servers reject the newer checksum headers.
+
+RunPod notes (https://s3api-<datacenter>.runpod.io/, region = datacenter id such as eu-ro-1,
+bucket = network volume id, keys from an "S3 API key": access `user_…`, secret `rps_…`):
+DeleteObjects and presigned URLs are not supported, and neither is needed here. ETags of files not
+written through the S3 API are computed lazily, so the first request touching a large volume can
+be slow: the read timeout is generous and standard retry mode retries what fails. A first
+*listing* can take minutes ("same next token received twice"); this source never lists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ChecksumError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+from mt_assets.manifest import ManifestFile
+from mt_assets.sources.base import Source, SourceError, TransientSourceError
+from mt_assets.volume import AtomicWriter
+
+MiB = 1024 * 1024
+DEFAULT_CHUNK_SIZE = 16 * MiB
+DEFAULT_MAX_CONCURRENCY = 8
+DEFAULT_WINDOW_BYTES = 128 * MiB
+STREAM_BLOCK = 1 * MiB
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 120.0  # RunPod computes ETags of large files lazily on first access
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+
+_NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
+_CREDENTIALS = {
+    "InvalidAccessKeyId": "the access key is not known to the endpoint: check AWS_ACCESS_KEY_ID",
+    "SignatureDoesNotMatch": (
+        "the request signature does not match: check AWS_SECRET_ACCESS_KEY (and that it belongs to "
+        "AWS_ACCESS_KEY_ID)"
+    ),
+    "ExpiredToken": "the session token has expired: refresh AWS_SESSION_TOKEN",
+    "InvalidToken": "the session token is not valid: check AWS_SESSION_TOKEN",
+    "TokenRefreshRequired": "the session token has expired: refresh AWS_SESSION_TOKEN",
+}
+_DENIED = {"AccessDenied", "403", "AllAccessDisabled", "Forbidden"}
+_WRONG_REGION = {
+    "AuthorizationHeaderMalformed",
+    "PermanentRedirect",
+    "301",
+    "IllegalLocationConstraintException",
+}
+_THROTTLED = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequests",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "PriorRequestNotComplete",
+    "InternalError",
+    "ServiceUnavailable",
+}
+
+
+def check_bucket_name(name: str) -> str | None:
+    """Why `name` is not a valid S3 bucket name (the general-purpose bucket rules), or None."""
+    if not 3 <= len(name) <= 63:
+        return f"must be 3 to 63 characters long, got {len(name)}"
+    if not _BUCKET.match(name):
+        return (
+            "may only contain lowercase letters, digits, '.' and '-', and must begin and end "
+            "with a letter or digit"
+        )
+    if ".." in name:
+        return "must not contain two adjacent periods"
+    if _IP_ADDRESS.match(name):
+        return "must not be formatted as an IP address"
+    if name.startswith(("xn--", "sthree-")) or name.endswith(("-s3alias", "--ol-s3")):
+        return "must not use a prefix or suffix reserved by S3"
+    return None
+
+
+def check_key_prefix(prefix: str) -> str | None:
+    """Why `prefix` is not a safe key prefix ('/'-separated, relative), or None ('' is the bucket root)."""
+    if prefix == "":
+        return None
+    if "\\" in prefix:
+        return "must use '/' separators, not backslashes"
+    if prefix.startswith("/"):
+        return "must not begin with '/'"
+    if "\x00" in prefix or any(ord(c) < 0x20 for c in prefix):
+        return "must not contain control characters"
+    parts = prefix.split("/")
+    if ".." in parts:
+        return "must not contain '..'"
+    if any(p in ("", ".") for p in parts):
+        return "must not contain empty or '.' segments"
+    return None
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, prefix) of `s3://bucket[/prefix]`; a trailing '/' is dropped. Raises SourceError."""
+    if not uri.startswith("s3://"):
+        raise SourceError(f"source {_shown(uri)}: expected s3://bucket/prefix")
+    rest = uri[len("s3://") :]
+    bucket, _, prefix = rest.partition("/")
+    if "@" in bucket:
+        raise SourceError(
+            f"source {_shown(uri)}: credentials do not belong in the URI; "
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead"
+        )
+    if "?" in rest or "#" in rest:
+        raise SourceError(f"source {_shown(uri)}: must not contain a query ('?') or fragment ('#')")
+    problem = check_bucket_name(bucket)
+    if problem:
+        raise SourceError(f"source {uri}: bucket name {bucket!r} is not a valid S3 bucket name ({problem})")
+    prefix = prefix[:-1] if prefix.endswith("/") else prefix
+    problem = check_key_prefix(prefix)
+    if problem:
+        raise SourceError(f"source {uri}: key prefix {prefix!r} {problem}")
+    return bucket, prefix
+
+
+class S3Source(Source):
+    """Files at s3://<bucket>/<prefix>/<dir>/<path> on any S3-compatible endpoint."""
+
+    supports_ranges = True
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        window_bytes: int = DEFAULT_WINDOW_BYTES,
+        max_attempts: int | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+        addressing_style: str | None = None,
+    ) -> None:
+        self.bucket, self.prefix = parse_s3_uri(f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}")
+        self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        if max_concurrency < 1:
+            raise SourceError(f"source {self.uri}: max_concurrency must be at least 1, got {max_concurrency}")
+        if chunk_size < 1 * MiB:
+            raise SourceError(f"source {self.uri}: chunk_size must be at least 1 MiB, got {chunk_size}")
+        self.max_concurrency = max_concurrency
+        self.chunk_size = chunk_size
+        self.window = max(2, min(max_concurrency, window_bytes // chunk_size))
+
+        endpoint_url = (
+            endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        if endpoint_url:
+            _check_endpoint(self.uri, endpoint_url)
+        session = boto3.session.Session()
+        self.region = region or os.environ.get("AWS_REGION") or session.region_name or "us-east-1"
+        retries: dict[str, Any] = {"mode": "standard"}
+        if max_attempts is not None:
+            retries["total_max_attempts"] = max_attempts
+        config = Config(
+            region_name=self.region,
+            retries=retries,  # type: ignore[arg-type]
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            tcp_keepalive=True,
+            # Ranged GETs in flight, plus HEADs and single GETs from the callers' own threads.
+            max_pool_connections=max_concurrency + 16,
+            s3={"addressing_style": addressing_style or ("path" if endpoint_url else "auto")},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            user_agent_extra="mt-assets",
+        )
+        self._session = session
+        self._client = session.client("s3", endpoint_url=endpoint_url or None, config=config)
+        self.endpoint = _without_userinfo(self._client.meta.endpoint_url)
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+        # Enough idle buffers for the parts in flight plus one file's window.
+        self._buffers = _Buffers(chunk_size, keep=max_concurrency + self.window + 1)
+
+    @classmethod
+    def from_uri(
+        cls,
+        uri: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        **kwargs: Any,
+    ) -> S3Source:
+        """A source from `s3://bucket/prefix`; other settings from the arguments or the environment."""
+        bucket, prefix = parse_s3_uri(uri)
+        return cls(
+            bucket,
+            prefix,
+            endpoint_url=endpoint_url,
+            region=region,
+            max_concurrency=max_concurrency,
+            chunk_size=chunk_size,
+            **kwargs,
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Source({self.uri!r}, endpoint={self.endpoint!r})"
+
+    # -- naming ------------------------------------------------------------------------------
+
+    def key_for(self, f: ManifestFile) -> str:
+        rel = f"{f.dir}/{f.path}"
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def uri_for(self, f: ManifestFile) -> str:
+        return f"s3://{self.bucket}/{self.key_for(f)}"
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    def fetch(self, f: ManifestFile, writer: AtomicWriter, on_bytes: Callable[[int], None]) -> None:
+        where = f"{f.target} from {self.uri_for(f)}"
+        key = self.key_for(f)
+        size = self._object_size(key, where)
+        expected = f.size if f.size is not None else writer.expected.size
+        if expected is not None and size != expected:
+            raise SourceError(
+                f"{where}: the object is {size} bytes, the manifest expects {expected}; nothing fetched"
+            )
+        start = writer.resume_from
+        if start > size:  # staged bytes from something else: start over
+            writer.truncate_to(0)
+            start = 0
+        if start == size:
+            return
+        if size - start <= self.chunk_size or self.max_concurrency == 1:
+            self._fetch_stream(key, start, size, writer, on_bytes, where)
+        else:
+            self._fetch_ranges(key, start, size, writer, on_bytes, where)
+
+    def close(self) -> None:
+        with self._executor_lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor = None
+        self._client.close()
+        self._buffers.clear()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _object_size(self, key: str, where: str) -> int:
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as e:
+            if _code(e) in _NOT_FOUND:
+                raise self._not_found(where) from None
+            raise self._error(e, where) from e
+        except BotoCoreError as e:
+            raise self._error(e, where) from e
+        return int(head["ContentLength"])
+
+    def _not_found(self, where: str) -> SourceError:
+        """After a 404 (HeadObject's has no body to say why): no such object, or no such bucket."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            if _code(e) in ("NoSuchBucket", "404", "NotFound"):
+                return self._no_such_bucket(where)
+        except BotoCoreError:
+            pass
+        return SourceError(f"{where}: no such object")
+
+    def _no_such_bucket(self, where: str) -> SourceError:
+        return SourceError(
+            f"{where}: no such bucket {self.bucket!r} at {self.endpoint} (on RunPod the bucket is "
+            "the network volume id, and the endpoint must be its datacenter's)"
+        )
+
+    def _get(self, key: str, first: int, last: int | None, where: str) -> dict[str, Any]:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if first or last is not None:  # the whole object: no Range, a plain 200
+            args["Range"] = f"bytes={first}-{'' if last is None else last}"
+        try:
+            return self._client.get_object(**args)
+        except ClientError as e:
+            if _code(e) in _NOT_FOUND:
+                raise self._not_found(where) from None
+            raise self._error(e, where) from e
+        except BotoCoreError as e:
+            raise self._error(e, where) from e
+
+    def _fetch_stream(
+        self,
+        key: str,
+        start: int,
+        size: int,
+        writer: AtomicWriter,
+        on_bytes: Callable[[int], None],
+        where: str,
+    ) -> None:
+        """One GET from `start` to the end, written as it arrives."""
+        response = self._get(key, start, None, where)
+        if start and not response.get("ContentRange"):
+            writer.truncate_to(0)  # the whole body came back
+            start = 0
+        body = response["Body"]
+        received = 0
+        try:
+            while True:
+                try:
+                    block = body.read(STREAM_BLOCK)
+                except (BotoCoreError, OSError) as e:
+                    raise self._error(e, where, f"after {start + received} of {size} bytes") from e
+                if not block:
+                    break
+                writer.write(block)  # a volume error (full disk) propagates as it is
+                received += len(block)
+                on_bytes(len(block))
+        finally:
+            body.close()
+        if start + received != size:
+            raise TransientSourceError(
+                f"{where}: the connection ended after {start + received} of {size} bytes"
+            )
+
+    def _fetch_ranges(
+        self,
+        key: str,
+        start: int,
+        size: int,
+        writer: AtomicWriter,
+        on_bytes: Callable[[int], None],
+        where: str,
+    ) -> None:
+        """Byte ranges of chunk_size in parallel, written in order; `window` parts in flight."""
+        executor = self._pool()
+        parts = iter(range(start, size, self.chunk_size))
+        pending: deque[Future[memoryview]] = deque()
+        stop = threading.Event()
+
+        def submit_next() -> None:
+            first = next(parts, None)
+            if first is not None:
+                last = min(first + self.chunk_size, size) - 1
+                pending.append(executor.submit(self._get_part, key, first, last, size, where, stop))
+
+        for _ in range(self.window):
+            submit_next()
+        try:
+            while pending:
+                part = pending.popleft().result()
+                submit_next()  # keep the window full while this part is hashed and written
+                n = len(part)
+                try:
+                    # In 1 MiB blocks: each block is copied into the file and hashed while it is in
+                    # the CPU cache, and one 64 MiB write() measured ~20x more kernel time in the
+                    # page-cache copy than the same bytes in 1 MiB writes (ext4, Linux 6.x VM).
+                    for offset in range(0, n, STREAM_BLOCK):
+                        writer.write(part[offset : offset + STREAM_BLOCK])
+                finally:
+                    self._buffers.give(part)
+                on_bytes(n)
+        finally:
+            stop.set()
+            for future in pending:
+                future.cancel()
+
+    def _get_part(
+        self, key: str, first: int, last: int, size: int, where: str, stop: threading.Event
+    ) -> memoryview:
+        """Bytes first..last, read into a reused buffer (see _Buffers); the caller gives it back."""
+        if stop.is_set():
+            return memoryview(b"")  # the fetch already failed; its result is not read
+        want = last - first + 1
+        response = self._get(key, first, last, where)
+        body = response["Body"]
+        try:
+            if response.get("ContentLength") != want:
+                got = response.get("ContentRange") or f"{response.get('ContentLength')} bytes"
+                raise TransientSourceError(
+                    f"{where}: asked for bytes {first}-{last} of {size}, got {got}; the object may be "
+                    "changing or the server ignored the range"
+                )
+            part = self._buffers.take(want)
+            received = 0
+            try:
+                while received < want:
+                    n = body.readinto(part[received : min(received + STREAM_BLOCK, want)])
+                    if not n:
+                        raise TransientSourceError(
+                            f"{where}: the connection ended after {received} of bytes {first}-{last}"
+                        )
+                    received += n
+            except (BotoCoreError, OSError) as e:
+                self._buffers.give(part)
+                raise self._error(e, where, f"in bytes {first}-{last} of {size}") from e
+            except BaseException:
+                self._buffers.give(part)
+                raise
+        finally:
+            body.close()
+        return part
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="mt-s3")
+            return self._executor
+
+    def _error(self, e: BaseException, where: str, when: str = "") -> SourceError:
+        """The SourceError or TransientSourceError for a botocore/network failure."""
+        suffix = f" {when}" if when else ""
+        if isinstance(e, ClientError):
+            code = _code(e)
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            detail = self._scrub(e.response.get("Error", {}).get("Message") or "")
+            said = f" ({code}: {detail})" if detail and detail != code else f" ({code})"
+            if code == "NoSuchBucket":
+                return self._no_such_bucket(where)
+            if code in _CREDENTIALS:
+                return SourceError(f"{where}: {_CREDENTIALS[code]}{said}")
+            if code in _DENIED or status == 403:
+                return SourceError(
+                    f"{where}: access denied{said}: check that AWS_ACCESS_KEY_ID and "
+                    f"AWS_SECRET_ACCESS_KEY belong to a key that may read bucket {self.bucket!r}"
+                )
+            if code in _WRONG_REGION:
+                return SourceError(
+                    f"{where}: the bucket is not in region {self.region!r}{said}: set AWS_REGION "
+                    "(on RunPod, the datacenter id such as eu-ro-1)"
+                )
+            if code in _THROTTLED or status == 429 or status >= 500:
+                return TransientSourceError(f"{where}: the server failed{suffix}, HTTP {status}{said}")
+            return SourceError(f"{where}: HTTP {status}{said}")
+        if isinstance(e, (NoCredentialsError, PartialCredentialsError)):
+            return SourceError(
+                f"{where}: no usable credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(on RunPod, from an S3 API key)"
+            )
+        if isinstance(e, (HTTPClientError, ConnectionError, IncompleteReadError, ChecksumError, OSError)):
+            reason = self._scrub(str(e)) or type(e).__name__
+            return TransientSourceError(f"{where}: {type(e).__name__} at {self.endpoint}{suffix}: {reason}")
+        return SourceError(f"{where}: {type(e).__name__}{suffix}: {self._scrub(str(e))}")
+
+    def _scrub(self, text: str) -> str:
+        """`text` with this session's credential values (and any URL userinfo) taken out."""
+        text = re.sub(r"//[^/\s@]+@", "//***@", text)
+        credentials = self._session.get_credentials()
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            for secret in (frozen.secret_key, frozen.token, frozen.access_key):
+                if secret and len(secret) >= 4:
+                    text = text.replace(secret, "***")
+        return text
+
+
+class _Buffers:
+    """Part buffers of chunk_size, reused: a fresh 64 MiB buffer per part costs page faults (the
+    kernel zeroes every page of a new mapping), which measured about as much CPU as the sha256.
+    Keeps at most `keep` idle buffers; a part taken and given back is a memoryview of one."""
+
+    def __init__(self, chunk_size: int, keep: int) -> None:
+        self.chunk_size = chunk_size
+        self.keep = keep
+        self._idle: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> memoryview:
+        with self._lock:
+            buffer = self._idle.pop() if self._idle else None
+        if buffer is None:
+            buffer = bytearray(self.chunk_size)
+        return memoryview(buffer)[:size]
+
+    def give(self, part: memoryview) -> None:
+        buffer = part.obj
+        part.release()
+        if isinstance(buffer, bytearray) and len(buffer) == self.chunk_size:
+            with self._lock:
+                if len(self._idle) < self.keep:
+                    self._idle.append(buffer)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._idle.clear()
+
+
+def _code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code") or "")
+
+
+def _check_endpoint(uri: str, endpoint_url: str) -> None:
+    parts = urlsplit(endpoint_url)
+    if parts.username is not None or parts.password is not None:
+        raise SourceError(
+            f"source {uri}: the endpoint URL must not carry credentials; "
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SourceError(
+            f"source {uri}: endpoint {_without_userinfo(endpoint_url)!r} must be an http(s):// URL"
+        )
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
+def _shown(uri: str) -> str:
+    """A URI as it may be shown: any 'user:secret@' replaced."""
+    return re.sub(r"^(\w+://)[^/]*@", r"\1***@", uri)
