@@ -14,6 +14,7 @@ from mt_assets.defs.offline_cache import ASSET_KEY, CHECK_NAME
 from mt_assets.defs.resources import SourceResource, VolumeResource
 from mt_assets.manifest import load_profile
 from mt_assets_tests.offline.conftest import T5_TOKENIZER_JSON, copy_volume
+from mt_assets_tests.offline.conftest import home_cache_snapshot as home_cache_snapshot  # a fixture
 
 
 @pytest.fixture
@@ -96,3 +97,13 @@ def test_the_check_fails_for_a_loader_that_asks_the_hub(
     assert "by `huggingface_hub.offline` in unit t5-tokenizer" in str(check["violations"])
     attempts = materialized(result)["network_attempts"]
     assert [a["unit"] for a in attempts] == ["t5-tokenizer"]  # type: ignore[index,union-attr]
+
+
+def test_the_check_fails_for_a_file_read_from_outside_the_volume(
+    instance: dg.DagsterInstance, tiny_volume: Path, tiny_mirror: Path, home_cache_snapshot: Path
+) -> None:
+    config = {"only": ["wav2vec2"], "overrides": {"wav2vec2": str(home_cache_snapshot)}}
+    result = prove(instance, tiny_volume, tiny_mirror, config)
+    passed, check = verdict(result)
+    assert not passed
+    assert str(home_cache_snapshot / "preprocessor_config.json") in str(check["violations"])
