@@ -57,10 +57,9 @@ def test_materializing_records_metadata_and_a_second_run_skips_the_transfer(env:
         for m in first.get_asset_materialization_events()
         if m.asset_key == bundle_key(env.hub.manifest.bundles[0])
     )
-    assert (
-        bundle.materialization.metadata["class"].value == "TokenizersBackend"
-        or bundle.materialization.metadata["vocab_size"].value > 0
-    )
+    loaded = {k: v.value for k, v in bundle.materialization.metadata.items()}
+    assert loaded["vocab_size"] > 0 and loaded["sample_tokens"] > 0  # the tokenizer really loaded and encoded
+    assert str(loaded["path"]).endswith("models/tiny-models/tokenizer")
 
     second = env.materialize()
     again = materializations(second)[file_key(env.hub.manifest.files[0])]
@@ -152,3 +151,19 @@ def test_the_nightly_full_pass_catches_a_bit_flip_that_keeps_size_and_mtime(env:
     assert outcomes[file_key(victim)] is False
     assert all(passed for key, passed in outcomes.items() if key != file_key(victim))
     assert env.defs().get_schedule_def("nightly_integrity").job_name == "integrity_pass"
+
+
+def test_a_rematerialized_tokenizer_file_makes_its_bundle_rebuild_by_automation(env: Env) -> None:
+    defs = env.defs()
+    bundle = bundle_key(env.hub.manifest.bundles[0])
+    tokenizer_file = next(f for f in env.hub.manifest.files if f.component == "tok")
+    first = dg.evaluate_automation_conditions(defs=defs, instance=env.instance)
+    assert first.get_num_requested(bundle) == 0  # its files are not there yet: nothing to build from
+
+    assert env.materialize().success  # files and bundle, as the demo does
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=env.instance, cursor=first.cursor)
+    assert settled.get_num_requested(bundle) == 0
+
+    assert env.materialize(selection=[file_key(tokenizer_file)]).success  # e.g. the drift sensor's run
+    after = dg.evaluate_automation_conditions(defs=defs, instance=env.instance, cursor=settled.cursor)
+    assert after.get_num_requested(bundle) == 1
