@@ -40,7 +40,6 @@ import hashlib
 import json
 import os
 import platform
-import random
 import shutil
 import statistics
 import subprocess
@@ -51,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from synthetic import varied_payloads  # benchmarks/synthetic.py, beside this script
 
 from mt_assets.audit import AuditReport, audit
 from mt_assets.manifest import Manifest, load_manifest
@@ -82,15 +82,11 @@ class Volume:
 
 def build_volume(root: Path, files: int, mb_per_file: float, seed: int) -> Volume:
     """Write `files` files of ~`mb_per_file` MB under root/models/, and a manifest pinning them."""
-    rng = random.Random(seed)
-    base_size = max(int(mb_per_file * MB), 64)
-    jitter = min(4096, base_size // 8)
-    # One block of random bytes, then a few bytes changed per file: fast, and every file differs.
-    block = bytearray(rng.randbytes(base_size + jitter))
     components: list[dict[str, object]] = []
     paths: list[Path] = []
     total = 0
-    for index in range(files):
+    for index, data in enumerate(varied_payloads(files, mb_per_file, seed)):
+        size = len(data)
         c_index, f_index = divmod(index, FILES_PER_COMPONENT)
         if f_index == 0:
             components.append(
@@ -102,11 +98,6 @@ def build_volume(root: Path, files: int, mb_per_file: float, seed: int) -> Volum
                     "files": [],
                 }
             )
-        size = base_size + rng.randint(-jitter, jitter)
-        for _ in range(8):
-            block[rng.randrange(size)] = rng.randrange(256)
-        block[0:8] = index.to_bytes(8, "little")
-        data = memoryview(block)[:size]
         component = components[-1]
         rel = f"shard-{f_index:05d}.bin"
         path = root / "models" / str(component["dir"]) / rel

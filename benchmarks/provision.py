@@ -44,7 +44,6 @@ import argparse
 import hashlib
 import os
 import platform
-import random
 import resource
 import shutil
 import statistics
@@ -61,6 +60,8 @@ from boto3.s3.transfer import TransferConfig
 
 # The loopback moto_server helpers live with the tests (mt_assets_tests is not installed).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from synthetic import varied_payloads  # benchmarks/synthetic.py, beside this script
 
 from mt_assets.manifest import ManifestFile
 from mt_assets.sources.s3 import S3Source
@@ -89,20 +90,11 @@ class Stored:
 
 def upload(endpoint: str, files: int, mb_per_file: float, seed: int) -> Stored:
     """Put `files` objects of ~`mb_per_file` MiB of random bytes; pin them in ManifestFiles."""
-    rng = random.Random(seed)
-    base_size = max(int(mb_per_file * MB), 64)
-    jitter = min(4096, base_size // 8)
-    # One block of random bytes, then a few bytes changed per object: fast, and every object differs.
-    n = base_size + jitter
-    block = bytearray(b"".join(rng.randbytes(min(16 * MB, n - i)) for i in range(0, n, 16 * MB)))
     pinned: list[ManifestFile] = []
     total = 0
-    for index in range(files):
-        size = base_size + rng.randint(-jitter, jitter)
-        for _ in range(8):
-            block[rng.randrange(size)] = rng.randrange(256)
-        block[0:8] = index.to_bytes(8, "little")
-        data = bytes(block[:size])
+    for index, view in enumerate(varied_payloads(files, mb_per_file, seed)):
+        data = bytes(view)
+        size = len(data)
         f = ManifestFile(
             component="bench",
             repo="bench/objects",

@@ -101,6 +101,18 @@ def vae_sizes_from_state(state: Mapping[str, torch.Tensor], source: str) -> WanV
     )
 
 
+def build_vae(sizes: WanVAESizes, *, device: str | torch.device = "meta") -> AutoencoderKLWan:
+    """An AutoencoderKLWan of these sizes, with no weights loaded (meta: nothing allocated)."""
+    with torch.device(device):
+        return AutoencoderKLWan(
+            base_dim=sizes.base_dim,
+            z_dim=sizes.z_dim,
+            dim_mult=list(sizes.dim_mult),
+            num_res_blocks=sizes.num_res_blocks,
+            temperal_downsample=list(sizes.temperal_downsample),
+        )
+
+
 def load_vae(
     path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> AutoencoderKLWan:
@@ -115,14 +127,7 @@ def load_vae(
         )
     keys = wan_vae_keys(sizes)
     check_keys(state, {k: shape for k, (_, shape) in keys.items()}, source)
-    with torch.device("meta"):
-        model = AutoencoderKLWan(
-            base_dim=sizes.base_dim,
-            z_dim=sizes.z_dim,
-            dim_mult=list(sizes.dim_mult),
-            num_res_blocks=sizes.num_res_blocks,
-            temperal_downsample=list(sizes.temperal_downsample),
-        )
+    model = build_vae(sizes, device="meta")
     converted = {keys[k][0]: v.to(device=device, dtype=dtype) for k, v in state.items()}
     load_strict(model, converted, source)
     return model.eval().requires_grad_(False)

@@ -6,12 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
 from mt_assets.models.checkpoints import CheckpointError
 from mt_assets.models.tiny_wan_parts import TINY_VAE, write_tiny_vae
-from mt_assets.models.vae import VAE_FILE, WanVAESizes, load_vae, vae_sizes_from_state, wan_vae_keys
+from mt_assets.models.vae import (
+    VAE_FILE,
+    WanVAESizes,
+    build_vae,
+    load_vae,
+    vae_sizes_from_state,
+    wan_vae_keys,
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +30,7 @@ def _meta_state(sizes: WanVAESizes) -> dict[str, torch.Tensor]:
 
 
 def _diffusers_shapes(sizes: WanVAESizes) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        model = AutoencoderKLWan(
-            base_dim=sizes.base_dim,
-            z_dim=sizes.z_dim,
-            dim_mult=list(sizes.dim_mult),
-            num_res_blocks=sizes.num_res_blocks,
-            temperal_downsample=list(sizes.temperal_downsample),
-        )
+    model = build_vae(sizes)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
