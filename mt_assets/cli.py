@@ -7,10 +7,10 @@ directory, bad flags), with a message on stderr that names it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -208,7 +208,7 @@ def verify_offline(
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--override-unit") from None
     err = Console(stderr=True)
-    with err.status("loading with the network cut", spinner="dots") if err.is_terminal else _nothing():
+    with err.status("loading with the network cut", spinner="dots") if err.is_terminal else contextlib.nullcontext():
         report = run_verify_offline(
             vol, manifest, only=list(only) or None, overrides=overrides, hub_offline=not socket_only
         )
@@ -217,11 +217,6 @@ def verify_offline(
     else:
         print_offline(report, Console(highlight=False))
     sys.exit(EXIT_OK if report.ok else EXIT_PROBLEM)
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 @main.command()
