@@ -15,7 +15,9 @@ from rich.table import Table
 
 from mt_assets.config import Settings
 from mt_assets.defs.definitions import build_definitions, manifest_from_env
+from mt_assets.manifest import load_profile
 from mt_assets.models.tiny import TINY_PROFILE, build_tiny_mirror
+from mt_assets.units import human_bytes
 
 
 def main() -> int:
@@ -42,22 +44,34 @@ def main() -> int:
     checks = result.get_asset_check_evaluations()
     outcomes: dict[str, int] = {}
     for event in materialized:
-        outcome = event.materialization.metadata.get("outcome")
-        key = outcome.value if outcome is not None else "bundle loaded"
-        outcomes[str(key)] = outcomes.get(str(key), 0) + 1
+        kind = event.asset_key.path[0]
+        if kind == "models":
+            key = f"model files {event.materialization.metadata['outcome'].value}"
+        elif kind == "bundles":
+            key = "bundles loaded offline"
+        else:
+            key = f"{kind} (offline proof)"
+        outcomes[key] = outcomes.get(key, 0) + 1
     table = Table(title=f"demo run {result.run_id[:8]}", title_justify="left")
     table.add_column("what")
     table.add_column("count", justify="right")
     for what, n in sorted(outcomes.items()):
-        table.add_row(f"assets: {what}", str(n))
+        table.add_row(what, str(n))
     table.add_row("checks passed", f"{sum(c.passed for c in checks)}/{len(checks)}")
     console.print(table)
     console.print(f"volume: {Path(settings.volume).resolve()}   instance: {instance.root_directory}")
     if result.success and all(c.passed for c in checks):
         console.print(
-            "[green]every model file is on the volume and verified; every bundle loaded offline.[/]"
+            "[green]every model file is on the volume and verified; the bundles and the worker's whole load "
+            "path loaded from it with the network cut.[/]"
         )
         console.print("next: `make ui`, then open http://127.0.0.1:3000/assets to see them")
+        real = load_profile("multitalk-480p")
+        needed = sum(f.planned_size or 0 for f in real.files)
+        console.print(
+            f"the real profile, multitalk-480p: {len(real.files)} files, ~{human_bytes(needed)}; on a RunPod volume: "
+            "`mt-assets audit --profile multitalk-480p --volume /runpod-volume`"
+        )
         return 0
     console.print(f"[red]the run failed[/]: see `make ui` → Runs → {result.run_id}")
     return 1
