@@ -15,8 +15,6 @@ twice and nothing is written over a file being written.
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ from mt_assets.manifest import Manifest, ManifestFile
 from mt_assets.progress import NullProgress, Progress
 from mt_assets.sources.base import Source, SourceError, TransientSourceError
 from mt_assets.units import human_bytes
-from mt_assets.volume import Expected, IntegrityError, LocalVolume, VolumeFullError, WriterBusy
+from mt_assets.volume import Expected, IntegrityError, LocalVolume, LockLost, VolumeFullError, WriterBusy
 
 DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF = 0.5  # seconds before the first retry; doubles each time
@@ -200,7 +198,6 @@ class _Fetcher:
         self.retries = retries
         self.backoff = backoff
         self.progress = progress
-        self._lock = threading.Lock()
 
     def fetch(self, f: ManifestFile, *, wait: bool) -> FetchResult | None:
         """Fetch one file; None when `wait` is off and another live writer holds it."""
@@ -262,7 +259,7 @@ class _Fetcher:
                 if attempts > self.retries:
                     return self._failed(f, uri, attempts, started, f"{e} (gave up after {attempts} attempts)")
                 time.sleep(self.backoff * 2 ** (attempts - 1))
-            except (SourceError, IntegrityError, VolumeFullError) as e:
+            except (SourceError, IntegrityError, VolumeFullError, LockLost) as e:
                 return self._failed(f, uri, attempts, started, str(e))
             except OSError as e:
                 return self._failed(f, uri, attempts, started, f"{f.target}: {e}")
@@ -272,7 +269,3 @@ class _Fetcher:
         return FetchResult(
             f, "failed", status, uri, seconds=time.monotonic() - started, attempts=attempts, detail=detail
         )
-
-
-def default_jobs() -> int:
-    return min(8, max(2, (os.cpu_count() or 1) * 2))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mt_assets.volume.atomic import AtomicWriter, Expected, IntegrityError, VolumeFullError
 from mt_assets.volume.hashing import Digest, hash_file
-from mt_assets.volume.local import FileState, LocalVolume, VolumeError, WriterBusy
+from mt_assets.volume.local import FileState, LocalVolume, LockLost, VolumeError, WriterBusy
 from mt_assets.volume.lock import LockOwner, LockTimeout, WriterLock
 
 
@@ -24,6 +24,7 @@ __all__ = [
     "FileState",
     "IntegrityError",
     "LocalVolume",
+    "LockLost",
     "LockOwner",
     "LockTimeout",
     "VolumeError",

@@ -35,6 +35,10 @@ class VolumeError(ValueError):
     """The volume cannot be used as given (not a directory, a bad target path, ...)."""
 
 
+class LockLost(RuntimeError):
+    """This writer's lock was taken over (it was presumed dead): its bytes are not placed."""
+
+
 class WriterBusy(RuntimeError):
     """Another live writer holds the target's lock."""
 
@@ -209,6 +213,6 @@ class LocalVolume:
 
 def _check_lock(lock: WriterLock, target: str) -> None:
     if lock.lost:
-        raise RuntimeError(
+        raise LockLost(
             f"{target}: the writer lock was taken over (this writer was presumed dead); not placed"
         )

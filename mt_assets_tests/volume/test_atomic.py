@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from mt_assets.volume import Expected, IntegrityError, LocalVolume, VolumeError, VolumeFullError, WriterBusy
+from mt_assets.volume import (
+    Expected,
+    IntegrityError,
+    LocalVolume,
+    LockLost,
+    VolumeError,
+    VolumeFullError,
+    WriterBusy,
+    WriterLock,
+)
 
 TARGET = "models/comp/big.bin"
 
@@ -187,3 +196,16 @@ def test_a_writer_that_will_not_wait_skips_a_busy_file(tmp_path: Path) -> None:
         pass
     assert first.wait(60) == 0
     assert (tmp_path / TARGET).read_bytes() == b"\x01" * (1 << 20)
+
+
+def test_a_writer_presumed_dead_does_not_place_its_bytes(tmp_path: Path) -> None:
+    vol = LocalVolume(tmp_path, lock_stale_after=0.4, trust_local_pids=False)
+    with pytest.raises(LockLost, match=r"^models/comp/big.bin: the writer lock was taken over"):
+        with vol.writing(TARGET) as w:
+            w.write(b"slow writer's bytes")
+            lock = vol.lock_for(TARGET)
+            lock.path.unlink()  # another machine judged us dead and took the file over
+            assert WriterLock(lock.path).try_acquire()
+            time.sleep(0.3)  # our heartbeat notices
+            w.commit()
+    assert not (tmp_path / TARGET).exists()
