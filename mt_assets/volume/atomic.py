@@ -5,9 +5,11 @@ were hashed on the way in, flushed to stable storage and checked against what th
 pins (size, sha256, git blob id). Anything else (an exception, a full disk, a mismatch) removes
 the staged bytes; a SIGKILL leaves them in staging, never at the final path.
 
-Staged files are named after their target (<sha1 of target, 16 hex>.<basename>.part), so the
-next holder of the target's writer lock finds an interrupted transfer and may resume it
-(`resume_from()`), re-hashing the bytes already there.
+Staged files are named `<target key>.<pin key>.<basename>.<owner>.part`: each writer stages into
+a file of its own (even two writers that both believe they hold the lock never share bytes),
+and the next holder of the target's lock can take over an interrupted transfer of the same pin
+by renaming it to its own name (only one rename wins), then resume it (`resume_from`),
+re-hashing the bytes already there. See LocalVolume.writing.
 """
 
 from __future__ import annotations
@@ -44,9 +46,15 @@ class Expected:
     git_sha1: str | None = None
 
 
-def staging_name(target: str) -> str:
-    key = hashlib.sha1(target.encode(), usedforsecurity=False).hexdigest()[:16]
-    return f"{key}.{target.rsplit('/', 1)[-1]}.part"
+def target_key(target: str) -> str:
+    return hashlib.sha1(target.encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+def staging_prefix(target: str, expected: Expected) -> str:
+    """`<target key>.<pin key>.<basename>`: staged bytes of one target at one pin."""
+    pin = f"{expected.size}:{expected.sha256}:{expected.git_sha1}"
+    pin_key = hashlib.sha1(pin.encode(), usedforsecurity=False).hexdigest()[:8]
+    return f"{target_key(target)}.{pin_key}.{target.rsplit('/', 1)[-1]}"
 
 
 class AtomicWriter:

@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 
 from mt_assets.manifest.schema import check_relative_path
-from mt_assets.volume.atomic import AtomicWriter, Expected, staging_name
+from mt_assets.volume.atomic import AtomicWriter, Expected, staging_prefix, target_key
 from mt_assets.volume.hashcache import HashCache
 from mt_assets.volume.hashing import Digest, hash_file
 from mt_assets.volume.lock import LockOwner, WriterLock
@@ -104,10 +104,34 @@ class LocalVolume:
             raise VolumeError(
                 f"volume {self.root}: target {target!r} is inside the state folder {STATE_DIR}/"
             )
+        self.refuse_symlinked_parents(target)
         return self.root / target
 
+    def refuse_symlinked_parents(self, relative: str) -> None:
+        """Raise VolumeError when a folder on the way to `relative` is a symlink.
+
+        A symlinked folder would carry writes (and reads) outside the volume; the volume keeps
+        real folders, as network filesystems and the S3 API do. Folders not there yet are fine:
+        they are created as real ones.
+        """
+        current = self.root
+        for part in relative.split("/")[:-1]:
+            current = current / part
+            try:
+                st = os.lstat(current)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            if stat_module.S_ISLNK(st.st_mode):
+                raise VolumeError(
+                    f"volume {self.root}: {current.relative_to(self.root)} is a symlink (on the way to "
+                    f"{relative}); the volume keeps real folders"
+                )
+
     def state(self, target: str) -> FileState:
-        path = self.path(target)
+        try:
+            path = self.path(target)
+        except VolumeError as e:
+            return FileState(None, str(e).split(": ", 1)[1])
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -165,6 +189,7 @@ class LocalVolume:
     # -- writing -----------------------------------------------------------------------------
 
     def lock_for(self, target: str) -> WriterLock:
+        self.refuse_symlinked_parents(f"{STATE_DIR}/locks/x")
         key = hashlib.sha1(target.encode(), usedforsecurity=False).hexdigest()[:16]
         return WriterLock(
             self.state_dir / "locks" / f"{key}.lock",
@@ -195,9 +220,11 @@ class LocalVolume:
         elif not lock.try_acquire():
             raise WriterBusy(target, lock.holder())
         try:
+            assert lock.owner is not None
+            staging = self._claim_staging(target, expected or Expected(), lock.owner.token[:12], resume=resume)
             writer = AtomicWriter(
                 final,
-                self.state_dir / "staging" / staging_name(target),
+                staging,
                 expected=expected,
                 label=target,
                 keep_partial=resume,
@@ -211,8 +238,34 @@ class LocalVolume:
             lock.release()
 
 
+    def _claim_staging(self, target: str, expected: Expected, owner: str, *, resume: bool) -> Path:
+        """This writer's staging file; with `resume`, an earlier writer's bytes of the same pin.
+
+        Called under the target's lock, so any other staged file of this target belongs to a
+        writer that died: one of the same pin may be taken over, the rest are removed.
+        """
+        self.refuse_symlinked_parents(f"{STATE_DIR}/staging/x")
+        staging = self.state_dir / "staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        prefix = staging_prefix(target, expected)
+        mine = staging / f"{prefix}.{owner}.part"
+        for old in sorted(staging.glob(f"{target_key(target)}.*.part")):
+            if old == mine:
+                continue
+            if resume and old.name.startswith(f"{prefix}.") and not mine.exists():
+                try:
+                    os.rename(old, mine)  # atomic: of two claimants only one gets it
+                    continue
+                except FileNotFoundError:
+                    continue
+            old.unlink(missing_ok=True)
+        return mine
+
+
 def _check_lock(lock: WriterLock, target: str) -> None:
-    if lock.lost:
+    # Re-read the lock file rather than trust the heartbeat's last look: a take-over may be
+    # seconds old, and nothing but this check stands between a stale writer and the final path.
+    if not lock.still_held():
         raise LockLost(
             f"{target}: the writer lock was taken over (this writer was presumed dead); not placed"
         )

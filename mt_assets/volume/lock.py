@@ -178,17 +178,23 @@ class WriterLock:
 
     def _beat(self) -> None:
         assert self.owner is not None
-        token = self.owner.token
-        while not self._stop.wait(self.heartbeat):
-            current = self.holder()
-            if current is None or current.token != token:
-                self.lost = True
-                return
-            try:
+        try:
+            while not self._stop.wait(self.heartbeat):
+                if not self.still_held():
+                    self.lost = True
+                    return
                 os.utime(self.path)
-            except FileNotFoundError:
-                self.lost = True
-                return
+        except BaseException:
+            # A heartbeat that cannot beat (ESTALE, EIO on a network filesystem) will let the
+            # lock go stale: this writer must assume it is lost rather than commit blindly.
+            self.lost = True
+
+    def still_held(self) -> bool:
+        """Read the lock file now: does it still carry this holder's token?"""
+        if self.owner is None or self.lost:
+            return False
+        current = self.holder()
+        return current is not None and current.token == self.owner.token
 
 
 def _pid_alive(pid: int) -> bool:

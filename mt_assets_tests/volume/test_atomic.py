@@ -209,3 +209,20 @@ def test_a_writer_presumed_dead_does_not_place_its_bytes(tmp_path: Path) -> None
             time.sleep(0.3)  # our heartbeat notices
             w.commit()
     assert not (tmp_path / TARGET).exists()
+
+
+def test_a_symlinked_folder_inside_the_volume_never_carries_a_write_outside(tmp_path: Path) -> None:
+    volume, outside = tmp_path / "volume", tmp_path / "outside"
+    volume.mkdir()
+    outside.mkdir()
+    (volume / "models").mkdir()
+    (volume / "models" / "comp").symlink_to(outside)
+    vol = LocalVolume(volume)
+    with pytest.raises(VolumeError, match=r"models/comp is a symlink \(on the way to models/comp/big.bin\)"):
+        with vol.writing(TARGET) as w:
+            w.write(b"x")
+            w.commit()
+    assert list(outside.iterdir()) == []
+    state = vol.state(TARGET)
+    assert not state.present
+    assert "models/comp is a symlink" in str(state.problem)
