@@ -123,3 +123,16 @@ def tiny_volume(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     report = provision.apply(provision.plan(load_profile("tiny"), volume), MirrorSource(tiny_mirror), volume)
     assert report.complete, [r.detail for r in report.results if r.outcome == "failed"]
     return root
+
+
+def rot_bit(volume: LocalVolume, target: str, offset: int = 0) -> None:
+    """Corrupt a byte the way failing storage does: the bytes change and no stat field shows it.
+
+    User space cannot change bytes without changing ctime, so the hash cache's row is moved to
+    the file's new stat with its old digest: exactly what bit rot under the filesystem leaves.
+    """
+    path = volume.path(target)
+    cached = volume.hash_cache.lookup(target, os.stat(path))
+    assert cached is not None, f"{target} is not in the hash cache yet"
+    flip_bit_keep_mtime(path, offset)
+    volume.hash_cache.store(target, os.stat(path), cached)

@@ -11,7 +11,7 @@ import pytest
 import mt_assets.volume.local as volume_local
 from mt_assets.audit import audit
 from mt_assets.manifest import parse_manifest
-from mt_assets_tests.conftest import SyntheticVolume, flip_bit_keep_mtime, manifest_yaml
+from mt_assets_tests.conftest import SyntheticVolume, flip_bit_keep_mtime, manifest_yaml, rot_bit
 
 
 @pytest.fixture
@@ -151,16 +151,29 @@ def test_replacing_a_file_with_same_size_and_mtime_is_caught_by_its_inode(
     assert hash_reads == ["a.bin"]
 
 
-def test_full_audit_ignores_the_cache_and_catches_a_silent_bit_flip(
+def test_a_write_with_the_mtime_put_back_is_still_rehashed(
     synthetic_volume: Callable[..., SyntheticVolume], hash_reads: list[str]
 ) -> None:
     sv = synthetic_volume()
     audit(sv.manifest, sv.volume())
-    flip_bit_keep_mtime(sv.target("a.bin"), offset=10)
-    assert audit(sv.manifest, sv.volume()).complete  # invisible to the cached audit, by design
+    flip_bit_keep_mtime(sv.target("a.bin"), offset=10)  # same size, same mtime, same inode: new ctime
+    hash_reads.clear()
+    report = audit(sv.manifest, sv.volume())
+    assert hash_reads == ["a.bin"]
+    assert statuses(report)["a.bin"] == "hash_mismatch"
+
+
+def test_full_audit_ignores_the_cache_and_catches_rot_no_stat_shows(
+    synthetic_volume: Callable[..., SyntheticVolume], hash_reads: list[str]
+) -> None:
+    sv = synthetic_volume()
+    vol = sv.volume()
+    audit(sv.manifest, vol)
+    rot_bit(vol, sv.manifest.files[0].target, offset=10)
+    assert audit(sv.manifest, vol).complete  # invisible to the cached audit, by design
 
     hash_reads.clear()
-    report = audit(sv.manifest, sv.volume(), full=True, jobs=2)
+    report = audit(sv.manifest, vol, full=True, jobs=2)
     assert sorted(hash_reads) == sorted(Path(f.path).name for f in sv.files)
     assert statuses(report)["a.bin"] == "hash_mismatch"
 

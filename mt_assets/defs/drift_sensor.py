@@ -1,11 +1,12 @@
 """The volume drift sensor: a file changed, was truncated or vanished since it was materialized.
 
-Each tick stats every manifest file (no hashing) and compares (size, mtime_ns, inode) with
+Each tick stats every manifest file (no hashing) and compares (size, mtime_ns, inode, ctime_ns) with
 what the file's latest materialization recorded. A file that differs gets a run that
 re-provisions exactly the drifted files; bundles downstream follow by automation.
 
-Cursor: JSON {target: stat signature last requested}, so a drift is requested once, not on
-every tick while its run is queued; a new change to the same file is a new request.
+Cursor: JSON {target: drift last requested}, so a drift is requested once, not on every tick
+while its run is queued; an entry is dropped once the file is as recorded again, and a new
+change to the same file (or the same vanishing after a repair) is a new request.
 """
 
 import json
@@ -15,6 +16,9 @@ import dagster as dg
 from mt_assets.defs.keys import file_key
 from mt_assets.defs.resources import VolumeResource
 from mt_assets.manifest import Manifest
+
+STAT_KEYS = ("size", "mtime_ns", "inode", "ctime_ns")
+_ATTR = {"size": "size", "mtime_ns": "mtime_ns", "inode": "ino", "ctime_ns": "ctime_ns"}
 
 
 def build_drift_sensor(manifest: Manifest, minimum_interval_seconds: int = 60) -> dg.SensorDefinition:
@@ -40,18 +44,25 @@ def build_drift_sensor(manifest: Manifest, minimum_interval_seconds: int = 60) -
             md = event.asset_materialization.metadata
             if "mtime_ns" not in md:
                 continue
-            recorded = f"{md['size'].value}:{md['mtime_ns'].value}:{md['inode'].value}"
+            recorded = ":".join(str(md[k].value) for k in STAT_KEYS if k in md)
             state = vol.state(f.target)
             now = (
-                f"{state.st.st_size}:{state.st.st_mtime_ns}:{state.st.st_ino}"
-                if state.present and state.st
+                ":".join(str(getattr(state.st, f"st_{_ATTR[k]}")) for k in STAT_KEYS if k in md)
+                if (state.present and state.st)
                 else "gone"
             )
-            if now != recorded and requested.get(f.target) != now:
-                drifted[f.target] = now
+            if now == recorded:
+                requested.pop(f.target, None)  # as recorded (again): a later drift is a new one
+                continue
+            # The materialization's run id makes each drift episode its own request: the same
+            # file vanishing again after a repair is asked for again.
+            drift = f"{event.run_id[:8]}:{now}"
+            if requested.get(f.target) != drift:
+                drifted[f.target] = drift
         if not drifted:
             return dg.SensorResult(
-                skip_reason="no drift: every materialized file is as recorded", cursor=context.cursor
+                skip_reason="no drift: every materialized file is as recorded",
+                cursor=json.dumps(requested, sort_keys=True),
             )
         requested.update(drifted)
         targets = sorted(drifted)

@@ -57,8 +57,13 @@ def file_spec(f: ManifestFile) -> dg.AssetSpec:
 
 def stat_metadata(volume: LocalVolume, f: ManifestFile) -> dict[str, Any]:
     st = os.stat(volume.path(f.target))
-    # mtime_ns and inode exceed what GraphQL integers carry: kept as text.
-    return {"size": st.st_size, "mtime_ns": str(st.st_mtime_ns), "inode": str(st.st_ino)}
+    # mtime_ns, ctime_ns and inode exceed what GraphQL integers carry: kept as text.
+    return {
+        "size": st.st_size,
+        "mtime_ns": str(st.st_mtime_ns),
+        "ctime_ns": str(st.st_ctime_ns),
+        "inode": str(st.st_ino),
+    }
 
 
 def build_model_files_asset(manifest: Manifest) -> dg.AssetsDefinition:

@@ -3,14 +3,17 @@
 Stored in <volume>/.mt/hashes.sqlite, one row per file:
 
     path TEXT PRIMARY KEY      -- relative to <volume>, '/'-separated
-    size INTEGER, mtime_ns INTEGER, inode INTEGER
-    sha256 TEXT                -- of the bytes as they were when (size, mtime_ns, inode) was recorded
+    size INTEGER, mtime_ns INTEGER, inode INTEGER, ctime_ns INTEGER
+    sha256 TEXT                -- of the bytes as they were when those stat fields were recorded
     git_sha1 TEXT              -- git blob id, only for small files (see hashing.py); may be NULL
     hashed_at REAL             -- unix time of the hashing, for reports
 
-A row is trusted only while all three stat fields still match; anything else re-hashes.
-A write that keeps size and mtime (a bit flip with the mtime put back) is invisible here by
-design: the full pass (`audit --full`, the nightly schedule) ignores the cache.
+A row is trusted only while all four stat fields still match; anything else re-hashes. ctime
+cannot be set from user space, so a write with the mtime put back, or a file deleted and
+recreated on a reused inode, still re-hashes. What stays invisible here is corruption below
+the filesystem (bit rot, a bad disk or server) that changes bytes without any stat field: the
+full pass (`audit --full`, the nightly schedule) ignores the cache for that. The device number
+is left out on purpose: it changes with every mount of a network volume.
 
 The cache is disposable: a database that is unreadable or corrupt (a crash on a network
 filesystem, say) is moved aside and started afresh, which only costs re-hashing.
@@ -27,11 +30,12 @@ from pathlib import Path
 from mt_assets.volume.hashing import Digest
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS hashes (
+CREATE TABLE IF NOT EXISTS hashes_v2 (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     inode INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
     git_sha1 TEXT,
     hashed_at REAL NOT NULL
@@ -49,8 +53,10 @@ class HashCache:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             conn = self._connect()
-            conn.execute("SELECT count(*) FROM hashes").fetchone()
+            conn.execute("SELECT count(*) FROM hashes_v2").fetchone()
             return conn
+        except sqlite3.OperationalError:
+            raise  # busy or locked: a healthy database that another process is using
         except sqlite3.DatabaseError:
             aside = self.db_path.with_name(f"{self.db_path.name}.corrupt-{int(time.time())}")
             os.replace(self.db_path, aside)
@@ -68,29 +74,40 @@ class HashCache:
         return conn
 
     def lookup(self, path: str, st: os.stat_result) -> Digest | None:
-        """The cached digest of `path`, if the file still has the size, mtime and inode it was hashed with."""
+        """The cached digest of `path`, if the file still has the stat it was hashed with."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT size, mtime_ns, inode, sha256, git_sha1 FROM hashes WHERE path = ?", (path,)
+                "SELECT size, mtime_ns, inode, ctime_ns, sha256, git_sha1 FROM hashes_v2 WHERE path = ?",
+                (path,),
             ).fetchone()
         if row is None:
             return None
-        size, mtime_ns, inode, sha256, git_sha1 = row
-        if (size, mtime_ns, inode) != (st.st_size, st.st_mtime_ns, st.st_ino):
+        size, mtime_ns, inode, ctime_ns, sha256, git_sha1 = row
+        if (size, mtime_ns, inode, ctime_ns) != (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns):
             return None
         return Digest(size=size, sha256=sha256, git_sha1=git_sha1)
 
     def store(self, path: str, st: os.stat_result, digest: Digest) -> None:
         with self._lock:
             self._conn.execute(
-                "INSERT OR REPLACE INTO hashes (path, size, mtime_ns, inode, sha256, git_sha1, hashed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (path, st.st_size, st.st_mtime_ns, st.st_ino, digest.sha256, digest.git_sha1, time.time()),
+                "INSERT OR REPLACE INTO hashes_v2"
+                " (path, size, mtime_ns, inode, ctime_ns, sha256, git_sha1, hashed_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    path,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ino,
+                    st.st_ctime_ns,
+                    digest.sha256,
+                    digest.git_sha1,
+                    time.time(),
+                ),
             )
 
     def forget(self, path: str) -> None:
         with self._lock:
-            self._conn.execute("DELETE FROM hashes WHERE path = ?", (path,))
+            self._conn.execute("DELETE FROM hashes_v2 WHERE path = ?", (path,))
 
     def close(self) -> None:
         with self._lock:

@@ -182,7 +182,7 @@ class LocalVolume:
         digest = hash_file(self.path(target), on_bytes=on_bytes, git_sha1=git_sha1)
         after = os.stat(self.path(target))
         # Only remember the digest if the file did not change while it was being read.
-        if (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino):
+        if _stat_key(after) == _stat_key(st):
             self.hash_cache.store(target, after, digest)
         return digest, True
 
@@ -260,6 +260,10 @@ class LocalVolume:
                     continue
             old.unlink(missing_ok=True)
         return mine
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
 def _check_lock(lock: WriterLock, target: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import dagster as dg
@@ -11,7 +12,8 @@ from dagster._core.loader import LoadingContextForTest
 from mt_assets.defs import build_definitions
 from mt_assets.defs.keys import bundle_key, file_key
 from mt_assets.manifest import load_profile, parse_manifest
-from mt_assets_tests.conftest import flip_bit_keep_mtime
+from mt_assets.volume import LocalVolume
+from mt_assets_tests.conftest import rot_bit
 from mt_assets_tests.defs.conftest import Env, manifest_for
 
 
@@ -136,10 +138,10 @@ def test_changing_a_hash_in_the_manifest_makes_that_asset_stale(env: Env) -> Non
     assert resolver.get_status(file_key(env.hub.manifest.files[1])) == StaleStatus.FRESH
 
 
-def test_the_nightly_full_pass_catches_a_bit_flip_that_keeps_size_and_mtime(env: Env) -> None:
+def test_the_nightly_full_pass_catches_rot_that_no_stat_field_shows(env: Env) -> None:
     assert env.materialize().success
     victim = env.hub.manifest.files[0]
-    flip_bit_keep_mtime(env.volume_root / victim.target, offset=999)
+    rot_bit(LocalVolume(env.volume_root), victim.target, offset=999)  # no stat field shows it
     job = env.defs().resolve_job_def("integrity_pass")
 
     cached_config = {"ops": {"model_file_checks": {"config": {"full": False}}}}
@@ -167,3 +169,30 @@ def test_a_rematerialized_tokenizer_file_makes_its_bundle_rebuild_by_automation(
     assert env.materialize(selection=[file_key(tokenizer_file)]).success  # e.g. the drift sensor's run
     after = dg.evaluate_automation_conditions(defs=defs, instance=env.instance, cursor=settled.cursor)
     assert after.get_num_requested(bundle) == 1
+
+
+def test_a_file_that_vanishes_again_after_a_repair_is_requested_again(env: Env) -> None:
+    assert env.materialize().success
+    defs = env.defs()
+    victim = env.hub.manifest.files[0]
+    sensor = defs.get_sensor_def("volume_drift")
+    cursor = None
+    for _ in range(2):
+        os.unlink(env.volume_root / victim.target)
+        with dg.build_sensor_context(
+            instance=env.instance, resources=env.resources(), definitions=defs, cursor=cursor
+        ) as context:
+            tick = sensor(context)
+        [request] = tick.run_requests
+        assert request.asset_selection == [file_key(victim)]
+        repair = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=env.instance, asset_selection=request.asset_selection
+        )
+        assert repair.success
+        with dg.build_sensor_context(
+            instance=env.instance, resources=env.resources(), definitions=defs, cursor=tick.cursor
+        ) as context:
+            settled = sensor(context)
+        assert not settled.run_requests
+        cursor = settled.cursor
+        assert victim.target not in json.loads(cursor or "{}")  # resolved drifts leave the cursor
