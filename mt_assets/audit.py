@@ -215,6 +215,9 @@ def _check_bytes(
             git_sha1=f.git_sha1 is not None,
             on_bytes=lambda n: progress.advance(key, n),
         )
+    except OSError as e:
+        # An unreadable file (EIO, EACCES, a stale handle) is not what was pinned: refetch it.
+        return FileAudit(f, "hash_mismatch", size=st.st_size, detail=f"unreadable: {e.strerror or e}")
     finally:
         progress.finish(key)
     return _judge(f, digest, hashed)

@@ -22,7 +22,7 @@ from mt_assets import provision as provision_core
 from mt_assets.audit import audit as run_audit
 from mt_assets.config import Settings
 from mt_assets.manifest import Manifest, ManifestError, load_manifest, load_profile
-from mt_assets.sources import SourceError, open_source
+from mt_assets.sources import SourceError, TransientSourceError, open_source
 from mt_assets.terminal import RichProgress, print_audit, print_plan, print_provision
 from mt_assets.volume import LocalVolume, VolumeError, open_volume
 
@@ -34,6 +34,10 @@ def _bad_input_exits(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except TransientSourceError as e:
+            # The network or the server, not the input: worth a retry later.
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_PROBLEM)
         except (ManifestError, VolumeError, SourceError) as e:
             # Plain text, never wrapped: scripts grep these messages.
             click.echo(f"error: {e}", err=True)
@@ -146,10 +150,13 @@ def provision(
             click.echo(json.dumps(the_plan.to_json(), indent=2))
         else:
             print_plan(the_plan, out)
-        sys.exit(EXIT_OK if the_plan.fits else EXIT_PROBLEM)
+        # As audit's: 0 only when there is nothing to do.
+        sys.exit(EXIT_OK if the_plan.audit.complete else EXIT_PROBLEM)
     try:
         the_plan.check_space()
     except provision_core.NotEnoughSpace as e:
+        if as_json:
+            click.echo(json.dumps({"complete": False, "error": str(e), "plan": the_plan.to_json()}, indent=2))
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_PROBLEM)
     src = open_source(source or Settings.from_env().source)
@@ -208,7 +215,11 @@ def verify_offline(
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--override-unit") from None
     err = Console(stderr=True)
-    with err.status("loading with the network cut", spinner="dots") if err.is_terminal else contextlib.nullcontext():
+    with (
+        err.status("loading with the network cut", spinner="dots")
+        if err.is_terminal
+        else contextlib.nullcontext()
+    ):
         report = run_verify_offline(
             vol, manifest, only=list(only) or None, overrides=overrides, hub_offline=not socket_only
         )

@@ -206,6 +206,7 @@ class _Fetcher:
         attempts = 0
         fetched = 0
         resumed_from = 0
+        restarted = False
         started = time.monotonic()
         while True:
             attempts += 1
@@ -259,13 +260,25 @@ class _Fetcher:
                 if attempts > self.retries:
                     return self._failed(f, uri, attempts, started, f"{e} (gave up after {attempts} attempts)")
                 time.sleep(self.backoff * 2 ** (attempts - 1))
-            except (SourceError, IntegrityError, VolumeFullError, LockLost) as e:
+            except (SourceError, VolumeFullError, LockLost) as e:
+                return self._failed(f, uri, attempts, started, str(e))
+            except IntegrityError as e:
+                if resumed_from and not restarted:
+                    # Bytes kept from an earlier attempt may belong to a source that changed since:
+                    # the commit discarded them; one more try starts from zero.
+                    restarted, resumed_from = True, 0
+                    continue
                 return self._failed(f, uri, attempts, started, str(e))
             except OSError as e:
                 return self._failed(f, uri, attempts, started, f"{f.target}: {e}")
+            except Exception as e:  # one file's surprise must not sink the other files' results
+                return self._failed(f, uri, attempts, started, f"{f.target}: {type(e).__name__}: {e}")
 
     def _failed(self, f: ManifestFile, uri: str, attempts: int, started: float, detail: str) -> FetchResult:
-        status = audit_file(f, self.volume).status
+        try:
+            status = audit_file(f, self.volume).status
+        except Exception:  # the volume itself is in trouble; the detail says what failed first
+            status = "missing"
         return FetchResult(
             f, "failed", status, uri, seconds=time.monotonic() - started, attempts=attempts, detail=detail
         )

@@ -58,7 +58,9 @@ def test_provision_fills_an_empty_volume_and_a_rerun_fetches_nothing(
     assert provision.plan(sv.manifest, vol).to_fetch == []
 
 
-def test_wrong_bytes_in_the_source_are_never_placed(empty_volume_and_mirror: tuple[SyntheticVolume, Path]) -> None:
+def test_wrong_bytes_in_the_source_are_never_placed(
+    empty_volume_and_mirror: tuple[SyntheticVolume, Path],
+) -> None:
     sv, mirror = empty_volume_and_mirror
     bad = mirror / "alpha" / "a.bin"
     data = bytearray(bad.read_bytes())
@@ -78,7 +80,9 @@ def test_wrong_bytes_in_the_source_are_never_placed(empty_volume_and_mirror: tup
     assert list((sv.root / ".mt" / "staging").iterdir()) == []
 
 
-def test_a_damaged_file_on_the_volume_is_replaced(empty_volume_and_mirror: tuple[SyntheticVolume, Path]) -> None:
+def test_a_damaged_file_on_the_volume_is_replaced(
+    empty_volume_and_mirror: tuple[SyntheticVolume, Path],
+) -> None:
     sv, mirror = empty_volume_and_mirror
     sv.place_all()
     with open(sv.target("a.bin"), "r+b") as f:
@@ -103,7 +107,9 @@ def test_unpinned_files_are_fetched_hashed_and_reported_unpinned(
     assert not report.complete  # fetched, but never silently trusted as ok
 
 
-def test_a_missing_source_file_fails_that_file_only(empty_volume_and_mirror: tuple[SyntheticVolume, Path]) -> None:
+def test_a_missing_source_file_fails_that_file_only(
+    empty_volume_and_mirror: tuple[SyntheticVolume, Path],
+) -> None:
     sv, mirror = empty_volume_and_mirror
     (mirror / "beta" / "c.json").unlink()
     vol = sv.volume()
@@ -114,56 +120,121 @@ def test_a_missing_source_file_fails_that_file_only(empty_volume_and_mirror: tup
     assert failed.detail == f"models/beta/c.json from {mirror / 'beta' / 'c.json'}: not in the mirror"
 
 
-def test_a_volume_too_small_is_refused_before_fetching(empty_volume_and_mirror: tuple[SyntheticVolume, Path]) -> None:
+def test_a_volume_too_small_is_refused_before_fetching(
+    empty_volume_and_mirror: tuple[SyntheticVolume, Path],
+) -> None:
     sv, _ = empty_volume_and_mirror
     total = sum(len(f.data) for f in sv.files)
     the_plan = provision.plan(sv.manifest, sv.volume(capacity=total))  # no room for the 5% margin
     assert not the_plan.fits
-    with pytest.raises(provision.NotEnoughSpace, match=r"^volume .*: 37\d\.\d kB free, 37\d\.\d kB to fetch \(\+5% margin\): free .* or pass --only$"):
+    with pytest.raises(
+        provision.NotEnoughSpace,
+        match=r"^volume .*: 37\d\.\d kB free, 37\d\.\d kB to fetch \(\+5% margin\): free .* or pass --only$",
+    ):
         the_plan.check_space()
     assert provision.plan(sv.manifest, sv.volume(capacity=total * 2)).fits
 
 
-def test_cli_refuses_a_volume_that_is_really_full(empty_volume_and_mirror: tuple[SyntheticVolume, Path], tmp_path: Path) -> None:
+def test_cli_refuses_a_volume_that_is_really_full(
+    empty_volume_and_mirror: tuple[SyntheticVolume, Path], tmp_path: Path
+) -> None:
     sv, mirror = empty_volume_and_mirror
     small = tmp_path / "small"
     small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)], capture_output=True
+    ).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         manifest = tmp_path / "m.yaml"
         manifest.write_text(manifest_yaml(sv.files))
-        result = mt_assets("provision", "--manifest", str(manifest), "--volume", str(small), "--source", str(mirror))
+        result = mt_assets(
+            "provision",
+            "--manifest",
+            str(manifest),
+            "--volume",
+            str(small),
+            "--source",
+            str(mirror),
+            "--json",
+        )
         assert result.returncode == 1
         assert f"error: volume {small}: " in result.stderr and "or pass --only" in result.stderr
+        refused = json.loads(result.stdout)  # --json still prints one document
+        assert refused["complete"] is False and "or pass --only" in refused["error"]
         assert not (small / "models").exists()
-        only = mt_assets("provision", "--manifest", str(manifest), "--volume", str(small), "--source", str(mirror),
-                         "--only", "beta", "--json")
+        only = mt_assets(
+            "provision",
+            "--manifest",
+            str(manifest),
+            "--volume",
+            str(small),
+            "--source",
+            str(mirror),
+            "--only",
+            "beta",
+            "--json",
+        )
         assert only.returncode == 0, only.stderr
         assert json.loads(only.stdout)["complete"] is True
     finally:
         subprocess.run(["umount", str(small)], check=True)
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(empty_volume_and_mirror: tuple[SyntheticVolume, Path], tmp_path: Path) -> None:
+def test_dry_run_prints_the_plan_and_writes_nothing(
+    empty_volume_and_mirror: tuple[SyntheticVolume, Path], tmp_path: Path
+) -> None:
     sv, mirror = empty_volume_and_mirror
     manifest = tmp_path / "m.yaml"
     manifest.write_text(manifest_yaml(sv.files))
-    result = mt_assets("provision", "--manifest", str(manifest), "--volume", str(sv.root), "--source", str(mirror),
-                       "--dry-run", "--json")
-    assert result.returncode == 0, result.stderr
+    result = mt_assets(
+        "provision",
+        "--manifest",
+        str(manifest),
+        "--volume",
+        str(sv.root),
+        "--source",
+        str(mirror),
+        "--dry-run",
+        "--json",
+    )
+    assert result.returncode == 1, result.stderr  # as audit's: files are missing
     doc = json.loads(result.stdout)
     assert doc["to_fetch_bytes"] == sum(len(f.data) for f in sv.files)
     assert [f["status"] for f in doc["files"]] == ["missing"] * 3
     assert not (sv.root / "models").exists()
+    sv.place_all()
+    done = mt_assets(
+        "provision",
+        "--manifest",
+        str(manifest),
+        "--volume",
+        str(sv.root),
+        "--source",
+        str(mirror),
+        "--dry-run",
+    )
+    assert done.returncode == 0  # nothing to do
+    assert "0 files to fetch" in done.stdout
 
 
-def test_unknown_only_component_is_bad_input(empty_volume_and_mirror: tuple[SyntheticVolume, Path], tmp_path: Path) -> None:
+def test_unknown_only_component_is_bad_input(
+    empty_volume_and_mirror: tuple[SyntheticVolume, Path], tmp_path: Path
+) -> None:
     sv, mirror = empty_volume_and_mirror
     manifest = tmp_path / "m.yaml"
     manifest.write_text(manifest_yaml(sv.files))
-    result = mt_assets("provision", "--manifest", str(manifest), "--volume", str(sv.root), "--source", str(mirror),
-                       "--only", "gamma")
+    result = mt_assets(
+        "provision",
+        "--manifest",
+        str(manifest),
+        "--volume",
+        str(sv.root),
+        "--source",
+        str(mirror),
+        "--only",
+        "gamma",
+    )
     assert result.returncode == 2
     assert "no component 'gamma' (known: alpha, beta)" in result.stderr
 
@@ -186,9 +257,22 @@ def test_sigkill_mid_download_then_rerun_resumes_and_audits_clean(
     manifest.write_text(manifest_yaml(sv.files))
     pipe = fifo_mirror(sv, tmp_path / "slow-mirror", "big.bin")
     victim = subprocess.Popen(
-        [sys.executable, "-m", "mt_assets.cli", "provision", "--manifest", str(manifest), "--volume", str(sv.root),
-         "--source", str(tmp_path / "slow-mirror"), "--jobs", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "mt_assets.cli",
+            "provision",
+            "--manifest",
+            str(manifest),
+            "--volume",
+            str(sv.root),
+            "--source",
+            str(tmp_path / "slow-mirror"),
+            "--jobs",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     half = 1_500_000
     with open(pipe, "wb") as feed:  # blocks until the provisioner opens the pipe
@@ -205,8 +289,16 @@ def test_sigkill_mid_download_then_rerun_resumes_and_audits_clean(
 
     pipe.unlink()
     make_mirror(sv, tmp_path / "slow-mirror")  # the source is whole again
-    rerun = mt_assets("provision", "--manifest", str(manifest), "--volume", str(sv.root),
-                      "--source", str(tmp_path / "slow-mirror"), "--json")
+    rerun = mt_assets(
+        "provision",
+        "--manifest",
+        str(manifest),
+        "--volume",
+        str(sv.root),
+        "--source",
+        str(tmp_path / "slow-mirror"),
+        "--json",
+    )
     assert rerun.returncode == 0, rerun.stderr
     big = next(r for r in json.loads(rerun.stdout)["results"] if r["path"] == "big.bin")
     assert big["resumed_from"] >= half
@@ -224,16 +316,38 @@ def test_two_provisioners_at_once_fetch_each_file_once(
     manifest.write_text(manifest_yaml(sv.files))
     pipe = fifo_mirror(sv, tmp_path / "mirror-a", "x.bin")
     first = subprocess.Popen(
-        [sys.executable, "-m", "mt_assets.cli", "provision", "--manifest", str(manifest), "--volume", str(sv.root),
-         "--source", str(tmp_path / "mirror-a"), "--jobs", "1", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "mt_assets.cli",
+            "provision",
+            "--manifest",
+            str(manifest),
+            "--volume",
+            str(sv.root),
+            "--source",
+            str(tmp_path / "mirror-a"),
+            "--jobs",
+            "1",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     with open(pipe, "wb") as feed:  # the first provisioner now holds x.bin's lock, waiting for bytes
         vol = sv.volume()
         second_report: list[provision.ProvisionReport] = []
-        second = threading.Thread(target=lambda: second_report.append(
-            provision.apply(provision.plan(sv.manifest, vol), MirrorSource(make_mirror(sv, tmp_path / "mirror-b")),
-                            vol, jobs=2)))
+        second = threading.Thread(
+            target=lambda: second_report.append(
+                provision.apply(
+                    provision.plan(sv.manifest, vol),
+                    MirrorSource(make_mirror(sv, tmp_path / "mirror-b")),
+                    vol,
+                    jobs=2,
+                )
+            )
+        )
         second.start()
         deadline = time.monotonic() + 30
         while not (sv.target("y.bin").exists() and sv.target("z.bin").exists()):
@@ -249,3 +363,43 @@ def test_two_provisioners_at_once_fetch_each_file_once(
     assert first_outcomes == {"x.bin": "placed", "y.bin": "skipped", "z.bin": "skipped"}
     assert second_outcomes == {"x.bin": "skipped", "y.bin": "placed", "z.bin": "placed"}
     assert audit(sv.manifest, vol, full=True).complete
+
+
+def test_bad_bytes_left_staged_by_a_dead_writer_are_discarded_and_the_file_refetched(
+    empty_volume_and_mirror: tuple[SyntheticVolume, Path],
+) -> None:
+    from mt_assets.volume import Expected
+    from mt_assets.volume.atomic import staging_prefix
+
+    sv, mirror = empty_volume_and_mirror
+    f = sv.manifest.files[0]
+    staging = sv.root / ".mt" / "staging"
+    staging.mkdir(parents=True)
+    # A dead writer of the same pin left 1,000 bytes that are not the file's first 1,000 bytes.
+    left = staging / f"{staging_prefix(f.target, Expected(f.size, f.sha256, f.git_sha1))}.deadbeef0000.part"
+    left.write_bytes(b"\0" * 1000)
+    vol = sv.volume()
+    report = provision.apply(provision.plan(sv.manifest, vol), MirrorSource(mirror), vol)
+    result = next(r for r in report.results if r.file.path == f.path)
+    assert (result.outcome, result.attempts) == ("placed", 2)
+    assert sv.target(f.path).read_bytes() == sv.files[0].data
+    assert list(staging.iterdir()) == []
+
+
+def test_one_files_unexpected_error_fails_that_file_and_not_the_run(
+    empty_volume_and_mirror: tuple[SyntheticVolume, Path],
+) -> None:
+    sv, mirror = empty_volume_and_mirror
+
+    class ExplodingOnOneFile(MirrorSource):
+        def fetch(self, f, writer, on_bytes):  # type: ignore[no-untyped-def]
+            if f.path == "c.json":
+                raise ValueError("decoder exploded")
+            return super().fetch(f, writer, on_bytes)
+
+    vol = sv.volume()
+    report = provision.apply(provision.plan(sv.manifest, vol), ExplodingOnOneFile(mirror), vol)
+    outcomes = {r.file.path: r.outcome for r in report.results}
+    assert outcomes == {"a.bin": "placed", "sub/b.bin": "placed", "c.json": "failed"}
+    failed = next(r for r in report.results if r.outcome == "failed")
+    assert failed.detail == "models/beta/c.json: ValueError: decoder exploded"

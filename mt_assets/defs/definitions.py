@@ -14,6 +14,7 @@ from mt_assets.config import Settings
 from mt_assets.defs.bundle_assets import build_bundle_assets
 from mt_assets.defs.drift_sensor import build_drift_sensor
 from mt_assets.defs.integrity import build_integrity_job, build_integrity_schedule
+from mt_assets.defs.keys import check_unique_keys
 from mt_assets.defs.model_files import build_file_checks, build_model_files_asset
 from mt_assets.defs.offline_cache import build_offline_cache_assets
 from mt_assets.defs.resources import SourceResource, VolumeResource
@@ -31,6 +32,7 @@ def build_definitions(
 ) -> dg.Definitions:
     """`resources` replaces the ones built from `settings` (tests: a loopback source)."""
     settings = settings or Settings.from_env()
+    check_unique_keys(manifest.files)
     integrity_job = build_integrity_job(manifest)
     return dg.Definitions(
         assets=[

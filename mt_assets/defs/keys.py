@@ -5,7 +5,7 @@ sensor and the checks always agree.
     bundles/<bundle>                    one asset per bundle, group "bundles"
 
 Keys use [A-Za-z0-9_] only: '-', '.', '/' in names become '_'. The code version is a hash of
-the file's manifest entry (repo, revision, path, size, sha256, git_sha1), so a new revision or
+the file's manifest entry (repo, revision, dir, path, size, sha256, git_sha1), so a new revision or
 hash in the manifest shows the asset stale in the UI.
 """
 
@@ -30,6 +30,19 @@ def file_key(f: ManifestFile) -> dg.AssetKey:
     return dg.AssetKey(["models", slug(f.component), slug(f.path)])
 
 
+def check_unique_keys(files: tuple[ManifestFile, ...]) -> None:
+    """Two files whose names differ only in '-', '.' or '/' would share an asset key."""
+    seen: dict[dg.AssetKey, ManifestFile] = {}
+    for f in files:
+        key = file_key(f)
+        if key in seen:
+            raise ValueError(
+                f"asset key {key.to_user_string()} would stand for both {seen[key].target} and {f.target}: "
+                "rename one of them in the manifest"
+            )
+        seen[key] = f
+
+
 def bundle_key(b: Bundle) -> dg.AssetKey:
     return dg.AssetKey(["bundles", slug(b.name)])
 
@@ -39,7 +52,7 @@ def group_for(component: str) -> str:
 
 
 def file_code_version(f: ManifestFile) -> str:
-    entry = {k: getattr(f, k) for k in ("repo", "revision", "path", "size", "sha256", "git_sha1")}
+    entry = {k: getattr(f, k) for k in ("repo", "revision", "dir", "path", "size", "sha256", "git_sha1")}
     return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
 
 

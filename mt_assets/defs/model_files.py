@@ -139,7 +139,9 @@ def _metadata(
             "bytes": 0,
             "seconds": 0.0,
             "mb_per_s": 0.0,
-            "detail": "already on the volume and verified: no transfer",
+            "detail": "already on the volume and verified: no transfer"
+            if before.status == "ok"
+            else "already on the volume, unpinned (nothing to verify against): no transfer",
         }
     return {
         **common,

@@ -193,7 +193,7 @@ class HubSource(Source):
             _raise_mapped(e, where, self.shown)
         if meta.commit_hash is None:
             raise SourceError(
-                f"{where}: {self.endpoint} answered without an X-Repo-Commit header; "
+                f"{where}: {self.shown} answered without an X-Repo-Commit header; "
                 "it does not look like a Hugging Face Hub endpoint (check HF_ENDPOINT)"
             )
         _check_against_pin(f, meta.size, meta.etag, commit, where)

@@ -21,6 +21,7 @@ filesystem, say) is moved aside and started afresh, which only costs re-hashing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -75,11 +76,14 @@ class HashCache:
 
     def lookup(self, path: str, st: os.stat_result) -> Digest | None:
         """The cached digest of `path`, if the file still has the stat it was hashed with."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT size, mtime_ns, inode, ctime_ns, sha256, git_sha1 FROM hashes_v2 WHERE path = ?",
-                (path,),
-            ).fetchone()
+        try:
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT size, mtime_ns, inode, ctime_ns, sha256, git_sha1 FROM hashes_v2 WHERE path = ?",
+                    (path,),
+                ).fetchone()
+        except sqlite3.Error:
+            return None  # a busy or damaged cache only costs a re-hash
         if row is None:
             return None
         size, mtime_ns, inode, ctime_ns, sha256, git_sha1 = row
@@ -88,7 +92,8 @@ class HashCache:
         return Digest(size=size, sha256=sha256, git_sha1=git_sha1)
 
     def store(self, path: str, st: os.stat_result, digest: Digest) -> None:
-        with self._lock:
+        """Remember a digest; a cache that cannot be written (busy, read-only) is skipped."""
+        with self._lock, contextlib.suppress(sqlite3.Error):
             self._conn.execute(
                 "INSERT OR REPLACE INTO hashes_v2"
                 " (path, size, mtime_ns, inode, ctime_ns, sha256, git_sha1, hashed_at)"

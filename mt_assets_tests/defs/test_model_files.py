@@ -6,6 +6,7 @@ import json
 import os
 
 import dagster as dg
+import pytest
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 
@@ -196,3 +197,14 @@ def test_a_file_that_vanishes_again_after_a_repair_is_requested_again(env: Env) 
         assert not settled.run_requests
         cursor = settled.cursor
         assert victim.target not in json.loads(cursor or "{}")  # resolved drifts leave the cursor
+
+
+def test_two_files_that_would_share_an_asset_key_are_refused_by_name() -> None:
+    text = (
+        "profile: p\ncomponents:\n  - {name: c, repo: o/r, revision: main, dir: d, files: "
+        "[{path: a-b.json, kind: config}, {path: a_b.json, kind: config}]}\n"
+    )
+    with pytest.raises(
+        ValueError, match=r"models/c/a_b_json would stand for both models/d/a-b.json and models/d/a_b.json"
+    ):
+        build_definitions(parse_manifest(text, "m.yaml"))
