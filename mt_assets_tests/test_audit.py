@@ -212,3 +212,22 @@ def test_a_file_pinned_by_git_blob_id_is_checked_by_it(tmp_path: Path) -> None:
         "hash_mismatch",
         f"git_sha1 is {git_blob_sha1(data)[:12]}…, expected ffffffffffff…",
     )
+
+
+def test_an_unchanged_volume_is_audited_without_reading_its_bytes_by_the_kernels_count(
+    synthetic_volume: Callable[..., SyntheticVolume],
+) -> None:
+    """The kernel's own count of bytes this process read (/proc/self/io rchar), not the code's."""
+    sv = synthetic_volume({"alpha": {"a.bin": 4_000_000, "b.bin": 4_000_000}, "beta": {"c.bin": 4_000_000}})
+    audit(sv.manifest, sv.volume())
+
+    def rchar() -> int:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+        raise AssertionError("no rchar in /proc/self/io")
+
+    before = rchar()
+    assert audit(sv.manifest, sv.volume()).complete
+    read = rchar() - before
+    assert read < 1_000_000, f"the second audit read {read} bytes of a 12 MB volume"

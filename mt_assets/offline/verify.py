@@ -400,7 +400,10 @@ def _judge(
             components=tuple(u.get("components") or ()),
             status=u["status"],
             seconds=u.get("seconds"),
-            bytes=u.get("bytes"),
+            # bytes read: the size of the volume files this unit touched (opened or mapped)
+            bytes=sum(_size(vol.root, t) for t in by_unit.get(u["unit"], []))
+            if u["status"] == "loaded"
+            else None,
             files=tuple(sorted(by_unit.get(u["unit"], []))),
             error=u.get("error"),
         )
@@ -516,3 +519,10 @@ def _merge_attempts(raw: list[dict[str, Any]]) -> list[NetworkAttempt]:
                 stack=tuple(a.get("stack") or ()),
             )
     return list(merged.values())
+
+
+def _size(volume_root: Path, target: str) -> int:
+    try:
+        return (volume_root / target).stat().st_size
+    except OSError:
+        return 0

@@ -70,6 +70,13 @@ def test_materializing_records_metadata_and_a_second_run_skips_the_transfer(env:
     assert again["bytes"] == 0
     assert again["detail"] == "already on the volume and verified: no transfer"
     assert again["sha256"] == a["sha256"]
+    for run in (first, second):  # data version = sha256, placed or skipped
+        versions = {
+            e.asset_key: e.materialization.tags["dagster/data_version"]
+            for e in run.get_asset_materialization_events()
+            if e.asset_key.path[0] == "models"
+        }
+        assert versions == {file_key(f): f.sha256 for f in env.hub.manifest.files}
 
 
 def test_corruption_fails_the_check_and_the_drift_sensor_restores_exactly_that_file(env: Env) -> None:

@@ -29,8 +29,9 @@ GOLDEN_DIR = Path(
 )
 ATOL = 1e-5
 
+# Skipped only outside CI: CI has ../shared beside the clone, and must not lose these silently.
 pytestmark = pytest.mark.skipif(
-    not (GOLDEN_DIR / "audio_golden.safetensors").is_file(),
+    not (GOLDEN_DIR / "audio_golden.safetensors").is_file() and not os.environ.get("CI"),
     reason=f"golden data not found at {GOLDEN_DIR} (set MT_GOLDEN_DIR to the multitalk-tiny folder)",
 )
 

@@ -24,12 +24,17 @@ def components(tiny_volume: Path):
     return load_pipeline_components(LocalVolume(tiny_volume), load_profile("tiny"))
 
 
-def test_every_unit_loads_and_reports_seconds_and_bytes(components) -> None:
+def test_every_unit_loads_and_reports_seconds_and_bytes(components, tiny_volume: Path) -> None:
     assert set(components.reports) == set(UNITS)
     tiny = load_profile("tiny")
     for unit, report in components.reports.items():
-        expected = sum(f.size for name in UNITS[unit] for f in tiny.component(name).files)
-        assert report.bytes == expected, unit
+        on_volume = sum(
+            Path(tiny_volume, f.target).stat().st_size
+            for name in UNITS[unit]
+            for f in tiny.component(name).files
+        )
+        assert report.bytes == on_volume, unit
+        assert set(report.files) == {f.target for name in UNITS[unit] for f in tiny.component(name).files}
         assert report.seconds > 0
     assert components.bytes == sum(f.size for f in tiny.files)  # every file of the profile is loaded
     assert all(getattr(components, u.replace("-", "_")) is not None for u in UNITS)

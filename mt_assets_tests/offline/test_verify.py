@@ -30,11 +30,14 @@ def test_the_whole_tiny_load_is_proven_offline_with_every_component_timed(good: 
     assert doc["network_attempts"] == [] and doc["outside_volume"] == [] and doc["undeclared"] == []
     assert list(doc["components"]) == list(UNITS)
     for unit, entry in doc["components"].items():
-        expected = sum(f.size or 0 for name in UNITS[unit] for f in manifest.component(name).files)
         assert entry["status"] == "loaded"
         assert entry["seconds"] > 0
-        assert entry["bytes"] == expected
-        assert entry["files"], f"{unit}: no volume file traced"
+        # bytes read = the on-volume size of exactly the files the trace saw this unit touch
+        assert entry["bytes"] == sum((Path(good.volume) / t).stat().st_size for t in entry["files"])
+        weights = {
+            f.target for name in UNITS[unit] for f in manifest.component(name).files if f.kind == "weights"
+        }
+        assert weights <= set(entry["files"]), f"{unit}: weights not traced: {weights - set(entry['files'])}"
     # Native loaders are traced too: the shards are opened by safetensors in Rust, not by `open`.
     transformer = doc["components"]["transformer"]["files"]
     assert "models/Wan2.1-I2V-14B-480P/diffusion_pytorch_model-00007-of-00007.safetensors" in transformer
