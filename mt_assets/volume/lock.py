@@ -5,12 +5,13 @@ succeed for every caller, so the lock is a file created with O_CREAT|O_EXCL, whi
 filesystems do make atomic. Lock files live in <volume>/.mt/locks/<name>.lock and hold one
 JSON object:
 
-    {"host": "worker-7", "pid": 4242, "started": 1764412345.1, "token": "<random hex>"}
+    {"host": "worker-7", "pid": 4242, "started": 1764412345.1, "token": "<random hex>",
+     "pid_space": "<boot id>:<pid namespace inode>"}
 
 While held, a heartbeat thread touches the file's mtime every `heartbeat` seconds. A lock
 whose mtime is older than `stale_after` seconds is stale: its owner died or lost the volume.
-It may also be taken over at once when its owner is on this host and its pid is gone
-(`trust_local_pids`; off for containers that share a hostname).
+It may also be taken over at once when its owner ran on this host, in this boot and pid
+namespace (`pid_space`), and its pid is gone (`trust_local_pids`).
 
 Take-over renames the stale file to a unique name (only one renamer wins), re-reads it and
 checks it is still the stale owner's token; a lock refreshed in the meantime is put back.
@@ -41,6 +42,9 @@ class LockOwner:
     pid: int
     started: float
     token: str
+    # Where `pid` means something: this boot of this kernel, this pid namespace. Containers
+    # that share a hostname (host networking) differ here, so none judges another's pid.
+    pid_space: str = ""
 
     def describe(self) -> str:
         return f"{self.host} pid {self.pid} since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started))}"
@@ -116,7 +120,11 @@ class WriterLock:
         try:
             data = json.loads(self.path.read_text())
             return LockOwner(
-                host=data["host"], pid=int(data["pid"]), started=float(data["started"]), token=data["token"]
+                host=data["host"],
+                pid=int(data["pid"]),
+                started=float(data["started"]),
+                token=data["token"],
+                pid_space=str(data.get("pid_space", "")),
             )
         except FileNotFoundError:
             return None
@@ -131,7 +139,10 @@ class WriterLock:
             return False
         if age > self.stale_after:
             return True
-        if self.trust_local_pids and holder.host == socket.gethostname() and holder.pid > 0:
+        same_pid_space = (
+            holder.host == socket.gethostname() and holder.pid_space and holder.pid_space == _pid_space()
+        )
+        if self.trust_local_pids and same_pid_space and holder.pid > 0:
             return not _pid_alive(holder.pid)
         return False
 
@@ -139,7 +150,11 @@ class WriterLock:
 
     def _create(self) -> bool:
         owner = LockOwner(
-            host=socket.gethostname(), pid=os.getpid(), started=time.time(), token=secrets.token_hex(16)
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started=time.time(),
+            token=secrets.token_hex(16),
+            pid_space=_pid_space(),
         )
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -195,6 +210,15 @@ class WriterLock:
             return False
         current = self.holder()
         return current is not None and current.token == self.owner.token
+
+
+def _pid_space() -> str:
+    """This kernel boot and pid namespace, as text; empty where /proc cannot say (then pids are never trusted)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
 
 
 def _pid_alive(pid: int) -> bool:
