@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from mt_assets.volume import WriterLock
+from mt_assets.volume.lock import _pid_space
 
 
 def test_only_one_holder_at_a_time(tmp_path: Path) -> None:
@@ -55,3 +56,16 @@ def test_a_writer_whose_lock_was_taken_over_knows_it(tmp_path: Path) -> None:
     assert slow.lost
     slow.release()
     assert path.exists()  # release never removes someone else's lock
+
+
+def test_a_dead_pid_of_another_container_with_our_hostname_is_not_trusted(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "x.lock"
+    dead = {"host": socket.gethostname(), "pid": 2**22 + 12345, "started": time.time(), "token": "t0"}
+    path.write_text(json.dumps({**dead, "pid_space": "another-boot:4026531836"}))
+    assert not WriterLock(path, stale_after=30).try_acquire()  # that pid lives in another namespace
+    path.write_text(json.dumps({**dead, "pid_space": _pid_space()}))
+    lock = WriterLock(path, stale_after=30)
+    assert lock.try_acquire()  # same boot and namespace: the pid is really gone
+    lock.release()
