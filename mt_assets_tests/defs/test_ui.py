@@ -143,4 +143,25 @@ def test_asset_catalog_lists_the_model_assets_in_a_real_browser(dagster_dev: str
     ).stdout
     assert "diffusion_pytorch_model-00001-of-00007.safetensors" in shard  # its description, rendered
     assert "Wan-AI/Wan2.1-I2V-14B-480P" in shard
+    assert "(9.8 GB, weights)" in shard  # the real profile's shard, as MT_PROFILE asked, not the tiny one
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
+
+
+def test_dagster_validates_the_definitions_from_the_environment(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path),
+        "MT_PROFILE": "multitalk-480p",
+        "MT_VOLUME": str(tmp_path),
+    }
+    dagster = Path(sys.executable).with_name("dagster")
+    done = subprocess.run(
+        [str(dagster), "definitions", "validate", "-m", "mt_assets"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Validation successful for code location mt_assets" in done.stdout + done.stderr
