@@ -47,3 +47,25 @@ def test_the_builder_refuses_a_non_empty_folder(tmp_path: Path) -> None:
 def test_provisioned_tiny_volume_audits_clean(tiny_volume: Path) -> None:
     report = audit(load_profile("tiny"), LocalVolume(tiny_volume), full=True)
     assert report.complete
+
+
+def test_cli_tiny_build_then_provision_the_tiny_profile(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mt_assets.cli", *args], capture_output=True, text=True, timeout=300
+        )
+
+    mirror, volume = tmp_path / "mirror", tmp_path / "volume"
+    built = cli("tiny", "build", str(mirror))
+    assert built.returncode == 0, built.stderr  # also: the build equals the shipped profiles/tiny.yaml
+    assert (mirror / "tiny.yaml").read_text() == profile_path("tiny").read_text()
+    again = cli("tiny", "build", str(mirror))
+    assert again.returncode == 2 and "exists and is not empty" in again.stderr
+    volume.mkdir()
+    placed = cli("provision", "--profile", "tiny", "--source", str(mirror), "--volume", str(volume), "--json")
+    assert placed.returncode == 0, placed.stderr
+    assert json.loads(placed.stdout)["complete"] is True
