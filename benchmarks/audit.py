@@ -50,22 +50,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from synthetic import varied_payloads  # benchmarks/synthetic.py, beside this script
+from common import (  # benchmarks/common.py
+    BenchmarkError,
+    drop_page_cache,
+    page_cache_mode,
+    varied_payloads,
+)
 
 from mt_assets.audit import AuditReport, audit
 from mt_assets.manifest import Manifest, load_manifest
 from mt_assets.volume import LocalVolume
 from mt_assets.volume.hashing import CHUNK_SIZE
 
-MB = 1024 * 1024
 FILES_PER_COMPONENT = 20
 CACHED_GOAL = 0.02
 FULL_GOAL = 0.6
-DROP_CACHES = Path("/proc/sys/vm/drop_caches")
-
-
-class BenchmarkError(RuntimeError):
-    """A measurement that cannot be trusted (a wrong audit result, a failing baseline)."""
 
 
 @dataclass(frozen=True)
@@ -123,20 +122,10 @@ def build_volume(root: Path, files: int, mb_per_file: float, seed: int) -> Volum
 # -- page cache ----------------------------------------------------------------------------
 
 
-def can_drop_caches() -> bool:
-    try:
-        os.sync()
-        DROP_CACHES.write_text("3\n")
-    except OSError:
-        return False
-    return True
-
-
 def prepare_page_cache(mode: str, paths: list[Path]) -> None:
     """Before a measurement that reads bytes: drop the page cache, or make sure it is warm."""
     if mode == "drop":
-        os.sync()
-        DROP_CACHES.write_text("3\n")
+        drop_page_cache()
         return
     buffer = bytearray(CHUNK_SIZE)
     for path in paths:
@@ -243,12 +232,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> tuple[float, float]:
-    mode = args.page_cache
-    if mode != "warm":
-        droppable = can_drop_caches()
-        if mode == "drop" and not droppable:
-            raise BenchmarkError(f"--page-cache drop: cannot write {DROP_CACHES}")
-        mode = "drop" if droppable else "warm"
+    mode = page_cache_mode(args.page_cache)
     cli = shutil.which("mt-assets", path=str(Path(sys.executable).parent)) or shutil.which("mt-assets")
 
     work = Path(tempfile.mkdtemp(prefix="mt-bench-audit-", dir=args.dir))

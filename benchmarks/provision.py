@@ -61,22 +61,22 @@ from boto3.s3.transfer import TransferConfig
 # The loopback moto_server helpers live with the tests (mt_assets_tests is not installed).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synthetic import varied_payloads  # benchmarks/synthetic.py, beside this script
+from common import (  # benchmarks/common.py
+    MB,
+    BenchmarkError,
+    drop_page_cache,
+    page_cache_mode,
+    varied_payloads,
+)
 
 from mt_assets.manifest import ManifestFile
 from mt_assets.sources.s3 import S3Source
 from mt_assets.volume import Expected, LocalVolume
 from mt_assets_tests.s3_server import put_tree, s3_client, s3_server
 
-MB = 1024 * 1024
 BUCKET = "mt-bench"
 PREFIX = "models"
 GOAL = 1.1
-DROP_CACHES = Path("/proc/sys/vm/drop_caches")
-
-
-class BenchmarkError(RuntimeError):
-    """A measurement that cannot be trusted (a wrong result, a failing download)."""
 
 
 @dataclass(frozen=True)
@@ -114,20 +114,12 @@ def upload(endpoint: str, files: int, mb_per_file: float, seed: int) -> Stored:
 # -- page cache ------------------------------------------------------------------------------
 
 
-def can_drop_caches() -> bool:
-    try:
-        os.sync()
-        DROP_CACHES.write_text("3\n")
-    except OSError:
-        return False
-    return True
-
-
 def settle(mode: str) -> None:
     """Before a run: flush the previous run's writes, and drop the page cache when asked."""
-    os.sync()
     if mode == "drop":
-        DROP_CACHES.write_text("3\n")
+        drop_page_cache()
+    else:
+        os.sync()
 
 
 # -- the two sides ---------------------------------------------------------------------------
@@ -257,12 +249,7 @@ def moto_peak_rss(endpoint: str) -> int | None:
 
 
 def run(args: argparse.Namespace) -> float:
-    mode = args.page_cache
-    if mode != "warm":
-        droppable = can_drop_caches()
-        if mode == "drop" and not droppable:
-            raise BenchmarkError(f"--page-cache drop: cannot write {DROP_CACHES}")
-        mode = "drop" if droppable else "warm"
+    mode = page_cache_mode(args.page_cache)
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
         os.environ.pop(name, None)
     os.environ.update(

@@ -1,11 +1,15 @@
-"""Random payloads for the benchmarks: fast to make, each one different, reproducible from a seed."""
+"""What the benchmarks share: random payloads (fast, each different, reproducible from a seed) and
+the page cache (dropped when this process may, so reads measure the disk)."""
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 MB = 1024 * 1024
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 
 def varied_payloads(count: int, mb_each: float, seed: int) -> Iterator[memoryview]:
@@ -25,3 +29,26 @@ def varied_payloads(count: int, mb_each: float, seed: int) -> Iterator[memoryvie
             block[rng.randrange(size)] = rng.randrange(256)
         block[0:8] = index.to_bytes(8, "little")
         yield memoryview(block)[:size]
+
+
+def drop_page_cache() -> None:
+    """Flush dirty pages, then drop the page cache (root on a VM); OSError where not allowed."""
+    os.sync()
+    DROP_CACHES.write_text("3\n")
+
+
+class BenchmarkError(RuntimeError):
+    """The benchmark cannot give a trustworthy figure; the message says why."""
+
+
+def page_cache_mode(asked: str) -> str:
+    """`auto` | `drop` | `warm` as asked -> `drop` or `warm`, as this process is allowed."""
+    if asked == "warm":
+        return "warm"
+    try:
+        drop_page_cache()
+    except OSError:
+        if asked == "drop":
+            raise BenchmarkError(f"--page-cache drop: cannot write {DROP_CACHES}") from None
+        return "warm"
+    return "drop"
