@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +44,25 @@ class SyntheticVolume:
         f = next(f for f in self.files if f.path == path)
         return self.root / "models" / f.component / f.path
 
+    def write_manifest(self, path: Path) -> Path:
+        path.write_text(manifest_yaml(self.files))
+        return path
+
     def place_all(self) -> None:
         for f in self.files:
             dest = self.root / "models" / f.component / f.path
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(f.data)
+
+
+CLI = (sys.executable, "-m", "mt_assets.cli")
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`mt-assets ARGS` in a subprocess of this interpreter: exit status, stdout and stderr as a user sees them."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def manifest_yaml(files: list[SyntheticFile], *, pin: bool = True, profile: str = "synthetic") -> str:

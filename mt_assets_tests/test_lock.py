@@ -6,7 +6,6 @@ import hashlib
 import os
 import random
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import yaml
 
 from mt_assets.manifest import load_manifest
 from mt_assets.volume.hashing import git_blob_sha1
+from mt_assets_tests.conftest import run_cli
 from mt_assets_tests.hub_server import RepoInfo, error_server, hub_server, make_repo
 
 CONFIG = b'{"hidden_size": 32}\n'
@@ -60,13 +60,7 @@ def unlocked(tmp_path: Path, extra_file: str | None = None) -> Path:
 def mt_assets(*args: str, endpoint: str, **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     full_env.update(HF_ENDPOINT=endpoint, HF_HOME=env.pop("HF_HOME", "/nonexistent-hf-home"), **env)
-    return subprocess.run(
-        [sys.executable, "-m", "mt_assets.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=120,
-    )
+    return run_cli(*args, env=full_env, timeout=120)
 
 
 def test_lock_resolves_refs_pins_every_file_and_provisioning_uses_it(

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from mt_assets import provision
 from mt_assets.audit import audit
 from mt_assets.manifest import parse_manifest
 from mt_assets.sources import MirrorSource
-from mt_assets_tests.conftest import SyntheticVolume, manifest_yaml
+from mt_assets_tests.conftest import CLI, SyntheticVolume, manifest_yaml, run_cli
 
 
 def make_mirror(sv: SyntheticVolume, root: Path) -> Path:
@@ -27,10 +26,6 @@ def make_mirror(sv: SyntheticVolume, root: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(f.data)
     return root
-
-
-def mt_assets(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mt_assets.cli", *args], capture_output=True, text=True)
 
 
 @pytest.fixture
@@ -148,7 +143,7 @@ def test_cli_refuses_a_volume_that_is_really_full(
     try:
         manifest = tmp_path / "m.yaml"
         manifest.write_text(manifest_yaml(sv.files))
-        result = mt_assets(
+        result = run_cli(
             "provision",
             "--manifest",
             str(manifest),
@@ -163,7 +158,7 @@ def test_cli_refuses_a_volume_that_is_really_full(
         refused = json.loads(result.stdout)  # --json still prints one document
         assert refused["complete"] is False and "or pass --only" in refused["error"]
         assert not (small / "models").exists()
-        only = mt_assets(
+        only = run_cli(
             "provision",
             "--manifest",
             str(manifest),
@@ -185,9 +180,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
     empty_volume_and_mirror: tuple[SyntheticVolume, Path], tmp_path: Path
 ) -> None:
     sv, mirror = empty_volume_and_mirror
-    manifest = tmp_path / "m.yaml"
-    manifest.write_text(manifest_yaml(sv.files))
-    result = mt_assets(
+    manifest = sv.write_manifest(tmp_path / "m.yaml")
+    result = run_cli(
         "provision",
         "--manifest",
         str(manifest),
@@ -204,7 +198,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
     assert [f["status"] for f in doc["files"]] == ["missing"] * 3
     assert not (sv.root / "models").exists()
     sv.place_all()
-    done = mt_assets(
+    done = run_cli(
         "provision",
         "--manifest",
         str(manifest),
@@ -222,9 +216,8 @@ def test_unknown_only_component_is_bad_input(
     empty_volume_and_mirror: tuple[SyntheticVolume, Path], tmp_path: Path
 ) -> None:
     sv, mirror = empty_volume_and_mirror
-    manifest = tmp_path / "m.yaml"
-    manifest.write_text(manifest_yaml(sv.files))
-    result = mt_assets(
+    manifest = sv.write_manifest(tmp_path / "m.yaml")
+    result = run_cli(
         "provision",
         "--manifest",
         str(manifest),
@@ -253,14 +246,11 @@ def test_sigkill_mid_download_then_rerun_resumes_and_audits_clean(
     synthetic_volume: Callable[..., SyntheticVolume], tmp_path: Path
 ) -> None:
     sv = synthetic_volume({"alpha": {"big.bin": 3_000_000, "small.bin": 1000}}, place=False)
-    manifest = tmp_path / "m.yaml"
-    manifest.write_text(manifest_yaml(sv.files))
+    manifest = sv.write_manifest(tmp_path / "m.yaml")
     pipe = fifo_mirror(sv, tmp_path / "slow-mirror", "big.bin")
     victim = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "mt_assets.cli",
+            *CLI,
             "provision",
             "--manifest",
             str(manifest),
@@ -289,7 +279,7 @@ def test_sigkill_mid_download_then_rerun_resumes_and_audits_clean(
 
     pipe.unlink()
     make_mirror(sv, tmp_path / "slow-mirror")  # the source is whole again
-    rerun = mt_assets(
+    rerun = run_cli(
         "provision",
         "--manifest",
         str(manifest),
@@ -303,7 +293,7 @@ def test_sigkill_mid_download_then_rerun_resumes_and_audits_clean(
     big = next(r for r in json.loads(rerun.stdout)["results"] if r["path"] == "big.bin")
     assert big["resumed_from"] >= half
     assert big["bytes"] == 3_000_000 - big["resumed_from"]
-    audited = mt_assets("audit", "--manifest", str(manifest), "--volume", str(sv.root), "--full", "--json")
+    audited = run_cli("audit", "--manifest", str(manifest), "--volume", str(sv.root), "--full", "--json")
     assert audited.returncode == 0
     assert json.loads(audited.stdout)["complete"] is True
 
@@ -312,14 +302,11 @@ def test_two_provisioners_at_once_fetch_each_file_once(
     synthetic_volume: Callable[..., SyntheticVolume], tmp_path: Path
 ) -> None:
     sv = synthetic_volume({"alpha": {"x.bin": 200_000, "y.bin": 300_000, "z.bin": 400_000}}, place=False)
-    manifest = tmp_path / "m.yaml"
-    manifest.write_text(manifest_yaml(sv.files))
+    manifest = sv.write_manifest(tmp_path / "m.yaml")
     pipe = fifo_mirror(sv, tmp_path / "mirror-a", "x.bin")
     first = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "mt_assets.cli",
+            *CLI,
             "provision",
             "--manifest",
             str(manifest),

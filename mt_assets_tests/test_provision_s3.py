@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 
 from mt_assets import provision
 from mt_assets.sources.s3 import S3Source
-from mt_assets_tests.conftest import SyntheticVolume, manifest_yaml
+from mt_assets_tests.conftest import SyntheticVolume, run_cli
 from mt_assets_tests.s3_server import FaultyProxy, put_tree, s3_server
 
 BUCKET = "volume-models"
@@ -131,26 +129,18 @@ def test_a_server_that_keeps_failing_is_given_up_on_with_the_count(
 def test_cli_provisions_from_s3_with_the_endpoint_from_the_environment(
     endpoint: str, in_bucket: SyntheticVolume, tmp_path: Path
 ) -> None:
-    manifest = tmp_path / "m.yaml"
-    manifest.write_text(manifest_yaml(in_bucket.files))
-    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mt_assets.cli",
-            "provision",
-            "--manifest",
-            str(manifest),
-            "--volume",
-            str(in_bucket.root),
-            "--source",
-            f"s3://{BUCKET}/{in_bucket.prefix}",
-            "--json",
-        ],  # type: ignore[attr-defined]
-        capture_output=True,
-        text=True,
-        env=env,
+    manifest = in_bucket.write_manifest(tmp_path / "m.yaml")
+    source = f"s3://{BUCKET}/{in_bucket.prefix}"  # type: ignore[attr-defined]
+    done = run_cli(
+        "provision",
+        "--manifest",
+        str(manifest),
+        "--volume",
+        str(in_bucket.root),
+        "--source",
+        source,
+        "--json",
+        env={**os.environ, "AWS_ENDPOINT_URL": endpoint},
         timeout=120,
     )
     assert done.returncode == 0, done.stderr

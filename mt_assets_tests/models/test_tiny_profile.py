@@ -10,6 +10,7 @@ from mt_assets.audit import audit
 from mt_assets.manifest import load_profile, profile_path
 from mt_assets.models.tiny import build_tiny_mirror, tiny_manifest, tiny_profile_yaml
 from mt_assets.volume import LocalVolume
+from mt_assets_tests.conftest import run_cli
 
 
 def test_tiny_and_real_profiles_have_the_same_files_and_bundles() -> None:
@@ -51,21 +52,16 @@ def test_provisioned_tiny_volume_audits_clean(tiny_volume: Path) -> None:
 
 def test_cli_tiny_build_then_provision_the_tiny_profile(tmp_path: Path) -> None:
     import json
-    import subprocess
-    import sys
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "mt_assets.cli", *args], capture_output=True, text=True, timeout=300
-        )
 
     mirror, volume = tmp_path / "mirror", tmp_path / "volume"
-    built = cli("tiny", "build", str(mirror))
+    built = run_cli("tiny", "build", str(mirror))
     assert built.returncode == 0, built.stderr  # also: the build equals the shipped profiles/tiny.yaml
     assert (mirror / "tiny.yaml").read_text() == profile_path("tiny").read_text()
-    again = cli("tiny", "build", str(mirror))
+    again = run_cli("tiny", "build", str(mirror))
     assert again.returncode == 2 and "exists and is not empty" in again.stderr
     volume.mkdir()
-    placed = cli("provision", "--profile", "tiny", "--source", str(mirror), "--volume", str(volume), "--json")
+    placed = run_cli(
+        "provision", "--profile", "tiny", "--source", str(mirror), "--volume", str(volume), "--json"
+    )
     assert placed.returncode == 0, placed.stderr
     assert json.loads(placed.stdout)["complete"] is True
