@@ -179,8 +179,9 @@ class LocalVolume:
             cached = self.hash_cache.lookup(target, st)
             if cached is not None and (cached.git_sha1 is not None or not git_sha1):
                 return cached, False
-        digest = hash_file(self.path(target), on_bytes=on_bytes, git_sha1=git_sha1)
-        after = os.stat(self.path(target))
+        path = self.path(target)
+        digest = hash_file(path, on_bytes=on_bytes, git_sha1=git_sha1)
+        after = os.stat(path)
         # Only remember the digest if the file did not change while it was being read.
         if _stat_key(after) == _stat_key(st):
             self.hash_cache.store(target, after, digest)
