@@ -111,8 +111,13 @@ class AuditReport:
         return out
 
     @property
+    def required_bytes(self) -> int:
+        """Free space the files still to fetch need, with the margin."""
+        return round(self.totals.to_fetch_bytes * (1 + SPACE_MARGIN))
+
+    @property
     def fits(self) -> bool:
-        return self.totals.to_fetch_bytes * (1 + SPACE_MARGIN) <= self.free_bytes
+        return self.required_bytes <= self.free_bytes
 
     @property
     def bytes_read(self) -> int:

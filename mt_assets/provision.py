@@ -41,13 +41,14 @@ class Plan:
     audit: AuditReport
     to_fetch: list[FileAudit]
 
+    # The sums are the audit's: one definition of what is left to fetch and what it needs.
     @property
     def to_fetch_bytes(self) -> int:
-        return sum(fa.file.planned_size or 0 for fa in self.to_fetch)
+        return self.audit.totals.to_fetch_bytes
 
     @property
     def unknown_size_files(self) -> int:
-        return sum(fa.file.planned_size is None for fa in self.to_fetch)
+        return self.audit.totals.unknown_size_files
 
     @property
     def free_bytes(self) -> int:
@@ -55,11 +56,11 @@ class Plan:
 
     @property
     def required_bytes(self) -> int:
-        return round(self.to_fetch_bytes * (1 + SPACE_MARGIN))
+        return self.audit.required_bytes
 
     @property
     def fits(self) -> bool:
-        return self.required_bytes <= self.free_bytes
+        return self.audit.fits
 
     def check_space(self) -> None:
         if not self.fits:

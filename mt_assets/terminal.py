@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from mt_assets.audit import AuditReport
+from mt_assets.audit import SPACE_MARGIN, AuditReport
 from mt_assets.provision import Plan, ProvisionReport
 from mt_assets.units import human_bytes
 
@@ -128,8 +128,8 @@ def audit_summary(report: AuditReport) -> str:
     t = report.totals
     counts = report.counts()
     free = human_bytes(report.free_bytes)
-    need = human_bytes(round(t.to_fetch_bytes * 1.05))
-    fit = "it fits" if report.fits else f"it does NOT fit (needs {need} with a 5% margin)"
+    need = human_bytes(report.required_bytes)
+    fit = "it fits" if report.fits else f"it does NOT fit (needs {need} with a {SPACE_MARGIN:.0%} margin)"
     if report.complete:
         return (
             f"[green]complete[/]: all {t.files} files of profile {report.profile} are on {report.volume} "
