@@ -29,6 +29,11 @@ setup(
         "soundfile",
         "pyloudnorm",
         "scipy",
+        # renders: images, colour correction (skimage's Lab, as the reference), mp4 (PyAV: H.264 + AAC)
+        "pillow",
+        "scikit-image",
+        "av",
+        "regex",
     ],
     extras_require={
         "dev": [
