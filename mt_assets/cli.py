@@ -275,6 +275,92 @@ def lock(profile: str | None, manifest_path: str | None, output: str | None, as_
         click.echo(f"next: mt-assets provision --manifest {out_path} --source hub")
 
 
+@main.command()
+@click.argument("job_file", metavar="JOB", type=click.Path(dir_okay=False))
+@_manifest_options
+@_volume_option
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: <volume>/outputs).")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="cpu renders in float32 (the reference's numbers); cuda in bfloat16 with TF32 off.",
+)
+@click.option("--t5-cpu", is_flag=True, help="Keep the T5 encoder on the CPU (saves ~11 GB of GPU memory).")
+@click.option("--offload", is_flag=True, help="Move each model to the GPU only while it is used.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout, nothing else.")
+@_bad_input_exits
+def render(
+    job_file: str,
+    profile: str | None,
+    manifest_path: str | None,
+    volume: str | None,
+    out: str | None,
+    device: str,
+    t5_cpu: bool,
+    offload: bool,
+    as_json: bool,
+) -> None:
+    """Render a job file (YAML or JSON, MultiTalk's input format) to <out>/<id>/video.mp4 from the volume."""
+    import torch
+
+    from mt_assets.models.pipeline import load_pipeline_components
+    from mt_assets.render.job import JobError, load_job
+    from mt_assets.render.pipeline import MultiTalkRenderer, RenderError
+    from mt_assets.render.run import check_output_free, output_dir, render_job
+    from mt_assets.render.terminal import StepProgress, print_render
+    from mt_assets.render.video import OutputExists
+    from mt_assets.terminal import audit_summary
+
+    manifest = resolve_manifest(profile, manifest_path)
+    vol = resolve_volume(volume)
+    err = Console(stderr=True)
+    out_dir = output_dir(vol.root, Path(out) if out else None)
+    try:
+        job = load_job(job_file, volume_root=vol.root)
+        check_output_free(job, out_dir)
+    except (JobError, OutputExists) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if device == "cuda" and not torch.cuda.is_available():
+        click.echo("error: --device cuda: no CUDA device is visible to torch", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+    # The volume must hold every file, verified (the hash cache makes this cheap), before any load.
+    report = run_audit(manifest, vol)
+    if not report.complete:
+        bad = [f for f in report.files if f.status != "ok"]
+        click.echo(f"error: volume {vol.root} is not complete for profile {manifest.profile}:", err=True)
+        for f in bad:
+            click.echo(f"  {f.status:14} {f.file.target}", err=True)
+        err.print(audit_summary(report), highlight=False)
+        sys.exit(EXIT_PROBLEM)
+
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    if device == "cuda":
+        # The reference-exact path: no TF32 shortcuts in matmuls and convolutions.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    with err.status("loading the models from the volume") if err.is_terminal else contextlib.nullcontext():
+        components = load_pipeline_components(vol, manifest, dtype=dtype, device="cpu" if offload else device)
+    renderer = MultiTalkRenderer(components, device=device, dtype=dtype, t5_cpu=t5_cpu, offload=offload)
+    try:
+        with StepProgress(err) as progress:
+            result = render_job(job, renderer, manifest, out_dir, progress=progress)
+    except (JobError, OutputExists) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except RenderError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_PROBLEM)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        print_render(result, Console(highlight=False))
+    sys.exit(EXIT_OK)
+
+
 @main.group()
 def tiny() -> None:
     """The tiny profile: the real layout at toy scale, built locally."""

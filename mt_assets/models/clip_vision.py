@@ -21,7 +21,8 @@ The file is a torch pickle of a flat {key: tensor} dict, the whole state dict of
 ViT-H/14: width 1280, 32 layers, 16 heads, mlp 5120, 224 px → 1 + 16*16 = 257 tokens,
 embed_dim 1024. Wan I2V uses only the vision tower, and from it the hidden states after
 the penultimate block (`visual(..., use_31_block=True)`): [B, 257, 1280]. Nothing in the
-shapes gives the head count; Wan's ViT-H/14 has 80 channels per head, and so do the tiny ones.
+shapes gives the head count; Wan's ViT-H/14 has 80 channels per head (`HEAD_DIM`, the default of
+`load_clip_vision(head_dim=...)`); a checkpoint built otherwise needs its own value passed.
 
 The vision tower maps onto transformers' CLIPVisionModelWithProjection (q/k/v split out
 of `to_qkv`, `visual.head` transposed into `visual_projection`). The text tower and
@@ -154,16 +155,20 @@ def clip_sizes_from_state(
     return visual, textual
 
 
-def clip_vision_config(visual: Mapping[str, int], source: str) -> CLIPVisionConfig:
-    if visual["width"] % HEAD_DIM:
+def clip_vision_config(
+    visual: Mapping[str, int], source: str, *, head_dim: int = HEAD_DIM
+) -> CLIPVisionConfig:
+    """CLIPVisionConfig for these sizes, with width // head_dim attention heads (the file does not say)."""
+    if head_dim <= 0 or visual["width"] % head_dim:
         raise CheckpointError(
-            f"{source}: vision width {visual['width']} is not a multiple of Wan's head size {HEAD_DIM}"
+            f"{source}: vision width {visual['width']} is not a multiple of the head size {head_dim} "
+            f"(Wan's ViT-H/14: {HEAD_DIM})"
         )
     return CLIPVisionConfig(
         hidden_size=visual["width"],
         intermediate_size=visual["mlp"],
         num_hidden_layers=visual["layers"],
-        num_attention_heads=visual["width"] // HEAD_DIM,
+        num_attention_heads=visual["width"] // head_dim,
         image_size=visual["image_size"],
         patch_size=visual["patch"],
         projection_dim=visual["embed_dim"],
@@ -207,15 +212,25 @@ def wan_clip_visual_to_transformers(
 
 
 def load_clip_vision(
-    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    head_dim: int = HEAD_DIM,
 ) -> CLIPVisionModelWithProjection:
-    """The vision tower of Wan's CLIP checkpoint, in eval mode; the whole file is checked strictly."""
+    """The vision tower of Wan's CLIP checkpoint, in eval mode; the whole file is checked strictly.
+
+    `head_dim` (channels per attention head) is not in the file: the model gets width // head_dim
+    heads. Wan's ViT-H/14 uses 80 (1280 / 16); a checkpoint built with another head count (the
+    golden tiny CLIP: width 96, 3 heads → 32) loads without complaint under the wrong value and
+    computes different features, so pass the value it was built with.
+    """
     source = str(path)
     state = load_pth(path)
     visual, textual = clip_sizes_from_state(state, source)
     expected = wan_clip_visual_shapes(**visual) | wan_clip_textual_shapes(**textual)
     check_keys(state, expected, source)
-    config = clip_vision_config(visual, source)
+    config = clip_vision_config(visual, source, head_dim=head_dim)
     with torch.device("meta"):
         model = CLIPVisionModelWithProjection(config)
     converted = {k: v.to(device=device, dtype=dtype) for k, v in state.items() if k.startswith("visual.")}
@@ -231,13 +246,22 @@ def load_clip_vision(
     return model.eval().requires_grad_(False)
 
 
+def clip_resize(frames: torch.Tensor, image_size: int = 224) -> torch.Tensor:
+    """Frames [B, 3, H, W] → [B, 3, image_size, image_size], float32, as Wan's CLIPModel.visual resizes them.
+
+    The whole frame is squashed to a square (aspect ratio not kept, no crop): bicubic,
+    align_corners=False, no antialias, and no clamp afterwards, so values overshoot [-1, 1] a little.
+    """
+    return F.interpolate(frames.float(), size=(image_size, image_size), mode="bicubic", align_corners=False)
+
+
 def clip_preprocess(frames: torch.Tensor, image_size: int = 224) -> torch.Tensor:
     """Frames [B, 3, H, W] in [-1, 1] → CLIP pixel values, as Wan's CLIPModel.visual prepares them.
 
-    Bicubic resize to image_size² (no crop, no antialias), [-1, 1] → [0, 1], then open-clip's mean/std.
+    `clip_resize`, then [-1, 1] → [0, 1] as x·0.5 + 0.5, then (x − mean) / std with open-clip's mean/std.
+    Wan feeds it the last conditioning frame (`cond_image[:, :, -1]`).
     """
-    x = F.interpolate(frames.float(), size=(image_size, image_size), mode="bicubic", align_corners=False)
-    x = x.mul(0.5).add(0.5)
+    x = clip_resize(frames, image_size).mul(0.5).add(0.5)
     mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std

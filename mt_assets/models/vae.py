@@ -28,6 +28,12 @@ diffusers ships `convert_wan_vae_to_diffusers`, but its decoder indices are hard
 num_res_blocks=2 (blocks 0-2, 4-6, ... are resnets, 3, 7, 11 the upsamplers), so it would
 misplace a smaller VAE's keys. The mapping here is derived from the architecture instead;
 a test checks that it agrees with diffusers' converter on the real layout.
+
+Latents: Wan's pipeline never sees the raw latent. `WanVAE` (the wrapper) normalises the
+encoder's mean per channel with Wan2.1's 16 constants and returns it without sampling;
+decoding undoes it and clamps the frames to [-1, 1]. `encode_latent`/`decode_latent` are
+those two calls, with the constants taken from AutoencoderKLWan's config (`latents_mean`,
+`latents_std`, whose defaults are Wan2.1's).
 """
 
 from __future__ import annotations
@@ -131,6 +137,64 @@ def load_vae(
     converted = {keys[k][0]: v.to(device=device, dtype=dtype) for k, v in state.items()}
     load_strict(model, converted, source)
     return model.eval().requires_grad_(False)
+
+
+def latent_norm(vae: AutoencoderKLWan) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, 1/std) as [1, z_dim, 1, 1, 1] in the VAE's dtype and device: Wan's `scale = [mean, 1/std]`.
+
+    Like the reference, the reciprocal is taken once, of the std already in that dtype.
+    """
+    weight = vae.post_quant_conv.weight
+    mean = torch.tensor(vae.config.latents_mean, dtype=weight.dtype, device=weight.device)
+    std = torch.tensor(vae.config.latents_std, dtype=weight.dtype, device=weight.device)
+    if mean.numel() != vae.config.z_dim or std.numel() != vae.config.z_dim:
+        raise ValueError(
+            f"VAE config: latents_mean/latents_std have {mean.numel()}/{std.numel()} values, "
+            f"expected z_dim = {vae.config.z_dim}"
+        )
+    return mean.view(1, -1, 1, 1, 1), (1.0 / std).view(1, -1, 1, 1, 1)
+
+
+@torch.no_grad()
+def encode_latent(vae: AutoencoderKLWan, video: torch.Tensor) -> torch.Tensor:
+    """A video [1, 3, F, H, W] or [3, F, H, W] in [-1, 1] → Wan's normalised latent [z_dim, T, H/8, W/8], float32.
+
+    As `WanVAE.encode`: the encoder's mean (no sampling, log-variance dropped), then
+    `(mu - mean) * (1/std)`. F must be 4n + 1 (T = n + 1): the encoder takes frame 0 alone and
+    then causal chunks of 4, and diffusers would silently drop a partial chunk. Computed in the
+    VAE's dtype on its device; tiling, if switched on, would change the result.
+    """
+    if video.dim() == 4:
+        video = video.unsqueeze(0)
+    if video.dim() != 5 or video.shape[0] != 1 or video.shape[1] != 3:
+        raise ValueError(
+            f"encode_latent: video must be [1, 3, F, H, W] or [3, F, H, W], got {list(video.shape)}"
+        )
+    frames = video.shape[2]
+    if frames % 4 != 1:
+        raise ValueError(
+            f"encode_latent: the video has {frames} frames; the VAE needs 4n + 1 (1, 5, 9, ..., 81)"
+        )
+    weight = vae.post_quant_conv.weight
+    mean, inv_std = latent_norm(vae)
+    mu = vae.encode(video.to(device=weight.device, dtype=weight.dtype)).latent_dist.mean
+    return ((mu - mean) * inv_std).float().squeeze(0)
+
+
+@torch.no_grad()
+def decode_latent(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
+    """Wan's normalised latent [z_dim, T, h, w] → video [3, 4(T-1)+1, 8h, 8w] in [-1, 1], float32.
+
+    As `WanVAE.decode`: `z / (1/std) + mean` (the reference divides by the reciprocal, which
+    differs from `z * std + mean` in the last bit), then the decoder one latent frame at a time
+    (diffusers' `_decode`, which also does the one clamp to [-1, 1]).
+    """
+    if z.dim() != 4 or z.shape[0] != vae.config.z_dim:
+        raise ValueError(f"decode_latent: z must be [{vae.config.z_dim}, T, h, w], got {list(z.shape)}")
+    weight = vae.post_quant_conv.weight
+    mean, inv_std = latent_norm(vae)
+    z = z.to(device=weight.device, dtype=weight.dtype).unsqueeze(0) / inv_std + mean
+    return vae.decode(z).sample.float().squeeze(0)
 
 
 def _walk(s: WanVAESizes) -> Iterator[_Entry]:

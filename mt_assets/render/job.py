@@ -1,0 +1,625 @@
+"""The render job: one schema for the CLI, the Dagster inbox and the RunPod worker.
+
+A job is a YAML or JSON mapping. MultiTalk's own input files (`generate_multitalk.py
+--input_json`) are accepted as users already write them:
+
+    prompt: "A woman is talking in a studio."
+    cond_image: multi2.png                       # media references: see media.py
+    cond_audio: {person1: 1.wav, person2: 2.wav}  # person2 optional
+    audio_type: para                             # para | add; two speakers only
+    bbox:                                        # optional; exactly the speakers of cond_audio
+      person1: [x_min, y_min, x_max, y_max]      # source-image pixels, kept as given. As in the
+      person2: [x_min, y_min, x_max, y_max]      # reference, x counts ROWS and y COLUMNS
+
+plus our settings, each with the default `generate_multitalk.py` uses:
+
+    id               [A-Za-z0-9_-]{1,64}; default: the job file's stem
+    negative_prompt  MultiTalk's English negative prompt (DEFAULT_NEGATIVE_PROMPT)
+    mode             clip (one clip of `frames`) | streaming (clips of `frames` for the whole audio)
+    frames           81; 4n+1, 5..1001 (in streaming mode: the frames of each clip)
+    size             multitalk-480 | multitalk-720 (the reference's size buckets) | WxH, both
+                     multiples of 16 in 16..2048
+    steps            40; 1..1000
+    shift            7 for multitalk-480 and WxH, 11 for multitalk-720; (0, 100]
+    text_guidance    5.0; 0..100
+    audio_guidance   4.0; 0..100
+    seed             42; 0..2**32-1
+    color_correction 1.0; 0..1 (the CLI default of the reference; 0 switches it off)
+    apg              false | true | {momentum: -0.75, norm_threshold: 55} (either key may be left out;
+                     momentum in [-1, 1], norm_threshold > 0)
+    motion_frames    25; 1 mod 4; in streaming mode fewer than `frames`
+    rerender         false
+
+Choices where the reference has none:
+* `audio_type` may be left out with two speakers: 'para' (what MultiTalk's two-person examples use).
+  With one speaker it is accepted and ignored (stored as 'para').
+* A speaker given as null or as the string 'None' is silent: the reference's 'None' path, zeros as
+  long as the other speaker. Only one of two may be silent.
+* `motion_frames` only matters in streaming mode, so only there must it be fewer than `frames`.
+* `tts_audio` (MultiTalk's text-to-speech input) is refused: there is no TTS here.
+
+Validation stops at the first problem and names the field and the value:
+
+    render job jobs/inbox/a1.yaml: field 'cond_image': '../../etc/passwd' is outside the allowed roots ...
+    render job a1.json: field 'frams': unknown field; did you mean 'frames'?
+
+`RenderJob.to_json()` gives every effective setting in this same format (media references resolved
+to absolute paths or s3:// URIs), so parse_job(job.to_json(), ...) gives the job back.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import yaml
+
+from mt_assets.models.audio import FPS, SAMPLE_RATE, AudioError, num_audio_frames
+from mt_assets.render.audio_prep import AUDIO_TYPES, PreparedAudio, prepare_multi, prepare_single
+from mt_assets.render.media import MediaError, load_audio, load_image, resolve_media
+
+# generate_multitalk.py's English negative prompt (the config's is Chinese; this one is what the
+# README's examples and most users pass).
+DEFAULT_NEGATIVE_PROMPT = (
+    "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, "
+    "static, overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, "
+    "extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, "
+    "fused fingers, still picture, messy background, three legs, many people in the background, "
+    "walking backwards"
+)
+MODES = ("clip", "streaming")
+SIZE_BUCKETS = ("multitalk-480", "multitalk-720")
+SPEAKERS = ("person1", "person2")
+DEFAULT_SHIFT = {"multitalk-480": 7.0, "multitalk-720": 11.0}  # WxH: as multitalk-480
+WXH_SHIFT = 7.0
+APG_MOMENTUM = -0.75
+APG_NORM_THRESHOLD = 55.0
+APG_NORM_THRESHOLD_MAX = 1e6
+FRAMES_RANGE = (5, 1001)
+STEPS_RANGE = (1, 1000)
+SIDE_RANGE = (16, 2048)
+SEED_MAX = 2**32 - 1
+GUIDANCE_MAX = 100.0
+SHIFT_MAX = 100.0
+
+FIELDS = (
+    "id",
+    "prompt",
+    "negative_prompt",
+    "cond_image",
+    "cond_audio",
+    "audio_type",
+    "bbox",
+    "mode",
+    "frames",
+    "size",
+    "steps",
+    "shift",
+    "text_guidance",
+    "audio_guidance",
+    "seed",
+    "color_correction",
+    "apg",
+    "motion_frames",
+    "rerender",
+)
+_APG_FIELDS = ("momentum", "norm_threshold")
+_UNSUPPORTED = {
+    "tts_audio": "text-to-speech input is not supported; synthesise the speech first and give it as "
+    "cond_audio (a WAV, FLAC, MP3, M4A or video file)",
+}
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_WXH = re.compile(r"(\d+)x(\d+)")
+_SILENT = "None"  # the reference's spelling of a silent speaker
+DICT_SOURCE = "<dict>"
+
+
+class JobError(ValueError):
+    """A job that cannot be rendered. `str()` names the job, the field and the value."""
+
+    def __init__(self, source: str, field: str | None, message: str) -> None:
+        self.source = source
+        self.field = field
+        where = f"render job {source}: field {field!r}" if field else f"render job {source}"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Apg:
+    """Adaptive projected guidance settings (`generate_multitalk.py --use_apg`)."""
+
+    momentum: float
+    norm_threshold: float
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """A validated job: every setting effective, media references resolved."""
+
+    id: str
+    prompt: str
+    negative_prompt: str
+    cond_image: str  # absolute path or s3:// URI
+    cond_audio: tuple[str | None, ...]  # person1[, person2]; None: a silent speaker (two speakers only)
+    audio_type: str  # 'para' | 'add' ('para' for one speaker; unused then)
+    bbox: tuple[tuple[float, float, float, float], ...] | None  # person1[, person2] order
+    mode: str
+    frames: int
+    size: str
+    steps: int
+    shift: float
+    text_guidance: float
+    audio_guidance: float
+    seed: int
+    color_correction: float
+    apg: Apg | None
+    motion_frames: int
+    rerender: bool
+    source: str  # the job file, or '<dict>'
+
+    @property
+    def speakers(self) -> int:
+        return len(self.cond_audio)
+
+    @property
+    def size_wh(self) -> tuple[int, int] | None:
+        """(W, H) for a 'WxH' size, None for the reference's size buckets."""
+        match = _WXH.fullmatch(self.size)
+        return (int(match[1]), int(match[2])) if match else None
+
+    def to_json(self) -> dict[str, Any]:
+        """Every effective setting, in the job format (JSON-serialisable; `source` is not a setting)."""
+        names = SPEAKERS[: len(self.cond_audio)]
+        return {
+            "id": self.id,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "cond_image": self.cond_image,
+            "cond_audio": dict(zip(names, self.cond_audio, strict=True)),
+            "audio_type": self.audio_type,
+            "bbox": None
+            if self.bbox is None
+            else {n: list(b) for n, b in zip(names, self.bbox, strict=True)},
+            "mode": self.mode,
+            "frames": self.frames,
+            "size": self.size,
+            "steps": self.steps,
+            "shift": self.shift,
+            "text_guidance": self.text_guidance,
+            "audio_guidance": self.audio_guidance,
+            "seed": self.seed,
+            "color_correction": self.color_correction,
+            "apg": False
+            if self.apg is None
+            else {"momentum": self.apg.momentum, "norm_threshold": self.apg.norm_threshold},
+            "motion_frames": self.motion_frames,
+            "rerender": self.rerender,
+        }
+
+
+@dataclass(frozen=True)
+class JobMedia:
+    """A job's decoded media: the conditioning image (RGB, upright) and the prepared speakers."""
+
+    image: PIL.Image.Image
+    audio: PreparedAudio
+
+
+# --- loading and parsing ------------------------------------------------------------------------
+
+
+def load_job(
+    path: str | Path,
+    *,
+    volume_root: Path | None = None,
+    allowed_roots: Sequence[Path] = (),
+    check_media: bool = True,
+) -> RenderJob:
+    """Read a .yaml/.yml/.json job file and validate it (`parse_job`); media relative to its folder."""
+    path = Path(path)
+    source = str(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json"):
+        raise JobError(source, None, f"expected a .yaml, .yml or .json file, got {path.name!r}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise JobError(source, None, f"cannot be read: {e}") from None
+    try:
+        doc = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise JobError(source, None, f"is not valid JSON: {e}") from None
+    except yaml.YAMLError as e:
+        raise JobError(source, None, f"is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(doc, Mapping):
+        raise JobError(source, None, f"expected a mapping of fields, got {_kind(doc)}")
+    return parse_job(
+        doc,
+        source=source,
+        base_dir=path.parent,
+        volume_root=volume_root,
+        allowed_roots=allowed_roots,
+        check_media=check_media,
+    )
+
+
+def parse_job(
+    doc: Mapping[str, Any],
+    *,
+    source: str,
+    base_dir: Path,
+    volume_root: Path | None = None,
+    allowed_roots: Sequence[Path] = (),
+    check_media: bool = True,
+) -> RenderJob:
+    """Validate a job document; relative media references are relative to `base_dir`.
+
+    With check_media (the default) the image and audio are decoded too (`load_job_media`), so a
+    missing or undecodable file, audio too short for `frames` and a box outside the image are
+    reported now rather than at render time. Raises JobError.
+    """
+    if not isinstance(doc, Mapping):
+        raise JobError(source, None, f"expected a mapping of fields, got {_kind(doc)}")
+    fields = _Fields(doc, source)
+    fields.check_names()
+
+    def resolve(field: str, ref: str) -> str:
+        try:
+            return resolve_media(ref, base_dir=base_dir, volume_root=volume_root, allowed_roots=allowed_roots)
+        except MediaError as e:
+            raise JobError(source, field, str(e)) from None
+
+    job_id = fields.job_id()
+    prompt = fields.text("prompt", required=True)
+    negative_prompt = fields.text("negative_prompt", default=DEFAULT_NEGATIVE_PROMPT, allow_empty=True)
+    cond_image = resolve("cond_image", fields.text("cond_image", required=True))
+    speakers = fields.cond_audio()
+    cond_audio = tuple(
+        None if ref is None else resolve(f"cond_audio.{name}", ref) for name, ref in speakers.items()
+    )
+    audio_type = fields.choice("audio_type", AUDIO_TYPES, default="para")
+    if len(cond_audio) == 1:
+        audio_type = "para"  # one speaker: not used
+    bbox = fields.bbox(tuple(speakers))
+    mode = fields.choice("mode", MODES, default="clip")
+    frames = fields.integer("frames", *FRAMES_RANGE, default=81)
+    if (frames - 1) % 4:
+        raise JobError(source, "frames", f"must be 4n+1 (5, 9, ..., 81, ...), got {frames}")
+    size = fields.size()
+    steps = fields.integer("steps", *STEPS_RANGE, default=40)
+    shift = fields.number("shift", 0.0, SHIFT_MAX, default=DEFAULT_SHIFT.get(size, WXH_SHIFT), low_open=True)
+    text_guidance = fields.number("text_guidance", 0.0, GUIDANCE_MAX, default=5.0)
+    audio_guidance = fields.number("audio_guidance", 0.0, GUIDANCE_MAX, default=4.0)
+    seed = fields.integer("seed", 0, SEED_MAX, default=42)
+    color_correction = fields.number("color_correction", 0.0, 1.0, default=1.0)
+    apg = fields.apg()
+    motion_frames = fields.integer("motion_frames", 1, FRAMES_RANGE[1], default=25)
+    if (motion_frames - 1) % 4:
+        raise JobError(source, "motion_frames", f"must be 1 mod 4 (1, 5, ..., 25, ...), got {motion_frames}")
+    if mode == "streaming" and motion_frames >= frames:
+        raise JobError(
+            source,
+            "motion_frames",
+            f"{motion_frames} must be fewer than frames ({frames}): each streaming clip continues "
+            "from the last motion_frames of the previous one",
+        )
+    rerender = fields.boolean("rerender", default=False)
+
+    job = RenderJob(
+        id=job_id,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        cond_image=cond_image,
+        cond_audio=cond_audio,
+        audio_type=audio_type,
+        bbox=bbox,
+        mode=mode,
+        frames=frames,
+        size=size,
+        steps=steps,
+        shift=shift,
+        text_guidance=text_guidance,
+        audio_guidance=audio_guidance,
+        seed=seed,
+        color_correction=color_correction,
+        apg=apg,
+        motion_frames=motion_frames,
+        rerender=rerender,
+        source=source,
+    )
+    if check_media:
+        load_job_media(job)
+    return job
+
+
+def load_job_media(job: RenderJob) -> JobMedia:
+    """Decode the image and audio, prepare the speakers, and check them against the job.
+
+    Raises JobError naming the field: a missing or undecodable image or audio, 'para' speakers of
+    different lengths, audio that does not give MORE audio frames than `frames` (the reference
+    asserts it, in streaming mode for the first clip), and a bbox that misses the image entirely.
+    """
+    try:
+        image = load_image(job.cond_image)
+    except MediaError as e:
+        raise JobError(job.source, "cond_image", str(e)) from None
+
+    waves: list[np.ndarray | None] = []
+    for name, ref in zip(SPEAKERS, job.cond_audio, strict=False):
+        try:
+            waves.append(None if ref is None else load_audio(ref))
+        except MediaError as e:
+            raise JobError(job.source, f"cond_audio.{name}", str(e)) from None
+    names = [f"{name} {ref}" for name, ref in zip(SPEAKERS, job.cond_audio, strict=False)]
+    try:
+        if len(waves) == 1:
+            assert waves[0] is not None  # parse_job refuses a silent single speaker
+            audio = prepare_single(waves[0], source=names[0])
+        else:
+            audio = prepare_multi(waves[0], waves[1], job.audio_type, sources=(names[0], names[1]))
+    except AudioError as e:
+        raise JobError(job.source, "cond_audio", str(e)) from None
+
+    if audio.num_frames <= job.frames:
+        # The fewest samples that give frames + 1 audio frames, counted the reference's way
+        # (float arithmetic can make (frames + 1) * 640 samples one frame short).
+        samples = (job.frames + 1) * SAMPLE_RATE // FPS
+        while num_audio_frames(samples) <= job.frames:
+            samples += 1
+        needed = math.ceil(samples * 1000 / SAMPLE_RATE) / 1000
+        combined = " ('add' plays the speakers one after the other)" if job.audio_type == "add" else ""
+        raise JobError(
+            job.source,
+            "cond_audio",
+            f"{', '.join(names)}: {len(audio.mix) / SAMPLE_RATE:.3f} s of audio{combined} gives "
+            f"{audio.num_frames} audio frames at {FPS} fps; frames {job.frames} needs more than "
+            f"{job.frames}, i.e. at least {needed:.3f} s of audio (or fewer frames)",
+        )
+    if job.bbox is not None:
+        for name, (x_min, y_min, x_max, y_max) in zip(SPEAKERS, job.bbox, strict=False):
+            # The reference fills mask[x_min:x_max, y_min:y_max]: rows by x, columns by y.
+            if x_min >= image.height or y_min >= image.width:
+                raise JobError(
+                    job.source,
+                    f"bbox.{name}",
+                    f"[{_num(x_min)}, {_num(y_min)}, {_num(x_max)}, {_num(y_max)}] lies outside the "
+                    f"{image.width}x{image.height} image (x counts rows 0..{image.height}, y columns "
+                    f"0..{image.width}, as in the reference)",
+                )
+    return JobMedia(image=image, audio=audio)
+
+
+# --- field readers ------------------------------------------------------------------------------
+
+
+class _Fields:
+    """Typed reads of one job document; every error names the job, the field and the value."""
+
+    def __init__(self, doc: Mapping[str, Any], source: str, prefix: str = "") -> None:
+        self.doc = doc
+        self.source = source
+        self.prefix = prefix  # 'apg.' for the fields inside apg
+
+    def error(self, field: str | None, message: str) -> JobError:
+        return JobError(self.source, None if field is None else self.prefix + field, message)
+
+    def check_names(self) -> None:
+        for key in self.doc:
+            if not isinstance(key, str):
+                raise self.error(None, f"field names must be strings, got {key!r}")
+            if key in _UNSUPPORTED:
+                raise self.error(key, _UNSUPPORTED[key])
+            if key not in FIELDS:
+                raise self.error(key, f"unknown field{_suggest(key, FIELDS)}")
+
+    def job_id(self) -> str:
+        if "id" in self.doc:
+            value = self.doc["id"]
+            if not isinstance(value, str) or not _ID.fullmatch(value):
+                raise self.error("id", f"{value!r} must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'")
+            return value
+        stem = Path(self.source).stem
+        if not _ID.fullmatch(stem):
+            raise self.error(
+                "id",
+                f"not given, and the job's name {stem!r} is not a valid id (1 to 64 characters of "
+                "A-Z, a-z, 0-9, '_' and '-'): set id",
+            )
+        return stem
+
+    def text(
+        self, field: str, *, required: bool = False, default: str = "", allow_empty: bool = False
+    ) -> str:
+        if field not in self.doc:
+            if required:
+                raise self.error(field, "is required")
+            return default
+        value = self.doc[field]
+        if not isinstance(value, str):
+            raise self.error(field, f"must be a string, got {_kind(value)} {value!r}")
+        if not allow_empty and not value.strip():
+            raise self.error(field, f"must not be empty, got {value!r}")
+        return value
+
+    def choice(self, field: str, choices: Sequence[str], *, default: str) -> str:
+        value = self.doc.get(field, default)
+        if value not in choices:
+            raise self.error(
+                field, f"{value!r} is not one of {', '.join(choices)}{_did_you_mean(value, choices)}"
+            )
+        return value
+
+    def integer(self, field: str, low: int, high: int, *, default: int) -> int:
+        value = self.doc.get(field, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(field, f"must be an integer, got {_kind(value)} {value!r}")
+        if not low <= value <= high:
+            raise self.error(field, f"{value} is out of range {low}..{high}")
+        return value
+
+    def number(self, field: str, low: float, high: float, *, default: float, low_open: bool = False) -> float:
+        value = self.doc.get(field, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.error(field, f"must be a number, got {_kind(value)} {value!r}")
+        if value < low or value > high or (low_open and value == low):
+            bracket = "(" if low_open else "["
+            raise self.error(field, f"{value} is out of range {bracket}{_num(low)}, {_num(high)}]")
+        return float(value)
+
+    def boolean(self, field: str, *, default: bool) -> bool:
+        value = self.doc.get(field, default)
+        if not isinstance(value, bool):
+            raise self.error(field, f"must be true or false, got {_kind(value)} {value!r}")
+        return value
+
+    def size(self) -> str:
+        value = self.doc.get("size", SIZE_BUCKETS[0])
+        if not isinstance(value, str):
+            raise self.error("size", f"must be a string (multitalk-480, multitalk-720 or WxH), got {value!r}")
+        if value in SIZE_BUCKETS:
+            return value
+        match = _WXH.fullmatch(value)
+        if not match:
+            raise self.error(
+                "size",
+                f"{value!r} is not multitalk-480, multitalk-720 or WxH (e.g. 832x480)"
+                + _did_you_mean(value, SIZE_BUCKETS),
+            )
+        for side, name in ((int(match[1]), "width"), (int(match[2]), "height")):
+            if side % 16 or not SIDE_RANGE[0] <= side <= SIDE_RANGE[1]:
+                raise self.error(
+                    "size",
+                    f"{value!r}: {name} {side} must be a multiple of 16 in {SIDE_RANGE[0]}..{SIDE_RANGE[1]}",
+                )
+        return value
+
+    def cond_audio(self) -> dict[str, str | None]:
+        if "cond_audio" not in self.doc:
+            raise self.error("cond_audio", "is required: {person1: <audio>} or {person1: ..., person2: ...}")
+        value = self.doc["cond_audio"]
+        if not isinstance(value, Mapping):
+            raise self.error(
+                "cond_audio", f"must be a mapping {{person1: <audio>[, person2: <audio>]}}, got {value!r}"
+            )
+        for key in value:
+            if key not in SPEAKERS:
+                raise self.error(f"cond_audio.{key}", f"unknown speaker{_suggest(str(key), SPEAKERS)}")
+        if "person1" not in value:
+            raise self.error("cond_audio", f"person1 is required, got {dict(value)!r}")
+        speakers: dict[str, str | None] = {}
+        for name in SPEAKERS:
+            if name not in value:
+                continue
+            ref = value[name]
+            if ref is None or ref == _SILENT:
+                speakers[name] = None
+            elif isinstance(ref, str) and ref.strip():
+                speakers[name] = ref
+            else:
+                raise self.error(f"cond_audio.{name}", f"must be a path or URI, got {_kind(ref)} {ref!r}")
+        if all(ref is None for ref in speakers.values()):
+            raise self.error(
+                "cond_audio",
+                f"{dict(value)!r}: no speaker has audio (a silent speaker needs a second one who speaks)",
+            )
+        return speakers
+
+    def bbox(self, speakers: tuple[str, ...]) -> tuple[tuple[float, float, float, float], ...] | None:
+        value = self.doc.get("bbox")
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise self.error(
+                "bbox", f"must be a mapping {{person1: [x_min, y_min, x_max, y_max], ...}}, got {value!r}"
+            )
+        for key in value:
+            if key not in SPEAKERS:
+                raise self.error(f"bbox.{key}", f"unknown speaker{_suggest(str(key), SPEAKERS)}")
+        if set(value) != set(speakers):
+            raise self.error(
+                "bbox",
+                f"has {_names(value)} but cond_audio has {_names(speakers)}: give a box for each speaker "
+                "of cond_audio, or none",
+            )
+        boxes = []
+        for name in speakers:
+            box = value[name]
+            shown = f"{box!r}"
+            if (
+                not isinstance(box, Sequence)
+                or isinstance(box, str)
+                or len(box) != 4
+                or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box
+                )
+            ):
+                raise self.error(
+                    f"bbox.{name}", f"must be 4 numbers [x_min, y_min, x_max, y_max], got {shown}"
+                )
+            x_min, y_min, x_max, y_max = (float(v) for v in box)
+            if min(x_min, y_min) < 0:
+                raise self.error(f"bbox.{name}", f"{shown}: coordinates must not be negative")
+            if x_max <= x_min or y_max <= y_min:
+                raise self.error(
+                    f"bbox.{name}",
+                    f"{shown}: needs x_min < x_max and y_min < y_max ([x_min, y_min, x_max, y_max], "
+                    "x counting rows and y columns, as in the reference)",
+                )
+            boxes.append((x_min, y_min, x_max, y_max))
+        return tuple(boxes)
+
+    def apg(self) -> Apg | None:
+        value = self.doc.get("apg", False)
+        if value is False:
+            return None
+        if value is True:
+            return Apg(APG_MOMENTUM, APG_NORM_THRESHOLD)
+        if not isinstance(value, Mapping):
+            raise self.error("apg", f"must be true, false or {{momentum, norm_threshold}}, got {value!r}")
+        for key in value:
+            if key not in _APG_FIELDS:
+                raise self.error(f"apg.{key}", f"unknown field{_suggest(str(key), _APG_FIELDS)}")
+        sub = _Fields(value, self.source, prefix="apg.")
+        momentum = sub.number("momentum", -1.0, 1.0, default=APG_MOMENTUM)
+        threshold = sub.number(
+            "norm_threshold", 0.0, APG_NORM_THRESHOLD_MAX, default=APG_NORM_THRESHOLD, low_open=True
+        )
+        return Apg(momentum, threshold)
+
+
+def _suggest(value: object, choices: Sequence[str]) -> str:
+    return _did_you_mean(value, choices) or f"; expected one of {', '.join(choices)}"
+
+
+def _did_you_mean(value: object, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _kind(value: object) -> str:
+    return {
+        type(None): "null",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__)
+
+
+def _names(keys: object) -> str:
+    names = [str(k) for k in keys]  # type: ignore[attr-defined]
+    return " and ".join(names) if names else "no speaker"
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"

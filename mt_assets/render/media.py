@@ -1,0 +1,300 @@
+"""A render job's media: where a reference points, and how the image and the audio decode.
+
+A media reference in a job is one of:
+
+    photo.png                 relative to the job file's folder (`base_dir`)
+    /data/in/photo.png        absolute: allowed only inside an allowed root
+    volume:media/photo.png    under the volume root, wherever it is mounted (/workspace on a pod,
+                              /runpod-volume on a serverless worker), so one job runs on both
+    s3://bucket/key           fetched with boto3 when decoded (AWS_ACCESS_KEY_ID,
+                              AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL_S3 /
+                              AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION) into a temporary
+                              file, at most MAX_DOWNLOAD_BYTES
+
+Local references are confined: the path is resolved first (symlinks followed, `..` collapsed) and
+must then lie inside one of the allowed roots: the job folder, the volume root and any
+`allowed_roots`; a `volume:` reference must lie inside the volume root. So `../../etc/passwd`, an
+absolute path elsewhere and a symlink in the job folder that leads out are all refused.
+
+Decoding:
+
+    load_image   PNG, JPEG or WebP; the EXIF orientation is applied (a phone photo comes out upright,
+                 which the reference's plain Image.open does not do); RGB (alpha is dropped)
+    load_audio   mono float32 at 16 kHz. WAV/FLAC/MP3/OGG through libsndfile (`load_waveform`: a
+                 16-bit PCM file gives int16 / 32768, as librosa.load does); M4A/AAC and the audio
+                 track of MP4/MOV/MKV/WebM through PyAV (FFmpeg). Channels are averaged and other
+                 rates resampled exactly as `load_waveform` does for either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+import av
+import boto3
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from mt_assets.models.audio import SAMPLE_RATE, AudioError, load_waveform
+from mt_assets.sources.base import SourceError
+from mt_assets.sources.s3 import parse_s3_uri
+
+VOLUME_PREFIX = "volume:"
+S3_PREFIX = "s3://"
+MAX_DOWNLOAD_BYTES = 2 * 1024**3  # a long talking-head mp4 whose audio track is wanted stays under this
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+# Containers libsndfile cannot read: go straight to PyAV (anything else tries libsndfile first).
+_AV_SUFFIXES = {".m4a", ".aac", ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".3gp"}
+_READ_BLOCK = 1024 * 1024
+
+
+class MediaError(ValueError):
+    """A media reference that cannot be used: the message names the reference and what is wrong."""
+
+
+# --- where a reference points -------------------------------------------------------------------
+
+
+def resolve_media(
+    ref: str, *, base_dir: Path, volume_root: Path | None, allowed_roots: Sequence[Path] = ()
+) -> str:
+    """The absolute local path of `ref` (symlinks resolved), or an s3:// URI unchanged.
+
+    Raises MediaError for an empty reference, a malformed s3:// URI, a `volume:` reference without
+    a volume root or leading out of it, and a path that resolves outside every allowed root.
+    Existence is not checked here: `load_image` / `load_audio` report a missing file.
+    """
+    if not isinstance(ref, str) or not ref.strip():
+        raise MediaError(f"{ref!r} is not a media reference (a path, volume:<path> or s3://bucket/key)")
+    if "\x00" in ref:
+        raise MediaError(f"{ref!r} contains a NUL character")
+    if ref.startswith(S3_PREFIX):
+        parse_s3_ref(ref)
+        return ref
+    if ref.startswith(VOLUME_PREFIX):
+        inner = ref[len(VOLUME_PREFIX) :]
+        if volume_root is None:
+            raise MediaError(f"{ref!r}: no volume root is configured here (--volume or MT_VOLUME)")
+        if not inner or PurePosixPath(inner).is_absolute():
+            raise MediaError(f"{ref!r}: expected volume:<path relative to the volume root>")
+        root = Path(volume_root).resolve()
+        path = (root / inner).resolve()
+        if not path.is_relative_to(root):
+            raise MediaError(f"{ref!r} leads to {path}, outside the volume root {root}")
+        return str(path)
+
+    roots = [Path(base_dir).resolve()]
+    if volume_root is not None:
+        roots.append(Path(volume_root).resolve())
+    roots.extend(Path(r).resolve() for r in allowed_roots)
+    given = Path(ref)  # no '~' expansion: a job means the same on every machine
+    path = (given if given.is_absolute() else Path(base_dir) / given).resolve()
+    if not any(path.is_relative_to(root) for root in roots):
+        shown = ", ".join(dict.fromkeys(str(r) for r in roots))
+        via = "" if str(path) == ref else f" (it resolves to {path})"
+        raise MediaError(f"{ref!r} is outside the allowed roots{via}; allowed: {shown}")
+    return str(path)
+
+
+def parse_s3_ref(ref: str) -> tuple[str, str]:
+    """(bucket, key) of `s3://bucket/key`. Raises MediaError naming what is wrong."""
+    try:
+        bucket, key = parse_s3_uri(ref)
+    except SourceError as e:
+        raise MediaError(str(e).removeprefix("source ")) from None
+    if not key:
+        raise MediaError(f"{ref!r}: expected s3://bucket/key, with a key")
+    return bucket, key
+
+
+# --- decoding -----------------------------------------------------------------------------------
+
+
+def load_image(ref: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> PIL.Image.Image:
+    """The image at `ref` (a resolved path or s3:// URI): EXIF orientation applied, RGB.
+
+    Raises MediaError if it is missing, not a PNG/JPEG/WebP, or cannot be decoded.
+    """
+    with _local(ref, "image", max_bytes) as path:
+        try:
+            with PIL.Image.open(path, formats=IMAGE_FORMATS) as image:
+                image.load()
+                upright = PIL.ImageOps.exif_transpose(image)
+                return upright.convert("RGB")
+        except PIL.UnidentifiedImageError:
+            raise MediaError(f"image {ref}: not a PNG, JPEG or WebP image") from None
+        except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as e:
+            raise MediaError(f"image {ref}: cannot be decoded: {_first_line(e)}") from None
+
+
+def load_audio(ref: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> np.ndarray:
+    """Mono float32 samples at 16 kHz from `ref` (a resolved path or s3:// URI).
+
+    Raises MediaError if it is missing, has no audio track, or cannot be decoded.
+    """
+    with _local(ref, "audio", max_bytes) as path:
+        if path.suffix.lower() in _AV_SUFFIXES:
+            return _decode_with_av(path, ref)
+        try:
+            return load_waveform(path, SAMPLE_RATE)
+        except AudioError as sndfile_error:
+            # Not something libsndfile reads (an .mp3 without a frame sync, an .ogg with opus, ...):
+            # FFmpeg decodes more. Report both reasons if neither can.
+            try:
+                return _decode_with_av(path, ref)
+            except MediaError as av_error:
+                if "no audio track" in str(av_error):
+                    raise
+                raise MediaError(
+                    f"audio {ref}: cannot be decoded (libsndfile: {_after_colon(sndfile_error)}; "
+                    f"FFmpeg: {_after_colon(av_error)})"
+                ) from None
+
+
+def _decode_with_av(path: Path, ref: str) -> np.ndarray:
+    """The first audio track of a container, decoded with FFmpeg, then mono + 16 kHz as load_waveform does."""
+    try:
+        with av.open(str(path), mode="r") as container:
+            if not container.streams.audio:
+                kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
+                raise MediaError(f"audio {ref}: has no audio track ({kinds})")
+            stream = container.streams.audio[0]
+            # Planar float at the stream's own rate and layout: one row per channel.
+            resampler = av.AudioResampler(format="fltp")
+            blocks: list[np.ndarray] = []
+            rate = stream.rate
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    blocks.append(out.to_ndarray())
+                    rate = out.sample_rate
+            for out in resampler.resample(None):
+                blocks.append(out.to_ndarray())
+    except av.error.FFmpegError as e:
+        raise MediaError(f"audio {ref}: cannot be decoded: {_first_line(e)}") from None
+    if not blocks or sum(b.shape[1] for b in blocks) == 0:
+        raise MediaError(f"audio {ref}: the audio track has no samples")
+    data = np.concatenate(blocks, axis=1).T.astype(np.float32, copy=False)  # [samples, channels]
+    try:
+        return load_waveform(np.ascontiguousarray(data), SAMPLE_RATE, source_sr=int(rate))
+    except AudioError as e:
+        raise MediaError(f"audio {ref}: {e}") from None
+
+
+@contextlib.contextmanager
+def _local(ref: str, what: str, max_bytes: int) -> Iterator[Path]:
+    """A local path holding `ref`'s bytes: the file itself, or an s3:// object in a temporary file."""
+    if not ref.startswith(S3_PREFIX):
+        path = Path(ref)
+        if not path.exists():
+            raise MediaError(f"{what} {ref}: no such file")
+        if not path.is_file():
+            raise MediaError(f"{what} {ref}: not a regular file")
+        yield path
+        return
+    suffix = PurePosixPath(ref).suffix[:16]
+    with tempfile.TemporaryDirectory(prefix="mt-media-") as folder:
+        path = Path(folder) / f"media{suffix}"
+        download_s3(ref, path, max_bytes=max_bytes)
+        yield path
+
+
+def download_s3(ref: str, dest: Path, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> int:
+    """Write the object `ref` (s3://bucket/key) to `dest`; returns its size in bytes.
+
+    Credentials, endpoint and region come from the usual AWS_* variables (boto3's chain); with a
+    custom endpoint path-style addressing is used, as MinIO and RunPod's S3 API expect. Raises
+    MediaError for a missing object or bucket, an object over `max_bytes`, and any S3 failure;
+    messages never include credentials.
+    """
+    bucket, key = parse_s3_ref(ref)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    session = boto3.session.Session()
+    region = os.environ.get("AWS_REGION") or session.region_name or "us-east-1"
+    config = Config(
+        region_name=region,
+        retries={"mode": "standard"},
+        connect_timeout=10,
+        read_timeout=120,
+        s3={"addressing_style": "path" if endpoint else "auto"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        user_agent_extra="mt-assets",
+    )
+    where = f"{ref} (endpoint {_endpoint_shown(endpoint)})"
+    client = session.client("s3", endpoint_url=endpoint, config=config)
+    try:
+        try:
+            head = client.head_object(Bucket=bucket, Key=key)
+            size = int(head["ContentLength"])
+            if size > max_bytes:
+                raise MediaError(f"{where}: the object is {size} bytes, more than the {max_bytes} allowed")
+            body = client.get_object(Bucket=bucket, Key=key)["Body"]
+            written = 0
+            with open(dest, "wb") as out:
+                # Counted while streaming too: the object may change between HEAD and GET.
+                while block := body.read(_READ_BLOCK):
+                    written += len(block)
+                    if written > max_bytes:
+                        raise MediaError(f"{where}: more than the {max_bytes} bytes allowed")
+                    out.write(block)
+            return written
+        except ClientError as e:
+            error = e.response.get("Error", {})
+            code = str(error.get("Code") or "")
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if code in ("NoSuchKey", "NotFound", "404"):
+                # A HEAD's 404 has no body, so it does not say whether the key or the bucket is missing.
+                if not _bucket_exists(client, bucket):
+                    raise MediaError(f"{where}: no such bucket {bucket!r}") from None
+                raise MediaError(f"{where}: no such object") from None
+            if code == "NoSuchBucket":
+                raise MediaError(f"{where}: no such bucket {bucket!r}") from None
+            if (
+                code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch")
+                or status == 403
+            ):
+                raise MediaError(
+                    f"{where}: access denied ({code}): check that AWS_ACCESS_KEY_ID and "
+                    f"AWS_SECRET_ACCESS_KEY belong to a key that may read bucket {bucket!r}"
+                ) from None
+            raise MediaError(f"{where}: HTTP {status} ({code or 'no error code'})") from None
+        except (BotoCoreError, OSError) as e:
+            # botocore's messages name the endpoint and the operation, never the secret key.
+            raise MediaError(f"{where}: {type(e).__name__}: {_first_line(e)}") from None
+    finally:
+        client.close()
+
+
+def _bucket_exists(client: object, bucket: str) -> bool:
+    try:
+        client.head_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+    except ClientError as e:
+        return str(e.response.get("Error", {}).get("Code")) not in ("404", "NoSuchBucket", "NotFound")
+    return True
+
+
+def _endpoint_shown(endpoint: str | None) -> str:
+    if not endpoint:
+        return "AWS default"
+    parts = urlsplit(endpoint)
+    if "@" not in parts.netloc:  # user:secret@host would show a credential
+        return endpoint
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _after_colon(e: BaseException) -> str:
+    """The reason part of 'audio X: reason' (so a combined message does not repeat the file)."""
+    text = _first_line(e)
+    return text.split(": ", 1)[1] if ": " in text else text

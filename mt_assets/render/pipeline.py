@@ -1,0 +1,355 @@
+"""A render, top to bottom: condition, sample, decode, write (MeiGen MultiTalk `generate()`, commit c1ad840).
+
+`MultiTalkRenderer(components).render(job)` runs on what `load_pipeline_components` returns:
+
+    condition   image -> bucket, resize + centre crop, [-1, 1]          (conditioning.py)
+                prompt, negative prompt -> cleaned, tokenized, T5 features cut to their length
+                speakers -> loudness-normalised speech -> wav2vec2 embeddings (audio_prep.py)
+                speaker masks at the latent grid
+    per clip    CLIP features of the last conditioning frame; VAE latent of the conditioning
+                frames padded with zeros; y = [frame mask, latent]; noise; the denoising loop
+                (sampler.py); VAE decode; colour correction towards the conditioning image
+                (colour.py); the last motion frames condition the next clip (streaming.py)
+    write       frames to uint8, H.264 + AAC mp4, poster, job.json (video.py)
+
+Device and dtype are parameters: fp32 on the CPU reproduces the reference's numbers; on a GPU bf16
+(the reference's param dtype, with TF32 off for its exact path). `t5_cpu` keeps the T5 encoder on the
+CPU; `offload` moves each module to the device only while it is used, as the reference's offload does.
+Noise comes from a CPU generator, so a seed gives the same video on any device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mt_assets.models.audio import audio_embedding
+from mt_assets.models.clip_vision import clip_image_features, clip_preprocess
+from mt_assets.models.pipeline import PipelineComponents
+from mt_assets.models.text_encoder import encode_text
+from mt_assets.models.tokenizers import tokenize_prompts
+from mt_assets.models.vae import decode_latent, encode_latent
+from mt_assets.progress import NullProgress, Progress
+from mt_assets.render.audio_prep import PreparedAudio
+from mt_assets.render.colour import match_and_blend_colors
+from mt_assets.render.conditioning import (
+    VAE_STRIDE,
+    frame_mask,
+    latent_speaker_masks,
+    motion_latent_frames,
+    preprocess_image,
+    target_size,
+)
+from mt_assets.render.sampler import Guidance, StepRecord, sample, timesteps
+from mt_assets.render.streaming import ClipPlan, StreamPlan, plan_clips
+
+if TYPE_CHECKING:
+    from mt_assets.render.job import JobMedia, RenderJob
+
+
+class RenderError(RuntimeError):
+    """A render that cannot go on: the message names the job and the stage."""
+
+
+@dataclass
+class Conditioning:
+    """What every clip of a render shares."""
+
+    cond_image: torch.Tensor  # [1, 3, 1, H, W] in [-1, 1]
+    context: torch.Tensor  # [L, text_dim] T5 features of the prompt (unpadded)
+    context_null: torch.Tensor  # [L', text_dim] of the negative prompt
+    embeddings: list[torch.Tensor]  # per speaker [audio frames, layers, channels]
+    masks: torch.Tensor  # [3, h, w] speaker 1, speaker 2, background
+
+
+@dataclass
+class Timings:
+    """Seconds per stage (summed over clips) and per denoising step, in order."""
+
+    stages: dict[str, float] = field(default_factory=dict)
+    steps: list[float] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - started
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stages": {k: round(v, 4) for k, v in self.stages.items()},
+            "steps": [round(s, 4) for s in self.steps],
+            "seconds": round(sum(self.stages.values()), 4),
+        }
+
+
+@dataclass
+class RenderedVideo:
+    video: torch.Tensor  # [3, N, H, W] float32 in [-1, 1]
+    audio: PreparedAudio
+    plan: StreamPlan
+    target_hw: tuple[int, int]
+    timings: Timings
+
+
+def make_denoiser(
+    transformer: Any,
+    *,
+    context: torch.Tensor,
+    context_null: torch.Tensor,
+    clip_fea: torch.Tensor,
+    y: torch.Tensor,
+    audio: torch.Tensor,
+    masks: torch.Tensor,
+) -> Callable[[torch.Tensor, torch.Tensor, bool, bool], torch.Tensor]:
+    """The DiT as the sampler calls it: (latent, t, use_prompt, use_audio) -> prediction.
+
+    Dropped audio is ONE speaker of zeros, also with two speakers (the reference's `zeros_like(a)[-1:]`).
+    """
+    null_audio = torch.zeros_like(audio)[-1:]
+
+    @torch.no_grad()
+    def denoise(latent: torch.Tensor, t: torch.Tensor, use_prompt: bool, use_audio: bool) -> torch.Tensor:
+        return transformer.forward_reference(
+            latent,
+            t,
+            context if use_prompt else context_null,
+            clip_fea,
+            y,
+            audio if use_audio else null_audio,
+            masks,
+        )[0]
+
+    return denoise
+
+
+def clip_audio(embeddings: list[torch.Tensor], plan: StreamPlan, clip: ClipPlan) -> torch.Tensor:
+    """[speakers, F, 5, layers, channels]: each speaker's audio windows for one clip."""
+    index = plan.windows(clip)
+    return torch.stack([e[index] for e in embeddings])
+
+
+@dataclass
+class ClipTrace:
+    """What one clip computed (kept only when a trace is asked for: tests, diagnostics)."""
+
+    cond_frames: torch.Tensor
+    noise: torch.Tensor
+    vae_latent: torch.Tensor
+    y: torch.Tensor
+    audio: torch.Tensor
+    final_latent: torch.Tensor
+    steps: list[StepRecord]
+
+
+def generate_video(
+    transformer: Any,
+    vae: Any,
+    clip_features: Callable[[torch.Tensor], torch.Tensor],
+    cond: Conditioning,
+    plan: StreamPlan,
+    guidance: Guidance,
+    schedule: torch.Tensor,
+    *,
+    seed: int,
+    colour_correction: float = 0.0,
+    device: str | torch.device = "cpu",
+    timings: Timings | None = None,
+    on_step: Callable[[int, int, int, int], None] | None = None,
+    trace: list[ClipTrace] | None = None,
+) -> torch.Tensor:
+    """Every clip of `plan`, decoded and joined: [3, N, H, W] float32 in [-1, 1].
+
+    clip_features(frame [1, 3, H, W]) -> [1, tokens, width]. on_step(clip, clips, step, steps).
+    """
+    timings = timings or Timings()
+    generator = torch.Generator().manual_seed(seed)
+    frames = plan.frames_per_clip
+    height, width = cond.cond_image.shape[-2:]
+    latent_hw = (height // VAE_STRIDE[1], width // VAE_STRIDE[2])
+    reference = cond.cond_image.clone() if colour_correction > 0 else None
+    cond_frames = cond.cond_image
+    pieces: list[torch.Tensor] = []
+    for clip in plan.clips:
+        audio = clip_audio(cond.embeddings, plan, clip).to(device)
+        with timings.stage("clip"):
+            clip_fea = clip_features(cond_frames[:, :, -1])
+        # The noise is drawn before the VAE runs, on the CPU: the reference's RNG order.
+        noise = torch.randn(16, (frames - 1) // VAE_STRIDE[0] + 1, *latent_hw, generator=generator)
+        with timings.stage("vae_encode"):
+            padding = cond_frames.new_zeros(1, 3, frames - cond_frames.shape[2], height, width)
+            vae_latent = encode_latent(vae, torch.cat([cond_frames, padding], dim=2).to(device))
+        y = torch.cat(
+            [frame_mask(frames, clip.cond_frames, latent_hw).to(vae_latent), vae_latent[None]], dim=1
+        )
+        motion = vae_latent[:, : motion_latent_frames(clip.cond_frames)] if clip.index > 0 else None
+        denoise = make_denoiser(
+            transformer,
+            context=cond.context,
+            context_null=cond.context_null,
+            clip_fea=clip_fea,
+            y=y,
+            audio=audio,
+            masks=cond.masks.to(device),
+        )
+        records: list[StepRecord] | None = [] if trace is not None else None
+        last_step = [time.perf_counter()]
+
+        def step_done(
+            step: int, steps: int, clip: ClipPlan = clip, last_step: list[float] = last_step
+        ) -> None:
+            now = time.perf_counter()
+            timings.steps.append(now - last_step[0])
+            last_step[0] = now
+            if on_step is not None:
+                on_step(clip.index, len(plan.clips), step, steps)
+
+        with timings.stage("sampling"):
+            latent = sample(
+                denoise,
+                noise.to(device),
+                schedule,
+                guidance,
+                motion_latent=motion,
+                generator=generator,
+                on_step=step_done,
+                record=records,
+            )
+        with timings.stage("vae_decode"):
+            video = decode_latent(vae, latent)[None].float().cpu()  # [1, 3, F, H, W]
+        if reference is not None:
+            with timings.stage("colour_correction"), warnings.catch_warnings():
+                # skimage warns for every frame with out-of-gamut pixels, which it clips as the
+                # reference does: expected on strong corrections, noise in a render's log.
+                warnings.filterwarnings("ignore", "Conversion from CIE-LAB", UserWarning)
+                video = match_and_blend_colors(video, reference.cpu(), colour_correction)
+        if trace is not None:
+            trace.append(ClipTrace(cond_frames, noise, vae_latent, y, audio, latent, records or []))
+        pieces.append(video[:, :, clip.keep_from :])
+        cond_frames = video[:, :, -plan.motion_frames :].to(device)
+    joined = torch.cat(pieces, dim=2)[:, :, : plan.max_frames]
+    if plan.trim:
+        joined = joined[:, :, : -plan.trim]
+    return joined[0]
+
+
+class MultiTalkRenderer:
+    """Renders jobs with loaded components (keep one per worker: loading is the expensive part)."""
+
+    def __init__(
+        self,
+        components: PipelineComponents,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        t5_cpu: bool = False,
+        offload: bool = False,
+    ) -> None:
+        self.c = components
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.t5_device = torch.device("cpu") if t5_cpu else self.device
+        self.offload = offload
+
+    @contextlib.contextmanager
+    def _using(self, module: Any, device: torch.device | None = None) -> Iterator[Any]:
+        """`module` on the device while the block runs; back on the CPU afterwards when offloading."""
+        device = device or self.device
+        module.to(device)
+        try:
+            yield module
+        finally:
+            if self.offload and device.type != "cpu":
+                module.to("cpu")
+
+    # ---- condition -----------------------------------------------------------------------
+    def encode_prompts(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = tokenize_prompts(self.c.t5_tokenizer, [prompt, negative_prompt])
+        with self._using(self.c.t5, self.t5_device) as t5:
+            context, context_null = encode_text(t5, ids, mask)
+        return context.to(self.device), context_null.to(self.device)
+
+    def audio_embeddings(self, audio: PreparedAudio) -> list[torch.Tensor]:
+        feature_extractor, model = self.c.wav2vec2
+        with self._using(model):
+            return [audio_embedding(feature_extractor, model, speech) for speech in audio.speeches]
+
+    def clip_features(self, frame: torch.Tensor) -> torch.Tensor:
+        """CLIP penultimate-block features of one frame [1, 3, H, W] in [-1, 1]."""
+        size = self.c.clip.config.image_size
+        with self._using(self.c.clip) as clip, torch.no_grad():
+            return clip_image_features(clip, clip_preprocess(frame.to(self.device), size)).to(self.device)
+
+    # ---- render --------------------------------------------------------------------------
+    def render(
+        self, job: RenderJob, media: JobMedia | None = None, *, progress: Progress | None = None
+    ) -> RenderedVideo:
+        from mt_assets.render.job import load_job_media
+
+        progress = progress or NullProgress()
+        timings = Timings()
+        with timings.stage("media"):
+            media = media or load_job_media(job)
+        image = media.image
+        size: str | tuple[int, int] = job.size_wh or job.size
+        target_hw = target_size((image.height, image.width), size)
+        with timings.stage("text"):
+            context, context_null = self.encode_prompts(job.prompt, job.negative_prompt)
+        with timings.stage("audio"):
+            embeddings = self.audio_embeddings(media.audio)
+        audio_frames = min(e.shape[0] for e in embeddings)
+        try:
+            plan = plan_clips(job.frames, job.motion_frames, audio_frames, streaming=job.mode == "streaming")
+        except ValueError as e:
+            raise RenderError(f"render job {job.source}: field 'cond_audio': {e}") from None
+        masks = latent_speaker_masks(
+            (image.height, image.width), target_hw, len(embeddings), job.bbox
+        )  # fmt: skip
+        cond = Conditioning(
+            cond_image=preprocess_image(image, target_hw).to(self.device),
+            context=context,
+            context_null=context_null,
+            embeddings=embeddings,
+            masks=masks,
+        )
+        guidance = Guidance(
+            text=job.text_guidance,
+            audio=job.audio_guidance,
+            apg_momentum=job.apg.momentum if job.apg else None,
+            apg_norm_threshold=job.apg.norm_threshold if job.apg else 55.0,
+        )
+        schedule = timesteps(job.steps, job.shift)
+        progress.start("clips", f"{job.id}: clips", len(plan.clips))
+        progress.start("steps", f"{job.id}: steps", job.steps * len(plan.clips))
+
+        def on_step(clip: int, clips: int, step: int, steps: int) -> None:
+            progress.advance("steps", 1)
+            if step == steps:
+                progress.advance("clips", 1)
+
+        with self._using(self.c.transformer), self._using(self.c.vae):
+            video = generate_video(
+                self.c.transformer,
+                self.c.vae,
+                self.clip_features,
+                cond,
+                plan,
+                guidance,
+                schedule,
+                seed=job.seed,
+                colour_correction=job.color_correction,
+                device=self.device,
+                timings=timings,
+                on_step=on_step,
+            )
+        progress.finish("steps")
+        progress.finish("clips")
+        return RenderedVideo(video, media.audio, plan, target_hw, timings)
