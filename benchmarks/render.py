@@ -19,7 +19,8 @@ must agree to float32 rounding, or the benchmark stops: a ratio of two different
 means nothing). Each variant is warmed up, then the variants run interleaved (stock, ours,
 ours + audio, stock, ...) so drift on a shared machine hits all of them alike; the table gives the
 median seconds per step (wall) with min, max and the median CPU seconds (all threads).
-torch uses --threads threads (default: the cpu count) throughout; no autograd (inference_mode).
+torch uses --threads threads (default: the cpu count) throughout; no autograd (inference_mode);
+OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE unless set), see below the imports.
 
 Usage:
     .venv/bin/python benchmarks/render.py             # medium DiT, 2 warm-up + 9 interleaved runs (1-3 min)
@@ -39,6 +40,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+
+# Read by OpenMP when torch loads, so set before the imports below (an OMP_WAIT_POLICY already in
+# the environment wins). PASSIVE: idle threads sleep instead of spinning. On a busy 2-core machine
+# spinning threads fight the other work for the cores and a step can take 3-5x longer at random,
+# worse for the forward with more small parallel ops; passive waiting keeps runs within ~10%.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import diffusers
 import torch
@@ -256,7 +263,11 @@ def conditions_table(args: argparse.Namespace, dit: DitStepResult, load_before: 
     table = Table(title="conditions", title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("cpus", f"{os.cpu_count()} ({platform.machine()}), torch threads {torch.get_num_threads()}")
+    table.add_row(
+        "cpus",
+        f"{os.cpu_count()} ({platform.machine()}), torch threads {torch.get_num_threads()}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
+    )
     table.add_row("load average", f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after (1 min)")
     table.add_row(
         "software",
@@ -292,7 +303,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"{QUICK.layers} layers (same latent), 1 warm-up + 5 runs (< 1 min)",
     )
     parser.add_argument("--layers", type=int, default=None, help=f"DiT blocks (default {MEDIUM.layers})")
-    parser.add_argument("--dim", type=int, default=None, help=f"DiT width (default {MEDIUM.dim})")
+    parser.add_argument(
+        "--dim", type=int, default=None, help=f"DiT width; heads of 128, ffn 4 x dim (default {MEDIUM.dim})"
+    )
     parser.add_argument(
         "--latent",
         type=str,
@@ -322,6 +335,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         layers=args.layers or base.layers,
         latent=latent,
     )
+    args.render_size = "128x96" if args.quick else "256x192"
+    args.render_frames = 17 if args.quick else 33
+    args.render_steps = 4 if args.quick else 10
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     args.repeats = args.repeats if args.repeats is not None else (5 if args.quick else 9)
     if args.repeats < 1 or args.warmup < 1 or args.threads < 1:
@@ -331,55 +347,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    console = Console(stderr=args.json, highlight=False)  # with --json, stdout carries only the document
-    if not console.is_terminal:
-        console.width = 110  # rich assumes 80 columns when piped; the tables need more
-    torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
+def dit_step_document(dit: DitStepResult) -> dict[str, object]:
+    return {
+        "size": asdict(dit.size),
+        "shapes": dit.shapes,
+        "video_tokens": dit.video_tokens,
+        "parameters": dit.parameters,
+        "same_output_error": dit.same_output_error,
+        "audio_effect": dit.audio_effect,
+        "variants": {v.name: asdict(v) for v in (dit.stock, dit.ours, dit.ours_audio)},
+        "dit_step_ratio": dit.dit_step_ratio,
+        "audio_adapter_ratio": dit.audio_adapter_ratio,
+    }
 
-    # 1. The DiT step: ours vs stock diffusers, and the audio adapter's cost.
-    s = args.size
-    console.print(
-        f"DiT step: dim {s.dim}, {s.layers} layers, latent {list(s.latent)}, {args.threads} threads",
-        style="bold",
-    )
-    try:
-        dit = measure_dit_step(s, args.warmup, args.repeats, args.seed, console)
-    except BenchmarkError as e:
-        print(f"benchmark aborted: {e}", file=sys.stderr)
-        return 1
 
-    # (further measurements of the render append here, each with its own table and result lines)
-
-    if args.json:
-        document = {
-            "conditions": {
-                "cpus": os.cpu_count(),
-                "threads": torch.get_num_threads(),
-                "torch": torch.__version__,
-                "diffusers": diffusers.__version__,
-                "dtype": "float32",
-                "load_average": [load_before, os.getloadavg()[0]],
-            },
-            "dit_step": {
-                "size": asdict(s),
-                "shapes": dit.shapes,
-                "video_tokens": dit.video_tokens,
-                "parameters": dit.parameters,
-                "same_output_error": dit.same_output_error,
-                "variants": {v.name: asdict(v) for v in (dit.stock, dit.ours, dit.ours_audio)},
-                "dit_step_ratio": dit.dit_step_ratio,
-                "audio_adapter_ratio": dit.audio_adapter_ratio,
-            },
-        }
-        print(json.dumps(document, indent=2))
-        return 0
-
-    console.print()
-    console.print(conditions_table(args, dit, load_before))
-    console.print()
+def print_dit_step(console: Console, dit: DitStepResult) -> None:
     console.print(dit_step_table(dit))
     met = "met" if dit.dit_step_ratio <= DIT_STEP_GOAL else "MISSED"
     min_ratio = min(dit.ours.seconds) / min(dit.stock.seconds)
@@ -393,8 +375,150 @@ def main(argv: list[str] | None = None) -> int:
             f"cpus?); rerun with more --repeats or when the machine is quiet",
             style="yellow",
         )
-    print(f"dit_step_ratio={dit.dit_step_ratio:.3f}")
-    print(f"audio_adapter_ratio={dit.audio_adapter_ratio:.3f}")
+
+
+def measure_whole_render(size: str, frames: int, steps: int) -> dict[str, object]:
+    """One render job end to end on a tiny volume built here: stage seconds, and the DiT's own share.
+
+    The DiT's time is the wall time inside `forward_reference` (every guidance evaluation); the rest
+    of `sampling` is the guidance arithmetic and the scheduler. Everything else (media, the text,
+    audio and CLIP encoders, the VAE, colour correction, the mp4) is outside the DiT.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    from mt_assets import provision
+    from mt_assets.manifest import load_profile
+    from mt_assets.models.pipeline import load_pipeline_components
+    from mt_assets.models.tiny import build_tiny_mirror
+    from mt_assets.render.job import load_job
+    from mt_assets.render.pipeline import MultiTalkRenderer
+    from mt_assets.render.run import render_job
+    from mt_assets.render.samples import write_face_image, write_speech
+    from mt_assets.sources import MirrorSource
+    from mt_assets.volume import LocalVolume
+
+    with tempfile.TemporaryDirectory(prefix="mt-bench-render-") as tmp:
+        root = Path(tmp)
+        build_tiny_mirror(root / "mirror")
+        (root / "volume").mkdir()
+        volume = LocalVolume(root / "volume")
+        manifest = load_profile("tiny")
+        provision.apply(provision.plan(manifest, volume), MirrorSource(root / "mirror"), volume)
+        renderer = MultiTalkRenderer(load_pipeline_components(volume, manifest))
+        dit_seconds = [0.0]
+        forward = renderer.c.transformer.forward_reference
+
+        def timed_forward(*a: object, **k: object) -> torch.Tensor:
+            started = time.perf_counter()
+            try:
+                return forward(*a, **k)
+            finally:
+                dit_seconds[0] += time.perf_counter() - started
+
+        renderer.c.transformer.forward_reference = timed_forward
+        write_face_image(root / "face.png", 320, 240)
+        write_speech(root / "speech.wav", frames / 25 + 0.5)
+        job_file = root / "bench.yaml"
+        job_file.write_text(yaml.safe_dump({
+            "prompt": "A person talks to the camera.", "cond_image": "face.png",
+            "cond_audio": {"person1": "speech.wav"}, "size": size, "frames": frames, "steps": steps,
+        }))  # fmt: skip
+        started = time.perf_counter()
+        result = render_job(load_job(job_file), renderer, manifest, root / "outputs")
+        total = time.perf_counter() - started
+    stages = dict(result.timings["stages"])
+    stages["write"] = round(total - result.timings["seconds"], 4)  # frames to uint8, mp4, poster, json
+    return {
+        "size": size,
+        "frames": frames,
+        "steps": steps,
+        "evaluations": 3 * steps,
+        "seconds": round(total, 3),
+        "stages": stages,
+        "dit_seconds": round(dit_seconds[0], 3),
+        "outside_dit_share": (total - dit_seconds[0]) / total,
+    }
+
+
+def print_whole_render(console: Console, whole: dict[str, object]) -> None:
+    table = Table(title=f"whole render (tiny profile, {whole['size']}, {whole['frames']} frames, "
+                  f"{whole['steps']} steps)", title_justify="left")  # fmt: skip
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    table.add_column("share", justify="right")
+    total = float(whole["seconds"])  # type: ignore[arg-type]
+    for stage, seconds in whole["stages"].items():  # type: ignore[union-attr]
+        table.add_row(stage, f"{seconds:.2f}", f"{seconds / total:.1%}")
+    table.add_row(
+        "  of which inside the DiT", f"{whole['dit_seconds']:.2f}", f"{1 - whole['outside_dit_share']:.1%}"
+    )
+    table.add_row("total", f"{total:.2f}", "100%")
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(stderr=args.json, highlight=False)  # with --json, stdout carries only the document
+    if not console.is_terminal:
+        console.width = 110  # rich assumes 80 columns when piped; the tables need more
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    # Each measurement adds: its section of the JSON document, a function printing its table(s),
+    # and its `name=value` result lines (printed last, in order).
+    document: dict[str, object] = {}
+    reports: list[Callable[[], None]] = []
+    results: list[str] = []
+
+    # 1. The DiT step: ours vs stock diffusers, and the audio adapter's cost.
+    s = args.size
+    console.print(
+        f"DiT step: dim {s.dim}, {s.layers} layers, latent {list(s.latent)}, {args.threads} threads",
+        style="bold",
+    )
+    try:
+        dit = measure_dit_step(s, args.warmup, args.repeats, args.seed, console)
+    except BenchmarkError as e:
+        print(f"benchmark aborted: {e}", file=sys.stderr)
+        return 1
+    document["dit_step"] = dit_step_document(dit)
+    reports.append(lambda: print_dit_step(console, dit))
+    results += [
+        f"dit_step_ratio={dit.dit_step_ratio:.3f}",
+        f"audio_adapter_ratio={dit.audio_adapter_ratio:.3f}",
+    ]
+
+    # 2. A whole render on the tiny profile: where the time goes outside the DiT.
+    console.print(
+        f"whole render: tiny profile, {args.render_size}, {args.render_frames} frames", style="bold"
+    )
+    whole = measure_whole_render(args.render_size, args.render_frames, args.render_steps)
+    document["whole_render"] = whole
+    reports.append(lambda: print_whole_render(console, whole))
+    results.append(f"outside_dit_share={whole['outside_dit_share']:.3f}")
+
+    if args.json:
+        conditions = {
+            "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+            "dtype": "float32",
+            "load_average": [load_before, os.getloadavg()[0]],
+        }
+        print(json.dumps({"conditions": conditions, **document}, indent=2))
+        return 0
+    console.print()
+    console.print(conditions_table(args, dit, load_before))
+    for report in reports:
+        console.print()
+        report()
+    for line in results:
+        print(line)
     return 0
 
 

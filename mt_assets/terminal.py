@@ -6,12 +6,14 @@ Progress goes to stderr (and only on a terminal), so `--json` keeps stdout to on
 from __future__ import annotations
 
 import threading
+from typing import Self
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
@@ -32,25 +34,15 @@ STATUS_STYLE = {
 }
 
 
-class RichProgress:
-    """A rich display with one overall bar and one bar per file in flight."""
+class TaskProgress:
+    """A rich display with one bar per task in flight (`mt_assets.progress.Progress`), on stderr."""
 
-    def __init__(self, console: Console, overall_label: str, overall_total: int | None) -> None:
-        self._progress = Progress(
-            TextColumn("{task.description}", justify="left"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,
-        )
-        self._overall = self._progress.add_task(overall_label, total=overall_total)
+    def __init__(self, console: Console, *columns: ProgressColumn) -> None:
+        self._progress = Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
         self._tasks: dict[str, TaskID] = {}
         self._lock = threading.Lock()
 
-    def __enter__(self) -> RichProgress:
+    def __enter__(self) -> Self:
         self._progress.start()
         return self
 
@@ -59,19 +51,40 @@ class RichProgress:
 
     def start(self, key: str, label: str, total: int | None) -> None:
         with self._lock:
-            self._tasks[key] = self._progress.add_task(f"  {label}", total=total)
+            self._tasks[key] = self._progress.add_task(label, total=total)
 
     def advance(self, key: str, n: int) -> None:
         task = self._tasks.get(key)
         if task is not None:
             self._progress.advance(task, n)
-        self._progress.advance(self._overall, n)
 
     def finish(self, key: str) -> None:
         with self._lock:
             task = self._tasks.pop(key, None)
         if task is not None:
             self._progress.remove_task(task)
+
+
+class RichProgress(TaskProgress):
+    """Bytes moving: one overall bar and one bar per file in flight."""
+
+    def __init__(self, console: Console, overall_label: str, overall_total: int | None) -> None:
+        super().__init__(
+            console,
+            TextColumn("{task.description}", justify="left"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        self._overall = self._progress.add_task(overall_label, total=overall_total)
+
+    def start(self, key: str, label: str, total: int | None) -> None:
+        super().start(key, f"  {label}", total)
+
+    def advance(self, key: str, n: int) -> None:
+        super().advance(key, n)
+        self._progress.advance(self._overall, n)
 
 
 def print_audit(report: AuditReport, console: Console, *, show_ok: bool = True) -> None:

@@ -36,8 +36,12 @@ def main() -> int:
         f"materializing {len(manifest.files)} model files and {len(manifest.bundles)} bundles "
         f"of profile {manifest.profile} from {settings.source} onto {Path(settings.volume).resolve()} ..."
     )
+    # Dagster's event stream goes to the run's event log in the instance (the UI shows it), not
+    # to the terminal before the summary: the console logger only speaks up for errors.
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance, raise_on_error=False
+        instance=instance,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
     )
 
     materialized = result.get_asset_materialization_events()
@@ -65,7 +69,7 @@ def main() -> int:
             "[green]every model file is on the volume and verified; the bundles and the worker's whole load "
             "path loaded from it with the network cut.[/]"
         )
-        console.print("next: `make ui`, then open http://127.0.0.1:3000/assets to see them")
+        console.print("next: `make ui`, then open http://127.0.0.1:3000/assets to see them (and each run's log)")
         real = load_profile("multitalk-480p")
         needed = sum(f.planned_size or 0 for f in real.files)
         console.print(

@@ -66,8 +66,8 @@ from mt_assets.models.audio import FPS, SAMPLE_RATE, AudioError, num_audio_frame
 from mt_assets.render.audio_prep import AUDIO_TYPES, PreparedAudio, prepare_multi, prepare_single
 from mt_assets.render.media import MediaError, load_audio, load_image, resolve_media
 
-# generate_multitalk.py's English negative prompt (the config's is Chinese; this one is what the
-# README's examples and most users pass).
+# MultiTalk's own negative prompt (`sample_neg_prompt` of wan/configs/wan_multitalk_14B.py), which
+# generate() uses when none is given; Wan's shared config has a Chinese one, which MultiTalk does not use.
 DEFAULT_NEGATIVE_PROMPT = (
     "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, "
     "static, overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, "

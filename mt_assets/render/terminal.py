@@ -2,53 +2,22 @@
 
 from __future__ import annotations
 
-import threading
-
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.progress import TimeRemainingColumn as Remaining
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mt_assets.render.run import RenderResult
+from mt_assets.terminal import TaskProgress
 
 
-class StepProgress:
-    """`mt_assets.progress.Progress` for renders: counts clips and steps, not bytes."""
+class StepProgress(TaskProgress):
+    """Renders count clips and sampling steps, not bytes."""
 
     def __init__(self, console: Console) -> None:
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            Remaining(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,
-        )
-        self._tasks: dict[str, TaskID] = {}
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> StepProgress:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def start(self, key: str, label: str, total: int | None) -> None:
-        with self._lock:
-            self._tasks[key] = self._progress.add_task(label, total=total)
-
-    def advance(self, key: str, n: int) -> None:
-        if key in self._tasks:
-            self._progress.advance(self._tasks[key], n)
-
-    def finish(self, key: str) -> None:
-        with self._lock:
-            task = self._tasks.pop(key, None)
-        if task is not None:
-            self._progress.remove_task(task)
+        super().__init__(
+            console, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(),
+        )  # fmt: skip
 
 
 def print_render(result: RenderResult, console: Console) -> None:

@@ -57,6 +57,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mt_assets.volume.lock import pid_alive
+
 FPS = 25
 SAMPLE_RATE = 16000
 CRF = 18
@@ -316,19 +318,9 @@ def _pid_namespace() -> int:
 
 def _writer_is_gone(writer: str, folder: Path, now: float) -> bool:
     host, _, pid = writer.rpartition("-")
-    if host == _writer_id().rpartition("-")[0] and pid.isdigit() and not _pid_alive(int(pid)):
+    if host == _writer_id().rpartition("-")[0] and pid.isdigit() and not pid_alive(int(pid)):
         return True
     return now - _last_touched(folder) > STALE_SECONDS
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _last_touched(folder: Path) -> float:

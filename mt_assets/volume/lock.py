@@ -143,7 +143,7 @@ class WriterLock:
             holder.host == socket.gethostname() and holder.pid_space and holder.pid_space == _pid_space()
         )
         if self.trust_local_pids and same_pid_space and holder.pid > 0:
-            return not _pid_alive(holder.pid)
+            return not pid_alive(holder.pid)
         return False
 
     # -- internals ---------------------------------------------------------------------
@@ -221,7 +221,8 @@ def _pid_space() -> str:
         return ""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists in this pid namespace (signal 0 sends nothing)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

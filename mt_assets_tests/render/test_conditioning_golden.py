@@ -61,3 +61,9 @@ def test_size_buckets_match_the_reference(pipeline_golden_json) -> None:
 def test_720_buckets_and_explicit_sizes() -> None:
     assert target_size((1080, 1920), "multitalk-720") == (704, 1280)
     assert target_size((1080, 1920), (96, 64)) == (64, 96)
+
+
+def test_the_default_negative_prompt_is_the_one_generate_used(pipeline_golden_json) -> None:
+    from mt_assets.render.job import DEFAULT_NEGATIVE_PROMPT
+
+    assert pipeline_golden_json["negative_prompt_used"] == DEFAULT_NEGATIVE_PROMPT

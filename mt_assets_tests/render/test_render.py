@@ -14,7 +14,6 @@ import av
 import numpy as np
 import pytest
 import yaml
-from mt_assets.render.video import OutputExists
 
 from mt_assets.manifest import load_profile
 from mt_assets.models.pipeline import load_pipeline_components
@@ -22,6 +21,7 @@ from mt_assets.render.job import load_job
 from mt_assets.render.pipeline import MultiTalkRenderer
 from mt_assets.render.run import render_job
 from mt_assets.render.samples import write_face_image, write_speech
+from mt_assets.render.video import OutputExists
 from mt_assets.volume import LocalVolume
 from mt_assets_tests.conftest import CLI, run_cli
 
@@ -220,3 +220,20 @@ def test_renders_run_without_importing_dagster(tiny_volume) -> None:
     code = "import sys, mt_assets.render.run, mt_assets.render.pipeline; print('dagster' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_bfloat16_render_keeps_the_vae_and_wav2vec2_in_float32(tiny_volume, media, tmp_path) -> None:
+    """The GPU path's dtypes, run on the CPU: bf16 DiT, T5 and CLIP; float32 VAE and wav2vec2."""
+    import torch
+
+    components = load_pipeline_components(
+        LocalVolume(tiny_volume), load_profile("tiny"), dtype=torch.bfloat16
+    )
+    assert components.transformer.patch_embedding.weight.dtype == torch.bfloat16
+    assert next(components.vae.parameters()).dtype == torch.float32
+    assert next(components.wav2vec2[1].parameters()).dtype == torch.float32
+    bf16 = MultiTalkRenderer(components, dtype=torch.bfloat16)
+    result = render(bf16, media, tmp_path, "bf16")
+    frames, _ = decode(result.output.video)
+    assert len(frames) == 13
+    assert json.loads(result.output.job_json.read_text())["settings"]["dtype"] == "bfloat16"
