@@ -362,6 +362,61 @@ def render(
 
 
 @main.group()
+def jobs() -> None:
+    """The render job queue on the volume: jobs/inbox -> queued -> rendering -> done | failed (or rejected)."""
+
+
+@jobs.command("submit")
+@click.argument("job_file", metavar="JOB", type=click.Path(dir_okay=False))
+@_volume_option
+@_bad_input_exits
+def jobs_submit(job_file: str, volume: str | None) -> None:
+    """Check a job file (media decoded) and drop it, with its local media, into <volume>/jobs/inbox/<id>/."""
+    from mt_assets.render.job import JobError
+    from mt_assets.render.queue import JobQueue
+
+    vol = resolve_volume(volume)
+    try:
+        target = JobQueue(vol.root).submit(Path(job_file))
+    except JobError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    click.echo(f"submitted {target.name}: {target}")
+    click.echo(f"next: the inbox sensor queues it; mt-assets jobs list --volume {vol.root}")
+
+
+@jobs.command("list")
+@_volume_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout, nothing else.")
+@_bad_input_exits
+def jobs_list(volume: str | None, as_json: bool) -> None:
+    """Every render job on the volume and its state: inbox, queued, rendering, done, failed, rejected."""
+    import time
+
+    from rich.table import Table
+
+    from mt_assets.render.queue import STATES, JobQueue
+
+    vol = resolve_volume(volume)
+    found = JobQueue(vol.root).status()
+    if as_json:
+        click.echo(json.dumps({"jobs": [s.to_json() for s in found]}, indent=2))
+        return
+    table = Table(title=f"render jobs on {vol.root}")
+    for column in ("id", "state", "updated", "output or error"):
+        table.add_column(column, overflow="fold")
+    for s in found:
+        detail = str(s.output) if s.output is not None else (s.error or "")
+        updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.updated))
+        table.add_row(s.id, s.state, updated, detail)
+    console = Console(highlight=False)
+    console.print(table)
+    counts = [f"{n} {state}" for state in STATES if (n := sum(s.state == state for s in found))]
+    summary = ", ".join(counts) or "no jobs"
+    console.print(f"{summary}; drop job files or folders into {vol.root / 'jobs' / 'inbox'}")
+
+
+@main.group()
 def tiny() -> None:
     """The tiny profile: the real layout at toy scale, built locally."""
 

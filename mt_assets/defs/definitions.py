@@ -17,6 +17,12 @@ from mt_assets.defs.integrity import build_integrity_job, build_integrity_schedu
 from mt_assets.defs.keys import check_unique_keys
 from mt_assets.defs.model_files import build_file_checks, build_model_files_asset
 from mt_assets.defs.offline_cache import build_offline_cache_assets
+from mt_assets.defs.renders import (
+    RenderResource,
+    build_inbox_sensor,
+    build_nightly_renders_schedule,
+    build_renders_asset,
+)
 from mt_assets.defs.resources import SourceResource, VolumeResource
 from mt_assets.manifest import Manifest, load_manifest, load_profile
 
@@ -34,26 +40,31 @@ def build_definitions(
     settings = settings or Settings.from_env()
     check_unique_keys(manifest.files)
     integrity_job = build_integrity_job(manifest)
+    offline = build_offline_cache_assets(manifest)  # with its check `offline_verified`
+    # Renders need the offline proof upstream: a manifest without the worker's load units has none.
+    renders = [build_renders_asset(manifest)] if offline else []
     return dg.Definitions(
-        assets=[
-            build_model_files_asset(manifest),
-            *build_bundle_assets(manifest),
-            *build_offline_cache_assets(manifest),  # with its check `offline_verified`
-        ],
+        assets=[build_model_files_asset(manifest), *build_bundle_assets(manifest), *offline, *renders],
         asset_checks=[build_file_checks(manifest)],
         jobs=[integrity_job],
-        schedules=[build_integrity_schedule(integrity_job)],
+        schedules=[
+            build_integrity_schedule(integrity_job),
+            *([build_nightly_renders_schedule()] if renders else []),
+        ],
         sensors=[
             build_drift_sensor(manifest),
+            *([build_inbox_sensor()] if renders else []),
             dg.AutomationConditionSensorDefinition(
                 "volume_automation",
                 target=dg.AssetSelection.groups("bundles", "offline"),
                 default_status=dg.DefaultSensorStatus.RUNNING,
             ),
         ],
-        resources=resources
-        or {
+        resources={"render": RenderResource(), **resources}
+        if resources
+        else {
             "volume": VolumeResource(path=os.path.abspath(settings.volume)),
             "source": SourceResource(spec=settings.source),
+            "render": RenderResource(device=os.environ.get("MT_RENDER_DEVICE", "cpu")),
         },
     )

@@ -1,22 +1,34 @@
 """`make demo`: the main job on the embedded defaults, through Dagster, then a summary.
 
 Builds the tiny mirror under ./var/ if it is absent, materializes every model file asset, the
-file checks and the bundles against the persistent instance in DAGSTER_HOME (so the runs are
-there in the UI afterwards), and prints what happened and how to look at it.
+file checks, the bundles and the offline proof against the persistent instance in DAGSTER_HOME
+(so the runs are there in the UI afterwards), then renders two jobs the way users queue them: a
+face image and speech-like audio made here are submitted to `<volume>/jobs/inbox/`, the
+`render_inbox` sensor is ticked (as the daemon would), and each accepted job is rendered as a
+partition of `renders`. It prints what happened, the mp4 paths, and how to look at it.
 """
 
+import logging
 import os
 import sys
+import tempfile
+import time
+import warnings
 from pathlib import Path
 
 import dagster as dg
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from mt_assets.config import Settings
 from mt_assets.defs.definitions import build_definitions, manifest_from_env
+from mt_assets.defs.renders import RENDERS_KEY
+from mt_assets.defs.resources import VolumeResource
 from mt_assets.manifest import load_profile
 from mt_assets.models.tiny import TINY_PROFILE, build_tiny_mirror
+from mt_assets.render.queue import SETTLE_SECONDS, JobQueue
+from mt_assets.render.samples import write_face_image, write_speech
 from mt_assets.units import human_bytes
 
 
@@ -38,10 +50,10 @@ def main() -> int:
     )
     # Dagster's event stream goes to the run's event log in the instance (the UI shows it), not
     # to the terminal before the summary: the console logger only speaks up for errors.
+    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    everything_but_renders = [k for k in defs.resolve_asset_graph().get_all_asset_keys() if k != RENDERS_KEY]
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+        instance=instance, raise_on_error=False, run_config=quiet, asset_selection=everything_but_renders
     )
 
     materialized = result.get_asset_materialization_events()
@@ -69,7 +81,16 @@ def main() -> int:
             "[green]every model file is on the volume and verified; the bundles and the worker's whole load "
             "path loaded from it with the network cut.[/]"
         )
-        console.print("next: `make ui`, then open http://127.0.0.1:3000/assets to see them (and each run's log)")
+        videos = demo_renders(defs, instance, Path(settings.volume).resolve(), quiet, console)
+        if videos is None:
+            return 1
+        console.print("mp4 files:")
+        for video in videos:
+            console.print(f"  {video}", soft_wrap=True)
+        console.print(
+            "next: `make ui`, then open http://127.0.0.1:3000/assets to see them (and each run's log); "
+            "`mt-assets jobs list` shows the render jobs"
+        )
         real = load_profile("multitalk-480p")
         needed = sum(f.planned_size or 0 for f in real.files)
         console.print(
@@ -79,6 +100,84 @@ def main() -> int:
         return 0
     console.print(f"[red]the run failed[/]: see `make ui` → Runs → {result.run_id}")
     return 1
+
+
+# Small enough for 2 CPU cores in seconds; the tiny profile's weights are random, so the video is noise.
+DEMO_JOB = {"size": "128x96", "frames": 17, "steps": 4, "rerender": True}
+
+
+def demo_renders(
+    defs: dg.Definitions, instance: dg.DagsterInstance, volume: Path, quiet: dict, console: Console
+) -> list[Path] | None:
+    """Two jobs through the inbox, the sensor and the renders asset; the mp4 paths, or None on failure."""
+    queue = JobQueue(volume)
+    with tempfile.TemporaryDirectory(prefix="mt-demo-") as tmp:
+        work = Path(tmp)
+        write_face_image(work / "one" / "face.png", 320, 240)
+        write_speech(work / "one" / "speech.wav", 1.2, pitch=140, seed=1)
+        write_face_image(work / "two" / "faces.png", 400, 240, faces=2, seed=2)
+        write_speech(work / "two" / "left.wav", 1.2, pitch=120, seed=2)
+        write_speech(work / "two" / "right.wav", 1.2, pitch=220, seed=3)
+        jobs = {
+            "demo-one-speaker": ("one", {"cond_image": "face.png", "cond_audio": {"person1": "speech.wav"}}),
+            "demo-two-speakers": (
+                "two",
+                {"cond_image": "faces.png", "audio_type": "para",
+                 "cond_audio": {"person1": "left.wav", "person2": "right.wav"}},
+            ),
+        }  # fmt: skip
+        for job_id, (folder, fields) in jobs.items():
+            doc = {"id": job_id, "prompt": "A person talks to the camera.", **DEMO_JOB, **fields}
+            (work / folder / "job.yaml").write_text(yaml.safe_dump(doc))
+            queue.submit(work / folder / "job.yaml")
+    console.print(
+        f"submitted {len(jobs)} render jobs to {queue.folder('inbox')}; ticking the render_inbox sensor ..."
+    )
+    time.sleep(SETTLE_SECONDS + 0.5)  # the inbox leaves entries younger than this for the next tick
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # resources are passed to the context below
+        sensor = defs.get_sensor_def("render_inbox")
+    dagster_log = logging.getLogger("dagster")
+    level = dagster_log.level
+    dagster_log.setLevel(logging.WARNING)  # the tick's own log line is for the daemon's log
+    try:
+        tick = sensor(
+            dg.build_sensor_context(instance=instance, resources={"volume": VolumeResource(path=str(volume))})
+        )
+    finally:
+        dagster_log.setLevel(level)
+    assert isinstance(tick, dg.SensorResult)
+    for request in tick.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    job = defs.resolve_implicit_global_asset_job_def()
+    videos: list[Path] = []
+    for request in tick.run_requests or []:
+        run = job.execute_in_process(
+            instance=instance,
+            partition_key=request.partition_key,
+            asset_selection=[RENDERS_KEY],
+            run_config=quiet,
+            tags=request.tags,
+            raise_on_error=False,
+        )
+        if not run.success:
+            console.print(
+                f"[red]render {request.partition_key} failed[/]: see `make ui` → Runs → {run.run_id}"
+            )
+            return None
+        [event] = run.get_asset_materialization_events()
+        md = event.materialization.metadata
+        videos.append(Path(str(md["video"].value)))
+        console.print(
+            f"rendered {request.partition_key}: {md['frames'].value} frames, {md['width'].value}x{md['height'].value}, "
+            f"{md['seconds'].value:.1f} s → {md['video'].value}"
+        )
+    if len(videos) != len(jobs):
+        console.print(
+            f"[red]expected {len(jobs)} renders, the sensor queued {len(videos)}[/]: `mt-assets jobs list`"
+        )
+        return None
+    return videos
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Run config (the test seam of mt_assets.offline.overrides, plus a unit filter); e
     ops: {offline_cache: {config: {only: [t5-tokenizer], overrides: {t5-tokenizer: google/umt5-xxl}}}}
 """
 
+import hashlib
 from typing import Any
 
 import dagster as dg
@@ -24,6 +25,8 @@ from mt_assets.units import human_bytes
 
 ASSET_KEY = dg.AssetKey("offline_cache")
 CHECK_NAME = "offline_verified"
+# Metadata: {model file asset key: its data version (sha256)} as proved; the renders' guard compares.
+MODEL_VERSIONS = "model_data_versions"
 AUTOMATION = dg.AutomationCondition.eager() | dg.AutomationCondition.on_missing()
 
 
@@ -78,6 +81,23 @@ def report_metadata(report: OfflineReport) -> dict[str, Any]:
     }
 
 
+def models_data_versions(instance: dg.DagsterInstance, manifest: Manifest) -> dict[str, str]:
+    """Each model file's sha256 as its latest materialization recorded it (its data version), by asset key."""
+    keys = [file_key(f) for f in manifest.files]
+    versions: dict[str, str] = {}
+    for key, event in instance.get_latest_materialization_events(keys).items():
+        materialization = event.asset_materialization if event is not None else None
+        if materialization is not None and "sha256" in materialization.metadata:
+            versions[key.to_user_string()] = str(materialization.metadata["sha256"].value)
+    return versions
+
+
+def models_data_version(versions: dict[str, str]) -> dg.DataVersion:
+    """One version for the set: changes exactly when some model file's sha256 does."""
+    text = "\n".join(f"{k}={v}" for k, v in sorted(versions.items()))
+    return dg.DataVersion(hashlib.sha256(text.encode()).hexdigest()[:32])
+
+
 def build_offline_cache_assets(manifest: Manifest) -> list[dg.AssetsDefinition]:
     """The asset, or none for a manifest that declares none of the worker's load units."""
     units = provable_units(manifest)
@@ -117,8 +137,10 @@ def build_offline_cache_asset(manifest: Manifest, units: list[str]) -> dg.Assets
             f"volume, {len(report.undeclared)} undeclared, {len(report.missing)} missing"
         )
         metadata = report_metadata(report)
+        versions = models_data_versions(context.instance, manifest)
         return dg.MaterializeResult(
-            metadata=metadata,
+            metadata={**metadata, MODEL_VERSIONS: dg.MetadataValue.json(versions)},
+            data_version=models_data_version(versions),
             check_results=[
                 dg.AssetCheckResult(
                     check_name=CHECK_NAME,

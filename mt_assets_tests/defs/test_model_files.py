@@ -35,8 +35,10 @@ def test_definitions_have_one_asset_per_file_plus_the_bundles() -> None:
     graph = defs.resolve_asset_graph()
     keys = set(graph.get_all_asset_keys())
     offline = {dg.AssetKey("offline_cache")}
-    assert keys == {file_key(f) for f in manifest.files} | {bundle_key(b) for b in manifest.bundles} | offline
-    assert len(keys) == 25 + 3 + 1
+    renders = {dg.AssetKey("renders")}
+    files_and_bundles = {file_key(f) for f in manifest.files} | {bundle_key(b) for b in manifest.bundles}
+    assert keys == files_and_bundles | offline | renders
+    assert len(keys) == 25 + 3 + 1 + 1
     assert {c.asset_key for c in graph.asset_check_keys} == {file_key(f) for f in manifest.files} | offline
     shard = graph.get(file_key(manifest.files[2]))
     assert shard.group_name == "wan_dit"

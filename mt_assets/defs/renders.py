@@ -1,0 +1,266 @@
+"""Renders in Dagster: the `renders` asset (one dynamic partition per job), the inbox sensor, the batch schedule.
+
+    jobs/inbox/ --render_inbox sensor--> jobs/queued/<id>.json + partition <id> + a run request
+    run of renders[<id>] (pool "gpu") --> outputs/<id>/ ; jobs/done/   (or jobs/failed/ after retries)
+    nightly_renders schedule --> a run for every queued job without a materialization
+
+The core does the work (`mt_assets.render.queue`, `mt_assets.render.run`); this module only wires it.
+
+Guard. Sensor and schedule runs do not re-run `offline_cache`, so its blocking check does not stop
+them: the render step itself refuses (no retry, the job stays queued) unless the latest
+`offline_verified` evaluation passed and every model file's data version (its sha256) is the one the
+offline proof recorded. A render's data version is its mp4's sha256; `offline_cache`'s is a hash of
+the model files' sha256s, so renders show stale exactly when a model file really changed.
+
+Retries: a failing render is retried at most MAX_RETRIES times (the step's RetryPolicy); after the
+last attempt the job moves to jobs/failed/ with its error. A refused render, or a job whose output
+exists without `rerender: true`, fails at once and is not retried.
+"""
+
+
+import json
+from typing import Any
+
+import dagster as dg
+
+from mt_assets.defs.offline_cache import ASSET_KEY as OFFLINE_CACHE_KEY
+from mt_assets.defs.offline_cache import CHECK_NAME as OFFLINE_CHECK
+from mt_assets.defs.offline_cache import MODEL_VERSIONS, models_data_versions
+from mt_assets.defs.resources import VolumeResource
+from mt_assets.manifest import Manifest
+from mt_assets.render.job import JobError
+from mt_assets.render.queue import JobBusy, JobQueue
+from mt_assets.render.run import RenderResult, output_dir, render_job
+from mt_assets.render.video import OutputExists
+
+RENDERS_KEY = dg.AssetKey("renders")
+PARTITIONS = dg.DynamicPartitionsDefinition(name="render_jobs")
+POOL = "gpu"
+MAX_RETRIES = 2
+
+
+class RenderResource(dg.ConfigurableResource):
+    """Where renders run: the local device (the RunPod backend comes with the worker)."""
+
+    device: str = "cpu"
+    t5_cpu: bool = False
+    offload: bool = False
+
+    def renderer(self, volume_root: str, manifest: Manifest) -> Any:
+        return _renderer(volume_root, manifest, self.device, self.t5_cpu, self.offload)
+
+
+_RENDERERS: dict[tuple[str, str, str, bool, bool], Any] = {}
+
+
+def _renderer(root: str, manifest: Manifest, device: str, t5_cpu: bool, offload: bool) -> Any:
+    """One loaded renderer per process and settings: loading is the expensive part of a cold render."""
+    import torch
+
+    from mt_assets.models.pipeline import load_pipeline_components
+    from mt_assets.render.pipeline import MultiTalkRenderer
+    from mt_assets.volume import open_volume
+
+    key = (root, manifest.profile, device, t5_cpu, offload)
+    if key not in _RENDERERS:
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        components = load_pipeline_components(
+            open_volume(root), manifest, dtype=dtype, device="cpu" if offload else device
+        )
+        _RENDERERS[key] = MultiTalkRenderer(
+            components, device=device, dtype=dtype, t5_cpu=t5_cpu, offload=offload
+        )
+    return _RENDERERS[key]
+
+
+def models_verified(instance: dg.DagsterInstance, manifest: Manifest) -> str | None:
+    """Why a render may not run now, or None: the latest offline proof passed for today's model files."""
+    check = instance.get_latest_asset_check_evaluation_record(
+        dg.AssetCheckKey(OFFLINE_CACHE_KEY, OFFLINE_CHECK)
+    )
+    evaluation = check.evaluation if check is not None else None
+    if evaluation is None:
+        return "the offline proof (offline_cache / offline_verified) has never been evaluated"
+    if not evaluation.passed:
+        return "the latest offline_verified check of offline_cache failed: the models may not load offline"
+    event = instance.get_latest_materialization_event(OFFLINE_CACHE_KEY)
+    materialization = event.asset_materialization if event is not None else None
+    if materialization is None or MODEL_VERSIONS not in materialization.metadata:
+        return "offline_cache has no record of the model files it proved"
+    proved: dict[str, str] = materialization.metadata[MODEL_VERSIONS].value  # type: ignore[assignment]
+    now = models_data_versions(instance, manifest)
+    changed = sorted(k for k in set(proved) | set(now) if proved.get(k) != now.get(k))
+    if changed:
+        return (
+            f"{len(changed)} model file(s) changed since the last offline proof ({', '.join(changed[:5])}); "
+            "materialize offline_cache again"
+        )
+    return None
+
+
+def settings_markdown(job: dict[str, Any]) -> str:
+    lines = ["| setting | value |", "|---|---|"]
+    for name, value in job.items():
+        shown = json.dumps(value) if isinstance(value, dict | list) else str(value)
+        lines.append(f"| {name} | {shown.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+def render_metadata(result: RenderResult) -> dict[str, Any]:
+    """Keys as the CLI's `render --json`."""
+    doc = result.to_json()
+    return {
+        "video": dg.MetadataValue.path(doc["video"]),
+        "poster": dg.MetadataValue.path(doc["poster"]),
+        "job_json": dg.MetadataValue.path(doc["job_json"]),
+        "sha256": doc["sha256"],
+        "frames": doc["frames"],
+        "duration": doc["duration"],
+        "width": doc["width"],
+        "height": doc["height"],
+        "clips": doc["clips"],
+        "seconds_per_step": doc["seconds_per_step"],
+        "seconds": doc["seconds"],
+        "stages": dg.MetadataValue.json(doc["stages"]),
+        "settings": dg.MetadataValue.md(settings_markdown(result.job.to_json())),
+    }
+
+
+def build_renders_asset(manifest: Manifest) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=RENDERS_KEY,
+        partitions_def=PARTITIONS,
+        deps=[OFFLINE_CACHE_KEY],
+        pool=POOL,
+        retry_policy=dg.RetryPolicy(max_retries=MAX_RETRIES),
+        group_name="renders",
+        kinds={"pytorch"},
+        description=(
+            "One partition per render job (jobs/queued/<id>.json): the mp4, poster and job.json under "
+            "outputs/<id>/, rendered from the verified model files on the volume."
+        ),
+    )
+    def renders(
+        context: dg.AssetExecutionContext, volume: VolumeResource, render: RenderResource
+    ) -> dg.MaterializeResult:
+        job_id = context.partition_key
+        root = volume.open().root
+        queue = JobQueue(root)
+        refused = models_verified(context.instance, manifest)
+        if refused:
+            raise dg.Failure(description=f"render {job_id} refused: {refused}", allow_retries=False)
+        try:
+            job = queue.load(job_id)
+        except (JobError, LookupError) as e:
+            raise dg.Failure(description=f"render {job_id}: {e}", allow_retries=False) from None
+        renderer = render.renderer(str(root), manifest)
+        context.log.info(f"render {job_id}: {job.frames} frames per clip, {job.steps} steps, mode {job.mode}")
+        try:
+            with queue.rendering(job_id):
+                result = render_job(job, renderer, manifest, output_dir(root), progress=_LogProgress(context))
+        except (OutputExists, JobBusy) as e:
+            raise dg.Failure(description=str(e), allow_retries=False) from None
+        except Exception as e:
+            if context.retry_number >= MAX_RETRIES:
+                queue.mark_failed(job_id, f"{type(e).__name__}: {e}")
+                context.log.error(
+                    f"render {job_id} failed after {MAX_RETRIES + 1} attempts; moved to jobs/failed/"
+                )
+            raise
+        queue.mark_done(job_id, result.output.folder)
+        return dg.MaterializeResult(
+            metadata=render_metadata(result), data_version=dg.DataVersion(result.output.sha256)
+        )
+
+    return renders
+
+
+class _LogProgress:
+    """Sampling progress into the run log, one line per clip and every tenth step."""
+
+    def __init__(self, context: dg.AssetExecutionContext) -> None:
+        self._log = context.log
+        self._done: dict[str, int] = {}
+        self._total: dict[str, int | None] = {}
+
+    def start(self, key: str, label: str, total: int | None) -> None:
+        self._done[key], self._total[key] = 0, total
+
+    def advance(self, key: str, n: int) -> None:
+        self._done[key] = self._done.get(key, 0) + n
+        total = self._total.get(key)
+        if key == "clips" or (total and (self._done[key] % max(1, total // 10) == 0)):
+            self._log.info(f"{key}: {self._done[key]}/{total}")
+
+    def finish(self, key: str) -> None:
+        self._done.pop(key, None)
+
+
+def build_inbox_sensor(minimum_interval_seconds: int = 30) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="render_inbox",
+        minimum_interval_seconds=minimum_interval_seconds,
+        asset_selection=[RENDERS_KEY],
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Job files dropped in <volume>/jobs/inbox/: validated, queued as partitions of renders, run.",
+    )
+    def render_inbox(context: dg.SensorEvaluationContext, volume: VolumeResource) -> dg.SensorResult:
+        scan = JobQueue(volume.open().root).scan_inbox()
+        for r in scan.rejected:
+            context.log.warning(f"rejected {r.name}: {r.error}")
+        if not scan.accepted:
+            reason = f"{len(scan.rejected)} rejected" if scan.rejected else "nothing new in jobs/inbox/"
+            if scan.waiting:
+                reason += f"; {len(scan.waiting)} still being copied"
+            return dg.SensorResult(skip_reason=reason)
+        ids = [a.id for a in scan.accepted]
+        context.log.info(f"queued {len(ids)} render job(s): {', '.join(ids)}")
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=f"{a.id}@{a.path.stat().st_mtime_ns}",
+                    partition_key=a.id,
+                    asset_selection=[RENDERS_KEY],
+                    tags={"mt_assets/trigger": "render_inbox"},
+                )
+                for a in scan.accepted
+            ],
+            dynamic_partitions_requests=[PARTITIONS.build_add_request(ids)],
+        )
+
+    return render_inbox
+
+
+def build_nightly_renders_schedule(cron: str = "0 2 * * *") -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name="nightly_renders",
+        cron_schedule=cron,
+        target=[RENDERS_KEY],
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Every queued render job without a materialization, one run each (the gpu pool paces them).",
+    )
+    def nightly_renders(context: dg.ScheduleEvaluationContext, volume: VolumeResource) -> Any:
+        queued = JobQueue(volume.open().root).queued_ids()
+        instance = context.instance
+        known = set(instance.get_dynamic_partitions(PARTITIONS.name))
+        missing = [i for i in queued if i not in known]
+        if missing:
+            instance.add_dynamic_partitions(PARTITIONS.name, missing)
+        todo = [
+            i for i in queued
+            if not instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=RENDERS_KEY, asset_partitions=[i]), limit=1
+            ).records
+        ]  # fmt: skip
+        if not todo:
+            return dg.SkipReason(f"{len(queued)} queued job(s), none without a render")
+        return [
+            dg.RunRequest(
+                run_key=f"nightly:{context.scheduled_execution_time:%Y-%m-%d}:{i}",
+                partition_key=i,
+                tags={"mt_assets/trigger": "nightly_renders"},
+            )
+            for i in todo
+        ]
+
+    return nightly_renders

@@ -1,0 +1,680 @@
+"""The render job queue on the volume: one job file per job, moving between folders.
+
+    <volume>/jobs/
+      inbox/<name>.yaml|.yml|.json   a dropped job file (media: volume:, s3:// or paths inside the volume)
+      inbox/<name>/                  a dropped job folder: exactly one job.yaml|job.yml|job.json and its
+                                     media (relative paths are relative to the folder; the job's id
+                                     defaults to the folder's name)
+      inbox/.<anything>              ignored: staging (`.submit-*`) and entries being accepted (`.claimed-*`)
+      queued/<id>.json               an accepted job: every effective setting (RenderJob.to_json), its
+                                     media as `volume:` or `s3://` references only
+      media/<id>/<name>              the local media of accepted jobs, copied at acceptance (names kept;
+                                     a different file of the same name becomes <stem>-2<suffix>, ...)
+      rendering/<id>.lock            marker while a render runs: {"host", "pid", "started", "token",
+                                     "pid_space"}, its mtime touched as a heartbeat (volume/lock.py)
+      done/<id>.json                 the job as rendered, and <id>.output.txt: where its output went
+      failed/<id>.json               the job as tried, and <id>.error.txt: why it failed
+      rejected/<name>                the inbox entry as dropped, and <stem>.error.txt: the JobError
+                                     message, which names the field (<stem>-2 ... when the name is taken)
+
+State machine (every move is a rename within the volume, every write temp + rename):
+
+    inbox ──scan_inbox──▶ queued ──rendering()──▶ (rendering) ──mark_done──▶ done
+      │                     ▲                          └────────mark_failed──▶ failed
+      └──▶ rejected         └── a re-drop of a failed id, or of a done id with `rerender: true`
+
+scan_inbox takes an entry only once its newest mtime (of anything inside, for a folder) is
+`settle_seconds` old, so a half-copied drop is never read. It claims the entry by renaming it to a
+hidden name first: rename is atomic, so of two scanners (two sensor ticks, two machines) exactly
+one gets each entry. A valid job's media are resolved and confined as parse_job does (to the entry's
+folder and the volume) and rewritten so that moving the job file never breaks them: local files are
+copied into media/<id>/ and referred to as `volume:jobs/media/<id>/<name>`, other files on the volume
+become `volume:` references, s3:// stays. Media are copied before queued/<id>.json is written, and the
+inbox entry is removed last. An id that is queued or rendering already is rejected, and so is a done
+id unless the job says `rerender: true`; its done (or failed) entry is replaced when it completes.
+
+This module is plain Python: the Dagster inbox sensor and the CLI (`mt-assets jobs`) call it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mt_assets.render.job import JobError, RenderJob, load_job, parse_job
+from mt_assets.render.media import S3_PREFIX, VOLUME_PREFIX
+from mt_assets.volume.lock import LockOwner, WriterLock
+
+JOBS_DIR = "jobs"
+MEDIA_DIR = "media"
+OUTPUTS_DIR = "outputs"  # as mt_assets.render.run.OUTPUTS_DIR (not imported: that module pulls in torch)
+STATES = ("inbox", "queued", "rendering", "done", "failed", "rejected")
+# Inbox entries modified more recently than this are left for the next scan (a half-copied folder is never taken).
+SETTLE_SECONDS = 5.0
+RENDERING_STALE_SECONDS = 120.0  # a rendering marker whose heartbeat is older than this is dead
+JOB_SUFFIXES = (".yaml", ".yml", ".json")
+FOLDER_JOB_NAMES = tuple(f"job{suffix}" for suffix in JOB_SUFFIXES)
+ERROR_SUFFIX = ".error.txt"
+OUTPUT_SUFFIX = ".output.txt"
+CLAIM_PREFIX = ".claimed-"
+SUBMIT_PREFIX = ".submit-"
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # as job.py's id rule
+
+
+class JobNotFound(LookupError):
+    """No accepted job has this id. `str()` names the id and where it was looked for."""
+
+
+class JobBusy(RuntimeError):
+    """The job is being rendered elsewhere (a live rendering marker)."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: str
+    job: RenderJob
+    path: Path  # jobs/queued/<id>.json
+
+
+@dataclass(frozen=True)
+class Rejected:
+    name: str  # the inbox entry's name
+    error: str  # the JobError message (names the field)
+    path: Path  # where the entry went in jobs/rejected/
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    accepted: list[Accepted]
+    rejected: list[Rejected]
+    waiting: list[str]  # inbox entries not settled yet: taken by a later scan
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    id: str
+    state: str  # one of STATES
+    path: Path  # the job file or folder (the marker, for a re-run of a done or failed job)
+    output: Path | None  # done: the output folder
+    error: str | None  # failed, rejected: why
+    updated: float  # seconds since the epoch
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "path": str(self.path),
+            "output": None if self.output is None else str(self.output),
+            "error": self.error,
+            "updated": self.updated,
+        }
+
+
+class JobQueue:
+    """The queue folders of one volume. Every method is safe to call from several processes at once."""
+
+    def __init__(
+        self,
+        volume_root: Path,
+        *,
+        settle_seconds: float = SETTLE_SECONDS,
+        rendering_stale_after: float = RENDERING_STALE_SECONDS,
+    ) -> None:
+        self.root = Path(volume_root).resolve()
+        self.settle_seconds = settle_seconds
+        self.rendering_stale_after = rendering_stale_after
+        self.jobs = self.root / JOBS_DIR
+        for name in (*STATES, MEDIA_DIR):
+            (self.jobs / name).mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"JobQueue({str(self.root)!r})"
+
+    def folder(self, state: str) -> Path:
+        if state not in STATES:
+            raise ValueError(f"unknown job state {state!r}; expected one of {', '.join(STATES)}")
+        return self.jobs / state
+
+    # -- the inbox -----------------------------------------------------------------------------
+
+    def scan_inbox(self, *, now: float | None = None) -> ScanResult:
+        """Accept or reject every settled inbox entry; oldest first, job files and folders before the rest."""
+        now = time.time() if now is None else now
+        inbox = self.folder("inbox")
+        accepted: list[Accepted] = []
+        rejected: list[Rejected] = []
+        waiting: list[str] = []
+        entries = []
+        for entry in inbox.iterdir():
+            if entry.name.startswith("."):
+                continue
+            newest = _newest_mtime(entry)
+            if newest is None:
+                continue  # gone meanwhile: another scanner took it
+            if now - newest < self.settle_seconds:
+                waiting.append(entry.name)
+                continue
+            entries.append((not _looks_like_job(entry), newest, entry.name))
+        for _, _, name in sorted(entries):
+            outcome = self._take(inbox / name)
+            if isinstance(outcome, Accepted):
+                accepted.append(outcome)
+            elif isinstance(outcome, Rejected):
+                rejected.append(outcome)
+        return ScanResult(accepted=accepted, rejected=rejected, waiting=sorted(waiting))
+
+    def _take(self, entry: Path) -> Accepted | Rejected | None:
+        """Claim one entry and accept or reject it; None when another scanner claimed it first."""
+        claimed = entry.with_name(f"{CLAIM_PREFIX}{secrets.token_hex(6)}-{entry.name}")
+        try:
+            os.rename(entry, claimed)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                return self._accept(entry, claimed)
+            except JobError as e:
+                # Messages name the entry as dropped, not its claimed name.
+                message = str(e).replace(str(claimed), str(entry))
+                return self._reject(entry.name, claimed, message)
+        except BaseException:
+            # Not the job's fault (a full disk, a bug): put the entry back for the next scan.
+            with contextlib.suppress(OSError):
+                if not entry.exists():
+                    os.rename(claimed, entry)
+            raise
+
+    def _accept(self, entry: Path, claimed: Path) -> Accepted:
+        source = f"{JOBS_DIR}/inbox/{entry.name}"
+        if claimed.is_symlink():
+            raise JobError(source, None, "is a symlink: drop the job file or folder itself")
+        if claimed.is_dir():
+            job_files = sorted(p.name for p in claimed.iterdir() if p.name in FOLDER_JOB_NAMES)
+            if len(job_files) != 1:
+                found = ", ".join(job_files) if job_files else _job_like_names(claimed)
+                raise JobError(
+                    source,
+                    None,
+                    f"a job folder holds exactly one of {', '.join(FOLDER_JOB_NAMES)} and its media; "
+                    f"found {found or 'none'}",
+                )
+            source = f"{source}/{job_files[0]}"
+            doc = _read_doc(claimed / job_files[0], source)
+            if "id" not in doc:
+                if not _ID.fullmatch(entry.name):
+                    raise JobError(
+                        source,
+                        "id",
+                        f"not given, and the folder name {entry.name!r} is not a valid id (1 to 64 "
+                        "characters of A-Z, a-z, 0-9, '_' and '-'): set id",
+                    )
+                doc = {"id": entry.name, **doc}
+            base_dir = claimed
+        elif claimed.suffix.lower() in JOB_SUFFIXES:
+            doc = _read_doc(claimed, source)
+            base_dir = claimed.parent
+        else:
+            raise JobError(
+                source,
+                None,
+                f"not a render job: expected a {', '.join(JOB_SUFFIXES)} file, or a folder holding one "
+                f"of {', '.join(FOLDER_JOB_NAMES)} and its media",
+            )
+
+        job = parse_job(doc, source=source, base_dir=base_dir, volume_root=self.root)
+        self._check_free(job, source)
+        queued = self.folder("queued") / f"{job.id}.json"
+        placed = self._place_media(job, lambda path: self._copy_to_media(path, job.id))
+        if not _publish_json(placed, queued):
+            raise JobError(source, "id", f"{job.id!r} is already queued ({self._shown(queued)})")
+        _remove(claimed)
+        return Accepted(id=job.id, job=self._parse_stored(queued), path=queued)
+
+    def _reject(self, name: str, claimed: Path, message: str) -> Rejected:
+        rejected = self.folder("rejected")
+        stem = _strip_job_suffix(name)
+        suffix = name[len(stem) :]
+        for n in range(1, 10_000):
+            candidate = stem if n == 1 else f"{stem}-{n}"
+            # The error file is created exclusively first: it reserves the stem for this entry.
+            try:
+                fd = os.open(
+                    rejected / f"{candidate}{ERROR_SUFFIX}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644
+                )
+            except FileExistsError:
+                continue
+            dest = rejected / f"{candidate}{suffix}"
+            if dest.exists() or dest.is_symlink():
+                # An entry left there without its error file: give the reservation back, try the next.
+                os.close(fd)
+                (rejected / f"{candidate}{ERROR_SUFFIX}").unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(message + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(claimed, dest)
+            return Rejected(name=name, error=message, path=dest)
+        raise OSError(f"{rejected}: no free name for the rejected entry {name!r}")
+
+    def _check_free(self, job: RenderJob, source: str) -> None:
+        """JobError (field 'id') when the id is queued or rendering, or done without `rerender: true`."""
+        queued = self.folder("queued") / f"{job.id}.json"
+        if queued.exists():
+            raise JobError(source, "id", f"{job.id!r} is already queued ({self._shown(queued)})")
+        holder = self._live_marker(job.id)
+        if holder is not None:
+            raise JobError(source, "id", f"{job.id!r} is being rendered now ({holder.describe()})")
+        done = self.folder("done") / f"{job.id}.json"
+        if done.exists() and not job.rerender:
+            raise JobError(
+                source,
+                "id",
+                f"{job.id!r} is done already ({self._shown(done)}); set 'rerender: true' in the job to "
+                "render it again",
+            )
+
+    # -- media ---------------------------------------------------------------------------------
+
+    def _place_media(self, job: RenderJob, copy: Callable[[Path], str]) -> dict[str, Any]:
+        """job.to_json() with every local medium either copied (`copy(path) -> ref`) or made a volume: ref."""
+        copies: dict[str, str] = {}
+
+        def place(ref: str | None) -> str | None:
+            if ref is None or ref.startswith(S3_PREFIX):
+                return ref
+            path = Path(ref)  # resolved by parse_job: absolute, symlinks followed
+            if path.is_relative_to(self.root) and not path.is_relative_to(self.folder("inbox")):
+                return VOLUME_PREFIX + path.relative_to(self.root).as_posix()
+            if ref not in copies:
+                copies[ref] = copy(path)
+            return copies[ref]
+
+        doc = job.to_json()
+        doc["cond_image"] = place(job.cond_image)
+        doc["cond_audio"] = {name: place(ref) for name, ref in doc["cond_audio"].items()}
+        return doc
+
+    def _copy_to_media(self, path: Path, job_id: str) -> str:
+        folder = self.jobs / MEDIA_DIR / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        return f"{VOLUME_PREFIX}{JOBS_DIR}/{MEDIA_DIR}/{job_id}/{_copy_unique(path, folder)}"
+
+    # -- accepted jobs -------------------------------------------------------------------------
+
+    def queued_ids(self) -> list[str]:
+        """Ids waiting in jobs/queued/, oldest first; those being rendered now are left out."""
+        found = []
+        for path in self.folder("queued").glob("*.json"):
+            job_id = path.stem
+            if path.name.startswith(".") or self._live_marker(job_id) is not None:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                found.append((path.stat().st_mtime, job_id))
+        return [job_id for _, job_id in sorted(found)]
+
+    def load(self, job_id: str) -> RenderJob:
+        """The accepted job: queued, else the newer of done and failed (a re-run). Media are not decoded."""
+        return self._parse_stored(self._stored(job_id))
+
+    def _stored(self, job_id: str) -> Path:
+        _check_id(job_id)
+        queued = self.folder("queued") / f"{job_id}.json"
+        if queued.exists():
+            return queued
+        found = []
+        for state in ("done", "failed"):
+            path = self.folder(state) / f"{job_id}.json"
+            with contextlib.suppress(FileNotFoundError):
+                found.append((path.stat().st_mtime, path))
+        if not found:
+            raise JobNotFound(
+                f"render job {job_id!r}: not in {JOBS_DIR}/queued, {JOBS_DIR}/done or {JOBS_DIR}/failed "
+                f"of volume {self.root}"
+            )
+        return max(found)[1]
+
+    def _parse_stored(self, path: Path) -> RenderJob:
+        return load_job(path, volume_root=self.root, check_media=False)
+
+    @contextlib.contextmanager
+    def rendering(self, job_id: str) -> Iterator[RenderJob]:
+        """Mark the job 'rendering' while the block runs; JobBusy if a live marker says so already.
+
+        The marker is a writer lock (jobs/rendering/<id>.lock): host, pid, start time, and a heartbeat.
+        A marker whose heartbeat stopped, or whose pid on this host is gone, counts as not rendering.
+        """
+        self._stored(job_id)  # JobNotFound before any marker is made
+        lock = WriterLock(self._marker(job_id), stale_after=self.rendering_stale_after)
+        if not lock.try_acquire():
+            holder = lock.holder()
+            who = holder.describe() if holder else "another process"
+            raise JobBusy(f"render job {job_id!r}: already rendering on {who} ({self._shown(lock.path)})")
+        try:
+            yield self.load(job_id)
+        finally:
+            lock.release()
+
+    def mark_done(self, job_id: str, output: Path) -> Path:
+        """Move the job to jobs/done/<id>.json (replacing an earlier one), recording where its output is."""
+        source = self._stored(job_id)
+        done_dir = self.folder("done")
+        done = done_dir / f"{job_id}.json"
+        _write_text(done_dir / f"{job_id}{OUTPUT_SUFFIX}", self._shown(Path(output).resolve()) + "\n")
+        if source != done:
+            os.replace(source, done)
+        failed_dir = self.folder("failed")
+        for stale in (failed_dir / f"{job_id}.json", failed_dir / f"{job_id}{ERROR_SUFFIX}"):
+            stale.unlink(missing_ok=True)
+        return done
+
+    def mark_failed(self, job_id: str, error: str) -> Path:
+        """Move the job to jobs/failed/<id>.json with <id>.error.txt; a re-run of a done job keeps its done entry."""
+        source = self._stored(job_id)
+        failed_dir = self.folder("failed")
+        failed = failed_dir / f"{job_id}.json"
+        _write_text(failed_dir / f"{job_id}{ERROR_SUFFIX}", error.rstrip("\n") + "\n")
+        if source.parent == self.folder("queued"):
+            os.replace(source, failed)
+        elif source != failed:
+            _write_text(failed, source.read_text(encoding="utf-8"))  # done stays: its output is still there
+        return failed
+
+    # -- rendering markers ---------------------------------------------------------------------
+
+    def _marker(self, job_id: str) -> Path:
+        return self.folder("rendering") / f"{job_id}.lock"
+
+    def _live_marker(self, job_id: str) -> LockOwner | None:
+        """Who renders the job now, or None (no marker, or a stale one: dead local pid, stopped heartbeat)."""
+        lock = WriterLock(self._marker(job_id), stale_after=self.rendering_stale_after)
+        holder = lock.holder()
+        if holder is None or lock._is_stale(holder):
+            return None
+        return holder
+
+    # -- status --------------------------------------------------------------------------------
+
+    def status(self) -> list[JobStatus]:
+        """Every job in every state (a re-render may be listed twice: done, and queued again)."""
+        found: list[JobStatus] = []
+        for entry in self.folder("inbox").iterdir():
+            if entry.name.startswith("."):
+                continue
+            newest = _newest_mtime(entry)
+            if newest is not None:
+                found.append(JobStatus(_peek_id(entry), "inbox", entry, None, None, newest))
+
+        queued_ids = set()
+        for path in self.folder("queued").glob("*.json"):
+            if path.name.startswith("."):
+                continue
+            updated = _mtime(path)
+            if updated is None:
+                continue
+            queued_ids.add(path.stem)
+            holder = self._live_marker(path.stem)
+            if holder is None:
+                found.append(JobStatus(path.stem, "queued", path, None, None, updated))
+            else:
+                found.append(JobStatus(path.stem, "rendering", path, None, None, holder.started))
+        for marker in self.folder("rendering").glob("*.lock"):
+            if marker.stem in queued_ids:
+                continue
+            holder = self._live_marker(marker.stem)
+            if holder is not None:  # a re-run of a done or failed job
+                found.append(JobStatus(marker.stem, "rendering", marker, None, None, holder.started))
+
+        for path in self.folder("done").glob("*.json"):
+            updated = _mtime(path)
+            if updated is not None and not path.name.startswith("."):
+                found.append(JobStatus(path.stem, "done", path, self._output_of(path.stem), None, updated))
+        for path in self.folder("failed").glob("*.json"):
+            updated = _mtime(path)
+            if updated is not None and not path.name.startswith("."):
+                error = _read_or_none(self.folder("failed") / f"{path.stem}{ERROR_SUFFIX}")
+                found.append(JobStatus(path.stem, "failed", path, None, error, updated))
+        for entry in self.folder("rejected").iterdir():
+            if entry.name.startswith(".") or entry.name.endswith(ERROR_SUFFIX):
+                continue
+            updated = _mtime(entry)
+            if updated is not None:
+                stem = _strip_job_suffix(entry.name)
+                error = _read_or_none(self.folder("rejected") / f"{stem}{ERROR_SUFFIX}")
+                found.append(JobStatus(stem, "rejected", entry, None, error, updated))
+        order = {state: i for i, state in enumerate(STATES)}
+        return sorted(found, key=lambda s: (order[s.state], s.updated, s.id))
+
+    def _output_of(self, job_id: str) -> Path | None:
+        recorded = _read_or_none(self.folder("done") / f"{job_id}{OUTPUT_SUFFIX}")
+        if recorded:
+            path = Path(recorded)
+            path = path if path.is_absolute() else self.root / path
+            if path.exists():
+                return path
+        default = self.root / OUTPUTS_DIR / job_id
+        return default if default.exists() else None
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def submit(self, job_file: Path, *, allowed_roots: Sequence[Path] = ()) -> Path:
+        """Validate a job file (media decoded) and drop it into jobs/inbox/<id>/ with its local media.
+
+        The folder (job.json + media) is written under a hidden name in the inbox and renamed into
+        place, so a scan never sees half of it. JobError (naming the field) for an invalid job, and
+        (field 'id') for an id already in the inbox, queued, rendering, or done without `rerender: true`.
+        """
+        job = load_job(job_file, volume_root=self.root, allowed_roots=allowed_roots)
+        inbox = self.folder("inbox")
+        target = inbox / job.id
+        for entry in inbox.iterdir():
+            if entry.name.startswith("."):
+                continue
+            if entry.name == job.id or _peek_id(entry) == job.id:
+                raise JobError(job.source, "id", f"{job.id!r} is in the inbox already ({self._shown(entry)})")
+        self._check_free(job, job.source)
+
+        stage = inbox / f"{SUBMIT_PREFIX}{secrets.token_hex(6)}-{job.id}"
+        stage.mkdir()
+        try:
+            doc = self._place_media(job, lambda path: _copy_unique(path, stage))
+            _write_text(stage / "job.json", json.dumps(doc, indent=2) + "\n")
+            if target.exists() or target.is_symlink():
+                raise JobError(
+                    job.source, "id", f"{job.id!r} is in the inbox already ({self._shown(target)})"
+                )
+            os.rename(stage, target)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        return target
+
+    def _shown(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _check_id(job_id: str) -> None:
+    if not isinstance(job_id, str) or not _ID.fullmatch(job_id):
+        raise JobNotFound(
+            f"render job {job_id!r}: not a job id (1 to 64 characters of A-Z, a-z, 0-9, '_' and '-')"
+        )
+
+
+def _read_doc(path: Path, source: str) -> dict[str, Any]:
+    """The job document of a .yaml/.yml/.json file, as load_job reads it; JobError naming `source`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise JobError(source, None, f"cannot be read: {e}") from None
+    try:
+        doc = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise JobError(source, None, f"is not valid JSON: {e}") from None
+    except yaml.YAMLError as e:
+        raise JobError(source, None, f"is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(doc, Mapping):
+        raise JobError(source, None, f"expected a mapping of fields, got {type(doc).__name__}")
+    return dict(doc)
+
+
+def _peek_id(entry: Path) -> str:
+    """The id an inbox entry will most likely get: its `id` field, else its name (no validation)."""
+    default = entry.name if entry.is_dir() else _strip_job_suffix(entry.name)
+    job_file = entry
+    if entry.is_dir():
+        job_file = next((entry / n for n in FOLDER_JOB_NAMES if (entry / n).is_file()), entry)
+    if job_file.is_file() and job_file.suffix.lower() in JOB_SUFFIXES:
+        with contextlib.suppress(JobError):
+            value = _read_doc(job_file, str(job_file)).get("id")
+            if isinstance(value, str) and value:
+                return value
+    return default
+
+
+def _looks_like_job(entry: Path) -> bool:
+    return entry.is_dir() or entry.suffix.lower() in JOB_SUFFIXES
+
+
+def _job_like_names(folder: Path) -> str:
+    names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in JOB_SUFFIXES)
+    return f"none ({', '.join(names)}: rename the job file job{Path(names[0]).suffix})" if names else ""
+
+
+def _strip_job_suffix(name: str) -> str:
+    for suffix in JOB_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.lstat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def _newest_mtime(entry: Path) -> float | None:
+    """The newest mtime of the entry and, for a folder, of anything inside it (links not followed)."""
+    newest = _mtime(entry)
+    if newest is None or not entry.is_dir() or entry.is_symlink():
+        return newest
+    for folder, dirs, files in os.walk(entry):
+        for name in (*dirs, *files):
+            mtime = _mtime(Path(folder) / name)
+            if mtime is not None:
+                newest = max(newest, mtime)
+    return newest
+
+
+def _read_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _temp_beside(final: Path) -> Path:
+    return final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
+
+
+def _write_text(final: Path, text: str) -> None:
+    """Write via a hidden temporary file, fsync, and rename over `final`."""
+    temp = _temp_beside(final)
+    try:
+        with open(temp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _publish(temp: Path, final: Path) -> bool:
+    """Rename a complete `temp` to `final` unless `final` exists; False (temp removed) when it does.
+
+    A hard link refuses an existing name atomically; where links are not supported (some network
+    filesystems) an existence check and a rename do, with a small window.
+    """
+    try:
+        try:
+            os.link(temp, final)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:
+            if final.exists():
+                return False
+            os.rename(temp, final)
+            return True
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _publish_json(doc: Mapping[str, Any], final: Path) -> bool:
+    temp = _temp_beside(final)
+    try:
+        with open(temp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return _publish(temp, final)
+
+
+def _copy_unique(path: Path, folder: Path) -> str:
+    """Copy `path` into `folder` under its own name, or <stem>-2<suffix>, ... when a different file has it.
+
+    A file with the same bytes already there is used as it is. Returns the name in `folder`.
+    """
+    stem, suffix = path.stem, path.suffix
+    for n in range(1, 10_000):
+        name = path.name if n == 1 else f"{stem}-{n}{suffix}"
+        final = folder / name
+        if final.exists():
+            if final.is_file() and filecmp.cmp(path, final, shallow=False):
+                return name
+            continue
+        temp = _temp_beside(final)
+        try:
+            shutil.copyfile(path, temp)
+            _fsync_file(temp)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        if _publish(temp, final):
+            return name
+        if final.is_file() and filecmp.cmp(path, final, shallow=False):
+            return name  # another scanner copied the same file meanwhile
+    raise OSError(f"{folder}: no free name for a copy of {path.name}")
