@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from datetime import UTC, datetime
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import av
