@@ -10,7 +10,10 @@ Guard. Sensor and schedule runs do not re-run `offline_cache`, so its blocking c
 them: the render step itself refuses (no retry, the job stays queued) unless the latest
 `offline_verified` evaluation passed and every model file's data version (its sha256) is the one the
 offline proof recorded. A render's data version is its mp4's sha256; `offline_cache`'s is a hash of
-the model files' sha256s, so renders show stale exactly when a model file really changed.
+the model files' sha256s, so once `offline_cache` has run again (automation does it), renders show
+stale exactly when a model file really changed. Between a change and that proof, `offline_cache`
+shows stale and the renders do not (Dagster does not pass staleness down a chain), but the guard
+refuses to render.
 
 Retries: a failing render is retried at most MAX_RETRIES times (the step's RetryPolicy); after the
 last attempt the job moves to jobs/failed/ with its error. A refused render, or a job whose output
@@ -136,8 +139,8 @@ def build_renders_asset(manifest: Manifest) -> dg.AssetsDefinition:
         group_name="renders",
         kinds={"pytorch"},
         description=(
-            "One partition per render job (jobs/queued/<id>.json): the mp4, poster and job.json under "
-            "outputs/<id>/, rendered from the verified model files on the volume."
+            "One partition per render job (`jobs/queued/<id>.json`): the mp4, poster and job.json under "
+            "`outputs/<id>/`, rendered from the verified model files on the volume."
         ),
     )
     def renders(
