@@ -19,7 +19,6 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -36,9 +35,9 @@ from mt_assets.defs.offline_cache import ASSET_KEY as OFFLINE_CACHE
 from mt_assets.defs.renders import PARTITIONS, RENDERS_KEY
 from mt_assets.defs.resources import SourceResource, VolumeResource
 from mt_assets.manifest import load_profile
+from mt_assets_tests.dagster_dev import REPO_ROOT, dagster_dev
 from mt_assets_tests.defs.test_renders import RenderEnv
-from mt_assets_tests.defs.test_ui import REPO_ROOT, _stop_group, chromium
-from mt_assets_tests.hub_server import free_port
+from mt_assets_tests.defs.test_ui import chromium
 
 JOB_IDS = ("ui-alpha", "ui-bravo")
 LOCATION = {"repositoryName": "__repository__", "repositoryLocationName": "mt_assets"}
@@ -78,51 +77,6 @@ class RendersUI:
 
     def dev_log(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
-
-
-@contextlib.contextmanager
-def dagster_dev(home: Path, env: dict[str, str], log: Path, timeout: float = 120) -> Iterator[str]:
-    """`dagster dev` (webserver and daemon) on a free loopback port; stops every process it started."""
-    port = free_port()
-    dagster = Path(sys.executable).with_name("dagster")
-    # As in test_ui: default signal handlers restored, its own session so the group can be stopped.
-    proc = subprocess.Popen(
-        [
-            "env",
-            "--default-signal=INT,TERM",
-            str(dagster),
-            "dev",
-            "-w",
-            "workspace.yaml",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=REPO_ROOT,
-        env={**{k: v for k, v in os.environ.items() if k != "MT_MANIFEST"}, "DAGSTER_HOME": str(home), **env},
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/server_info", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"dagster dev did not come up on {url}:\n{log.read_text(errors='replace')[-3000:]}"
-                )
-            time.sleep(0.5)
-        yield url
-    finally:
-        _stop_group(proc)
 
 
 class Browser:

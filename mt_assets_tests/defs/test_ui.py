@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +13,9 @@ import pytest
 
 from mt_assets.defs.keys import slug
 from mt_assets.manifest import load_profile
-from mt_assets_tests.hub_server import free_port
+from mt_assets_tests.dagster_dev import REPO_ROOT
+from mt_assets_tests.dagster_dev import dagster_dev as run_dagster_dev
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -45,65 +41,15 @@ def chromium() -> str:
 
 @pytest.fixture
 def dagster_dev(tmp_path: Path) -> Iterator[str]:
-    """`dagster dev` on a free loopback port with a fresh DAGSTER_HOME; stops every process it started."""
+    """`dagster dev` with a fresh DAGSTER_HOME and the real profile on an empty volume."""
     home = tmp_path / "dagster-home"
     home.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
     volume = tmp_path / "volume"
     volume.mkdir()
-    port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "MT_VOLUME": str(volume), "MT_PROFILE": "multitalk-480p"}
-    env.pop("MT_MANIFEST", None)
-    dagster = Path(sys.executable).with_name("dagster")
-    # `dagster dev` ignores SIGINT when started from a non-interactive parent unless the default
-    # handlers are restored; its own session lets the test stop the whole process group.
-    proc = subprocess.Popen(
-        [
-            "env",
-            "--default-signal=INT,TERM",
-            str(dagster),
-            "dev",
-            "-w",
-            "workspace.yaml",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=(tmp_path / "dagster-dev.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/server_info", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log = (tmp_path / "dagster-dev.log").read_text(errors="replace")[-3000:]
-                pytest.fail(f"dagster dev did not come up on {url}:\n{log}")
-            time.sleep(0.5)
+    env = {"MT_VOLUME": str(volume), "MT_PROFILE": "multitalk-480p"}
+    with run_dagster_dev(home, env, tmp_path / "dagster-dev.log") as url:
         yield url
-    finally:
-        _stop_group(proc)
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=45)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is still there
-    proc.wait(timeout=10)
 
 
 def test_asset_catalog_lists_the_model_assets_in_a_real_browser(dagster_dev: str, tmp_path: Path) -> None:
