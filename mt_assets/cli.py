@@ -425,24 +425,41 @@ def tiny() -> None:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
+    "--scale",
+    type=click.Choice(["tiny", "medium"]),
+    default="tiny",
+    show_default=True,
+    help="tiny: the shipped tiny profile; medium: the same files at benchmark size (~2.8 GB, not shipped).",
+)
+@click.option(
     "--update-profile", is_flag=True, help="Rewrite the shipped profiles/tiny.yaml from this build."
 )
 @_bad_input_exits
-def tiny_build(directory: str, seed: int, update_profile: bool) -> None:
+def tiny_build(directory: str, seed: int, scale: str, update_profile: bool) -> None:
     """Write a mirror of the tiny profile into DIRECTORY (new or empty), plus its pinned manifest."""
     from mt_assets.manifest import profile_path
     from mt_assets.models.tiny import TINY_PROFILE, build_tiny_mirror, tiny_profile_yaml
 
+    if update_profile and scale != "tiny":
+        click.echo(
+            f"error: --update-profile rewrites the shipped tiny profile; --scale {scale} is not shipped",
+            err=True,
+        )
+        sys.exit(EXIT_BAD_INPUT)
     try:
-        manifest = build_tiny_mirror(directory, seed=seed)
+        manifest = build_tiny_mirror(directory, seed=seed, scale=scale)
     except FileExistsError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     text = tiny_profile_yaml(manifest)
-    written = Path(directory) / f"{TINY_PROFILE}.yaml"  # beside the model folders; sources read only those
+    # Beside the model folders (sources read only those): tiny.yaml, or medium.yaml for --scale medium.
+    written = Path(directory) / f"{manifest.profile}.yaml"
     written.write_text(text)
     total = sum(f.size or 0 for f in manifest.files)
     click.echo(f"built {len(manifest.files)} files ({total:,} bytes) in {directory}; manifest: {written}")
+    if scale != "tiny":
+        click.echo(f"next: mt-assets provision --manifest {written} --source {directory}")
+        return
     shipped = profile_path(TINY_PROFILE)
     if update_profile:
         shipped.write_text(text)

@@ -47,7 +47,14 @@ from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed, WanTransformer3DModel
 from torch import nn
 
-from mt_assets.models.checkpoints import CheckpointError, check_keys, load_safetensors, load_strict
+from mt_assets.models.checkpoints import CheckpointError, check_keys
+from mt_assets.models.reading import (
+    LoadStrategy,
+    check_strategy,
+    iter_safetensors,
+    read_safetensors_header,
+    strategy_from_env,
+)
 
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 ADAPTER_FILE_NAME = "multitalk.safetensors"
@@ -683,8 +690,9 @@ def load_multitalk_transformer(
     config: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    strategy: LoadStrategy | None = None,
 ) -> MultiTalkTransformer3DModel:
-    """Load the DiT + adapter strictly from the on-volume files.
+    """Load the DiT + adapter strictly from the on-volume files, one file at a time.
 
     wan_dir: Wan2.1-I2V folder with config.json, the shards and their index (reference names).
     multitalk: where the adapter comes from —
@@ -695,10 +703,18 @@ def load_multitalk_transformer(
         the volume keeps it in MeiGen-MultiTalk/);
       * None: wan_dir's own index must map the adapter keys too (the reference's in-place swap).
     config: Wan config dict; default wan_dir/config.json.
-    A key missing from or unexpected in any file, a shape mismatch, or no adapter weights at all is
-    a CheckpointError naming the file and the key. dtype: bf16 on GPU, float32 on CPU; the time
-    embedder and modulation tables stay float32 (diffusers' _keep_in_fp32_modules).
+    strategy: how each file is read (`mt_assets.models.reading`); None: $MT_LOAD_STRATEGY or the default.
+
+    Keys and shapes are checked from the files' headers before any weight is read: a key missing
+    from or unexpected in any file, a shape mismatch, or no adapter weights at all is a
+    CheckpointError naming the file and the key. Then the model, built on the meta device, is
+    filled file by file: each file is read, every tensor is cast to its dtype and moved to
+    `device`, and the file's buffer is dropped before the next is read, so the host memory the
+    load needs beyond the weights it keeps is about one shard (the largest).
+    dtype: bf16 on GPU, float32 on CPU; the time embedder, the norms and the modulation tables
+    stay float32 (diffusers' _keep_in_fp32_modules), read from the file's values directly.
     """
+    strategy = strategy_from_env() if strategy is None else check_strategy(strategy)
     wan_dir = Path(wan_dir)
     if config is None:
         config_path = wan_dir / "config.json"
@@ -711,62 +727,123 @@ def load_multitalk_transformer(
     adapter_expected = {k: s for k, s in expected.items() if is_adapter_key(k)}
     dit_expected = {k: s for k, s in expected.items() if not is_adapter_key(k)}
 
+    # Plan from the indexes and the files' headers (shapes as meta tensors; no weights read).
     wan_index = wan_dir / INDEX_NAME
-    files: dict[str, Path] = {}  # key -> the file it was read from
+    files: dict[str, Path] = {}  # key -> the file it is read from
     if multitalk is None:
-        tensors = _read_index(wan_index, [wan_dir], files)
+        headers = _index_headers(wan_index, [wan_dir], files)
         adapter_source = wan_index
     else:
         multitalk = Path(multitalk)
         if multitalk.is_dir():
             multitalk = multitalk / INDEX_NAME
         if multitalk.suffix == ".json":
-            tensors = _read_index(multitalk, [multitalk.parent, wan_dir], files)
+            headers = _index_headers(multitalk, [multitalk.parent, wan_dir], files)
             adapter_source = multitalk
         else:
-            tensors = _read_index(wan_index, [wan_dir], files)
-            adapter = load_safetensors(multitalk)
-            overlap = sorted(set(tensors) & set(adapter))
+            headers = _index_headers(wan_index, [wan_dir], files)
+            adapter = _file_header(multitalk)
+            overlap = sorted(set(headers) & set(adapter))
             if overlap:
                 raise CheckpointError(f"{multitalk}: key {overlap[0]!r} is also in {wan_index}")
-            tensors.update(adapter)
+            headers.update(adapter)
             files.update(dict.fromkeys(adapter, multitalk))
             adapter_source = multitalk
 
     # Unexpected keys and wrong shapes: named with the file that holds them.
     by_file: dict[Path, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
+    for key, tensor in headers.items():
         by_file.setdefault(files[key], {})[key] = tensor
     for path, part in sorted(by_file.items()):
         check_keys(part, {k: expected[k] for k in part if k in expected}, str(path))
     # Missing keys: the DiT's against the index, the adapter's against its file.
-    adapter_files = sorted({files[k] for k in tensors if is_adapter_key(k)})
+    adapter_files = sorted({files[k] for k in headers if is_adapter_key(k)})
     if not adapter_files:
         raise CheckpointError(
             f"{adapter_source}: no MultiTalk adapter weights (missing key {sorted(adapter_expected)[0]!r}); "
             f"the Wan DiT without {ADAPTER_FILE_NAME} is not MultiTalk"
         )
     dit_source = multitalk if multitalk is not None and multitalk.suffix == ".json" else wan_index
-    check_keys({k: v for k, v in tensors.items() if not is_adapter_key(k)}, dit_expected, str(dit_source))
+    check_keys({k: v for k, v in headers.items() if not is_adapter_key(k)}, dit_expected, str(dit_source))
     check_keys(
-        {k: v for k, v in tensors.items() if is_adapter_key(k)},
+        {k: v for k, v in headers.items() if is_adapter_key(k)},
         adapter_expected,
         " + ".join(str(p) for p in adapter_files),
     )
 
-    load_strict(model, reference_to_diffusers_state(model, tensors), source=str(adapter_source))
+    to_diffusers = {diffusers_to_reference_key(k): k for k in model.state_dict()}
+    for path, part in by_file.items():  # in plan order: the shards, then the adapter
+        _fill_from_file(model, path, part, to_diffusers, device=device, dtype=dtype, strategy=strategy)
+    unfilled = [name for name, p in model.named_parameters() if p.is_meta]
+    if unfilled:  # the checks above make this unreachable; a silent meta weight would be worse
+        raise CheckpointError(
+            f"{adapter_source}: key {diffusers_to_reference_key(unfilled[0])!r} was not loaded"
+        )
     _materialize_buffers(model)
-    nn.Module.to(model, device=device, dtype=dtype)
-    _keep_fp32(model)
-    _own_aligned_storage(model)  # after the move: a cast or a GPU copy already made fresh storage
+    for module in model.modules():  # the RoPE tables: moved, kept float32 ('rope' is an fp32 module)
+        for name, buf in module._buffers.items():
+            if buf is not None:
+                module._buffers[name] = buf.to(device)
+    _own_aligned_storage(model)  # a no-op now (every weight is a fresh copy); kept as the guard it was
     return model.eval()
 
 
-def _read_index(index_path: Path, search_dirs: list[Path], files: dict[str, Path]) -> dict[str, torch.Tensor]:
-    """All tensors an index names; each shard must hold exactly the keys the index gives it.
+def _fill_from_file(
+    model: MultiTalkTransformer3DModel,
+    path: Path,
+    header: Mapping[str, torch.Tensor],
+    to_diffusers: Mapping[str, str],
+    *,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    strategy: LoadStrategy,
+) -> None:
+    """Read one file, cast and move each of its tensors, and assign them into the (meta) model.
+
+    Each weight ends up in storage of its own (a cast, a device copy, or else a clone), so the
+    file's buffer (or mapping) is released when this returns. Keys are renamed one by one
+    (`to_diffusers`), so a shard may hold any part of a block (the norm2/norm3 swap is a rename).
+    """
+    keep_fp32 = model._keep_in_fp32_modules or []
+    part: dict[str, torch.Tensor] = {}
+    for key, source in iter_safetensors(path, strategy):  # each tensor as soon as it is read
+        if key not in header or tuple(source.shape) != tuple(header[key].shape):
+            raise CheckpointError(f"{path}: key {key!r} appeared or changed shape while loading; retry")
+        name = to_diffusers[key]
+        target = source.dtype
+        if source.is_floating_point():
+            target = torch.float32 if any(p in name.split(".") for p in keep_fp32) else dtype
+        weight = source.to(device=device, dtype=target)
+        if (
+            weight.device.type == "cpu"
+            and weight.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
+        ):
+            weight = weight.clone()  # own, aligned storage: not a view into the file's buffer
+        part[name] = weight
+        del source
+    if len(part) != len(header):  # the file changed between the header check and the read
+        missing = sorted(set(header) - {diffusers_to_reference_key(k) for k in part})[0]
+        raise CheckpointError(f"{path}: key {missing!r} vanished while loading; retry")
+    result = model.load_state_dict(part, strict=False, assign=True)
+    if result.unexpected_keys:
+        raise CheckpointError(f"{path}: unexpected key {result.unexpected_keys[0]!r}")
+
+
+def _file_header(path: Path) -> dict[str, torch.Tensor]:
+    """{key: a meta tensor of the file's dtype and shape}, from the safetensors header alone."""
+    return {
+        key: torch.empty(shape, dtype=dt, device="meta")
+        for key, (dt, shape) in read_safetensors_header(path).items()
+    }
+
+
+def _index_headers(
+    index_path: Path, search_dirs: list[Path], files: dict[str, Path]
+) -> dict[str, torch.Tensor]:
+    """The headers of every shard an index names; each shard must hold exactly the keys the index gives it.
 
     A shard is looked up in `search_dirs` in order (MeiGen's index lives apart from Wan's shards
-    on the volume). `files` is filled with key -> shard path.
+    on the volume). `files` is filled with key -> shard path, shards in sorted order.
     """
     try:
         weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
@@ -775,7 +852,7 @@ def _read_index(index_path: Path, search_dirs: list[Path], files: dict[str, Path
     by_shard: dict[str, set[str]] = {}
     for key, shard in weight_map.items():
         by_shard.setdefault(shard, set()).add(key)
-    tensors: dict[str, torch.Tensor] = {}
+    headers: dict[str, torch.Tensor] = {}
     for shard, keys in sorted(by_shard.items()):
         if Path(shard).name != shard:
             raise CheckpointError(f"{index_path}: shard name {shard!r} is not a plain file name")
@@ -785,16 +862,16 @@ def _read_index(index_path: Path, search_dirs: list[Path], files: dict[str, Path
             raise CheckpointError(
                 f"{index_path}: shard {shard} is missing from {where} (needed for key {sorted(keys)[0]!r})"
             )
-        part = load_safetensors(path)
+        part = _file_header(path)
         extra = sorted(set(part) - keys)
         if extra:
             raise CheckpointError(f"{path}: unexpected key {extra[0]!r} (not in {index_path})")
         missing = sorted(keys - set(part))
         if missing:
             raise CheckpointError(f"{path}: missing key {missing[0]!r} ({index_path} puts it here)")
-        tensors.update(part)
+        headers.update(part)
         files.update(dict.fromkeys(part, path))
-    return tensors
+    return headers
 
 
 def _materialize_buffers(model: MultiTalkTransformer3DModel) -> None:

@@ -29,6 +29,8 @@ from mt_assets.volume import LocalVolume
 if TYPE_CHECKING:  # torch is imported when loading, not when this module is (Definitions, the CLI)
     import torch
 
+    from mt_assets.models.reading import LoadStrategy
+
 # unit -> the manifest components whose files it reads
 UNITS: dict[str, tuple[str, ...]] = {
     "transformer": ("wan-dit", "multitalk"),
@@ -81,13 +83,21 @@ def load_pipeline_components(
     device: str | torch.device = "cpu",
     only: list[str] | None = None,
     on_loaded: Callable[[LoadReport], None] | None = None,
+    strategy: LoadStrategy | None = None,
 ) -> PipelineComponents:
     """Load every unit (or `only` those) from the volume; each loader is strict about keys.
 
     dtype: default float32 (CPU); bf16 on a GPU, for the DiT, T5 and CLIP (the VAE and wav2vec2
     stay float32, as in the reference).
+    strategy: how the DiT's and the adapter's safetensors files are read (`mmap`, `sequential`,
+    `parallel`; see mt_assets.models.reading); None: $MT_LOAD_STRATEGY, else the default. Checked
+    before anything is loaded.
     """
     import torch
+
+    from mt_assets.models.reading import check_strategy, strategy_from_env
+
+    strategy = strategy_from_env() if strategy is None else check_strategy(strategy)
 
     dtype = dtype or torch.float32
     from mt_assets.models.audio import load_wav2vec2
@@ -114,6 +124,7 @@ def load_pipeline_components(
             dir_of("multitalk") / "diffusion_pytorch_model.safetensors.index.json",
             device=device,
             dtype=dtype,
+            strategy=strategy,
         ),
         "t5": lambda: load_t5_encoder(one_file("t5"), dtype=dtype, device=device),
         "t5-tokenizer": lambda: load_t5_tokenizer(folder("t5-tokenizer")),

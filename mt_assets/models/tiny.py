@@ -10,6 +10,15 @@ The pinned manifest of those files is the `tiny` profile (profiles/tiny.yaml): t
 profile's components, dirs and paths, with the tiny files' sizes and sha256s and the revision
 `tiny-local` (these files exist on no Hub). `tiny_manifest(DIR)` derives it from a build, so
 a test can show the shipped profile is what the builder writes.
+
+`build_tiny_mirror(DIR, scale="medium")` writes the same files at a benchmark size (~2.8 GB:
+a DiT of dim 1536 and 10 blocks, 1.55 GB in 7 shards of 200-240 MB, split by bytes like the published
+shards; an adapter of ~0.4 GB; a bf16 T5, a CLIP with both towers, a VAE and a wav2vec2 of
+real formats at a few hundred MB or less), so that reads and casts dominate a load as on the
+real set. Deterministic too, but not a shipped profile: its manifest (`medium`) is returned
+and written beside the mirror. `MirrorScale` holds the sizes; `medium_scale(divisor)` gives the
+same shapes with every width divided, for a quick smoke build; `scale_bytes` sizes a scale's
+files without writing them.
 """
 
 from __future__ import annotations
@@ -18,25 +27,142 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mt_assets.manifest import Component, Manifest, ManifestError, load_profile
 from mt_assets.manifest.lockfile import to_yaml
 from mt_assets.manifest.schema import parse_manifest
 
+if TYPE_CHECKING:  # the writers import torch; this module is imported by the CLI
+    from mt_assets.models.vae import WanVAESizes
+
 TEMPLATE_PROFILE = "multitalk-480p"
 TINY_PROFILE = "tiny"
 TINY_REVISION = "tiny-local"
+MEDIUM_PROFILE = "medium"
 WAN_DIR = "Wan2.1-I2V-14B-480P"
 MULTITALK_DIR = "MeiGen-MultiTalk"
 WAV2VEC2_DIR = "chinese-wav2vec2-base"
+SCALES = ("tiny", "medium")
 
 
-def build_tiny_mirror(root: str | Path, *, seed: int = 0) -> Manifest:
-    """Write the tiny mirror at `root` (must not exist or be empty) and return its pinned manifest.
+@dataclass(frozen=True)
+class MirrorScale:
+    """The sizes of a mirror's models. The widths must agree: the DiT's text_dim is the T5's dim,
+    its image_dim the CLIP vision width, its audio_blocks/audio_channels wav2vec2's layers/width."""
 
-    Built in a temporary folder beside `root` and renamed into place, so an interrupted build
-    leaves no half mirror behind.
+    profile: str
+    dit: Mapping[str, Any]  # Wan config.json (see tiny_dit.TINY_DIT_CONFIG)
+    t5: Mapping[str, int]  # see tiny_wan_parts.TINY_T5
+    clip_visual: Mapping[str, int]
+    clip_textual: Mapping[str, int]
+    vae: Mapping[str, Any]  # WanVAESizes fields
+    wav2vec2: Mapping[str, Any]  # Wav2Vec2Config fields (see tiny_wav2vec2.CONFIG)
+    shards: int = 7
+    shard_balance: str = "keys"  # "bytes" for equal-sized shards, like the published ones
+    revision: str = field(default="")
+
+    def vae_sizes(self) -> WanVAESizes:
+        from mt_assets.models.vae import WanVAESizes
+
+        return WanVAESizes(**self.vae)
+
+
+def tiny_scale() -> MirrorScale:
+    """The shipped tiny profile's sizes (changing them changes profiles/tiny.yaml)."""
+    from mt_assets.models.tiny_dit import TINY_DIT_CONFIG
+    from mt_assets.models.tiny_wan_parts import TINY_CLIP_TEXTUAL, TINY_CLIP_VISUAL, TINY_T5, TINY_VAE
+    from mt_assets.models.tiny_wav2vec2 import CONFIG
+
+    vae = {f: getattr(TINY_VAE, f) for f in ("base_dim", "z_dim", "dim_mult", "num_res_blocks")}
+    return MirrorScale(
+        profile=TINY_PROFILE,
+        dit=TINY_DIT_CONFIG,
+        t5=TINY_T5,
+        clip_visual=TINY_CLIP_VISUAL,
+        clip_textual=TINY_CLIP_TEXTUAL,
+        vae=vae,
+        wav2vec2=CONFIG,
+        revision=TINY_REVISION,
+    )
+
+
+def medium_scale(divisor: int = 1) -> MirrorScale:
+    """The benchmark-sized mirror (divisor 1: ~2.8 GB), or the same shapes with every width divided
+    by `divisor` (same layer counts, shards and file set; 8 gives ~40 MB, a smoke-test size)."""
+    from mt_assets.models.tiny_dit import TINY_DIT_CONFIG
+    from mt_assets.models.tiny_wav2vec2 import CONFIG
+
+    def w(n: int) -> int:
+        return max(1, n // divisor)
+
+    dim, t5_dim, clip_width, audio_width, audio_layers = w(1536), w(1024), w(1280), w(384), 6
+    if clip_width % 80:
+        raise ValueError(f"medium scale: CLIP width {clip_width} must be a multiple of Wan's head size 80")
+    return MirrorScale(
+        profile=MEDIUM_PROFILE,
+        dit={
+            **TINY_DIT_CONFIG,
+            "dim": dim,
+            "ffn_dim": w(4096),
+            "num_heads": max(1, dim // 128),  # heads of 128 like the real DiT (one wider head when shrunk)
+            "num_layers": 10,
+            "text_dim": t5_dim,
+            "image_dim": clip_width,
+            "audio_blocks": audio_layers,
+            "audio_channels": audio_width,
+            "intermediate_dim": w(512),  # the reference's adapter widths
+            "output_dim": w(768),
+            "context_tokens": 32,
+        },
+        t5={
+            "vocab": 256,  # the tiny tokenizers (same files at every scale)
+            "dim": t5_dim,
+            "dim_attn": t5_dim,
+            "dim_ffn": w(2816),
+            "num_heads": max(1, 16 // divisor),
+            "num_layers": 8,
+            "num_buckets": 32,
+        },
+        clip_visual={
+            "width": clip_width,
+            "mlp": 4 * clip_width,
+            "layers": 6,
+            "patch": 14,
+            "image_size": 224,
+            "embed_dim": w(1024),
+        },
+        clip_textual={
+            "vocab": 256,
+            "dim": w(512),
+            "layers": 4,
+            "max_len": 34,
+            "type_size": 1,
+            "embed_dim": w(1024),
+        },
+        vae={"base_dim": w(32), "z_dim": 16, "dim_mult": (1, 2, 4, 4), "num_res_blocks": 2},
+        wav2vec2={
+            **CONFIG,
+            "conv_dim": [w(256)] * 7,
+            "hidden_size": audio_width,
+            "num_hidden_layers": audio_layers,
+            "num_attention_heads": 6,
+            "intermediate_size": 4 * audio_width,
+        },
+        shard_balance="bytes",
+        revision=f"{MEDIUM_PROFILE}-local" if divisor == 1 else f"{MEDIUM_PROFILE}-div{divisor}-local",
+    )
+
+
+def build_tiny_mirror(root: str | Path, *, seed: int = 0, scale: str | MirrorScale = "tiny") -> Manifest:
+    """Write a mirror at `root` (must not exist or be empty) and return its pinned manifest.
+
+    scale: "tiny" (the shipped `tiny` profile), "medium" (`medium_scale()`, ~2.8 GB, not shipped),
+    or a MirrorScale. Built in a temporary folder beside `root` and renamed into place, so an
+    interrupted build leaves no half mirror behind.
     """
     from mt_assets.models.tiny_dit import write_tiny_dit
     from mt_assets.models.tiny_wan_parts import (
@@ -47,22 +173,30 @@ def build_tiny_mirror(root: str | Path, *, seed: int = 0) -> Manifest:
     )
     from mt_assets.models.tiny_wav2vec2 import write_tiny_wav2vec2
 
+    sizes = _resolve_scale(scale)
     root = Path(root)
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(
-            f"tiny mirror {root}: exists and is not empty; remove it or pick another folder"
+            f"{sizes.profile} mirror {root}: exists and is not empty; remove it or pick another folder"
         )
     root.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         wan = work / WAN_DIR
-        write_tiny_dit(wan, work / MULTITALK_DIR, seed=seed)
-        write_tiny_t5(wan, seed=seed)
-        write_tiny_clip(wan, seed=seed)
-        write_tiny_vae(wan, seed=seed)
+        write_tiny_dit(
+            wan,
+            work / MULTITALK_DIR,
+            seed=seed,
+            shards=sizes.shards,
+            config=sizes.dit,
+            balance=sizes.shard_balance,
+        )
+        write_tiny_t5(wan, seed=seed, sizes=sizes.t5)
+        write_tiny_clip(wan, seed=seed, visual=sizes.clip_visual, textual=sizes.clip_textual)
+        write_tiny_vae(wan, seed=seed, sizes=sizes.vae_sizes())
         write_tiny_tokenizers(wan)
-        write_tiny_wav2vec2(work / WAV2VEC2_DIR, seed=seed)
-        manifest = tiny_manifest(work)
+        write_tiny_wav2vec2(work / WAV2VEC2_DIR, seed=seed, sizes=sizes.wav2vec2)
+        manifest = mirror_manifest(work, profile=sizes.profile, revision=sizes.revision)
         if root.exists():
             root.rmdir()
         os.replace(work, root)
@@ -72,8 +206,62 @@ def build_tiny_mirror(root: str | Path, *, seed: int = 0) -> Manifest:
     return manifest
 
 
+def scale_bytes(scale: str | MirrorScale) -> dict[str, int]:
+    """The bytes a scale's weight files will have (tensor data, without headers), from shapes alone:
+    {"dit-shard-1".."dit-shard-N", "dit", "multitalk", "t5", "clip", "vae", "wav2vec2"}."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from mt_assets.models.clip_vision import wan_clip_textual_shapes, wan_clip_visual_shapes
+    from mt_assets.models.dit import build_multitalk_transformer, is_adapter_key, reference_key_shapes
+    from mt_assets.models.text_encoder import wan_t5_shapes
+    from mt_assets.models.tiny_dit import shard_split
+    from mt_assets.models.vae import wan_vae_keys
+
+    sizes = _resolve_scale(scale)
+
+    def numel(shape: tuple[int, ...]) -> int:
+        return int(torch.Size(shape).numel())
+
+    dit_shapes = reference_key_shapes(build_multitalk_transformer(sizes.dit, device="meta"))
+    meta = {k: torch.empty(s, device="meta") for k, s in dit_shapes.items()}
+    dit_keys = sorted(k for k in meta if not is_adapter_key(k))
+    shards = shard_split(dit_keys, meta, sizes.shards, sizes.shard_balance)
+    out = {f"dit-shard-{i + 1}": sum(4 * numel(dit_shapes[k]) for k in keys) for i, keys in enumerate(shards)}
+    out["dit"] = sum(4 * numel(dit_shapes[k]) for k in dit_keys)
+    out["multitalk"] = sum(4 * numel(s) for k, s in dit_shapes.items() if is_adapter_key(k))
+    out["t5"] = sum(2 * numel(s) for s in wan_t5_shapes(**sizes.t5).values())
+    clip = wan_clip_visual_shapes(**sizes.clip_visual) | wan_clip_textual_shapes(**sizes.clip_textual)
+    out["clip"] = sum(4 * numel(s) for s in clip.values())
+    out["vae"] = sum(4 * numel(s) for _, s in wan_vae_keys(sizes.vae_sizes()).values())
+    with torch.device("meta"):
+        w2v = Wav2Vec2Model(Wav2Vec2Config(**sizes.wav2vec2))
+    out["wav2vec2"] = sum(4 * t.numel() for t in w2v.state_dict().values())
+    return out
+
+
+def _resolve_scale(scale: str | MirrorScale) -> MirrorScale:
+    if isinstance(scale, MirrorScale):
+        return scale
+    if scale == "tiny":
+        return tiny_scale()
+    if scale == "medium":
+        return medium_scale()
+    raise ValueError(f"mirror scale {scale!r}: expected one of {', '.join(SCALES)}")
+
+
 def tiny_manifest(mirror: str | Path) -> Manifest:
     """The tiny profile for a built mirror: the real profile's layout with the mirror's pins.
+
+    Refuses a mirror whose files are not exactly those of the real profile.
+    """
+    return mirror_manifest(mirror)
+
+
+def mirror_manifest(
+    mirror: str | Path, *, profile: str = TINY_PROFILE, revision: str = TINY_REVISION
+) -> Manifest:
+    """A built mirror's manifest, named `profile`: the real profile's layout with the mirror's pins.
 
     Refuses a mirror whose files are not exactly those of the real profile.
     """
@@ -84,7 +272,7 @@ def tiny_manifest(mirror: str | Path) -> Manifest:
     if written != expected:
         extra, missing = sorted(written - expected), sorted(expected - written)
         raise ManifestError(
-            f"tiny mirror {mirror}: files differ from profile {TEMPLATE_PROFILE}: extra {extra}, missing {missing}"
+            f"{profile} mirror {mirror}: files differ from profile {TEMPLATE_PROFILE}: extra {extra}, missing {missing}"
         )
     components = []
     for c in template.components:
@@ -95,7 +283,7 @@ def tiny_manifest(mirror: str | Path) -> Manifest:
                 type(f)(
                     component=f.component,
                     repo=f.repo,
-                    revision=TINY_REVISION,
+                    revision=revision,
                     dir=f.dir,
                     path=f.path,
                     kind=f.kind,
@@ -104,18 +292,21 @@ def tiny_manifest(mirror: str | Path) -> Manifest:
                 )
             )
         components.append(
-            Component(name=c.name, repo=c.repo, revision=TINY_REVISION, dir=c.dir, files=tuple(files))
+            Component(name=c.name, repo=c.repo, revision=revision, dir=c.dir, files=tuple(files))
         )
-    draft = Manifest(
-        profile=TINY_PROFILE,
-        source="profiles/tiny.yaml",
-        components=tuple(components),
-        bundles=template.bundles,
-    )
-    return parse_manifest(to_yaml(draft), "profiles/tiny.yaml")
+    source = f"profiles/{profile}.yaml" if profile == TINY_PROFILE else f"{profile}.yaml"
+    draft = Manifest(profile=profile, source=source, components=tuple(components), bundles=template.bundles)
+    return parse_manifest(to_yaml(draft), source)
 
 
 def tiny_profile_yaml(manifest: Manifest) -> str:
+    if manifest.profile != TINY_PROFILE:
+        return to_yaml(
+            manifest,
+            f"The {manifest.profile} mirror: multitalk-480p's files at benchmark size, random weights, built\n"
+            f"locally by `mt-assets tiny build DIR --scale {manifest.profile}` (deterministic). Not a shipped\n"
+            "profile: pass this file with --manifest.",
+        )
     header = (
         "The tiny profile: multitalk-480p's files at toy scale, random weights, built locally by\n"
         "`mt-assets tiny build DIR` (deterministic). Generated: do not edit; rebuild with\n"

@@ -99,8 +99,13 @@ def write_original_format(
     multitalk_dir: Path,
     *,
     shards: int = 7,
+    balance: str = "keys",
 ) -> None:
-    """Write a reference-named DiT + adapter state as Wan's and MultiTalk's published files."""
+    """Write a reference-named DiT + adapter state as Wan's and MultiTalk's published files.
+
+    The DiT keys, sorted, are cut into `shards` runs: of equal key counts (balance "keys", the
+    tiny profile), or of about equal bytes (balance "bytes", like the published shards).
+    """
     wan_dir, multitalk_dir = Path(wan_dir), Path(multitalk_dir)
     wan_dir.mkdir(parents=True, exist_ok=True)
     multitalk_dir.mkdir(parents=True, exist_ok=True)
@@ -110,9 +115,7 @@ def write_original_format(
         raise ValueError(f"{len(dit_keys)} DiT keys cannot fill {shards} shards")
 
     wan_map: dict[str, str] = {}
-    per_shard = -(-len(dit_keys) // shards)
-    for i in range(shards):
-        keys = dit_keys[i * per_shard : (i + 1) * per_shard]
+    for i, keys in enumerate(shard_split(dit_keys, state, shards, balance)):
         name = shard_name(i + 1, shards)
         _save(wan_dir / name, {k: state[k] for k in keys})
         wan_map.update(dict.fromkeys(keys, name))
@@ -130,15 +133,50 @@ def write_original_format(
     )
 
 
-def write_tiny_dit(wan_dir: Path, multitalk_dir: Path, *, seed: int = 0, shards: int = 7) -> None:
-    """The tiny profile's DiT files (see the module docstring), deterministically."""
+def write_tiny_dit(
+    wan_dir: Path,
+    multitalk_dir: Path,
+    *,
+    seed: int = 0,
+    shards: int = 7,
+    config: Mapping[str, Any] = TINY_DIT_CONFIG,
+    balance: str = "keys",
+) -> None:
+    """The tiny profile's DiT files (see the module docstring), deterministically; `config` for other sizes."""
     write_original_format(
-        tiny_reference_state(TINY_DIT_CONFIG, seed=seed),
-        TINY_DIT_CONFIG,
+        tiny_reference_state(config, seed=seed),
+        config,
         wan_dir,
         multitalk_dir,
         shards=shards,
+        balance=balance,
     )
+
+
+def shard_split(
+    keys: list[str], state: Mapping[str, torch.Tensor], shards: int, balance: str
+) -> list[list[str]]:
+    if balance == "keys":
+        per_shard = -(-len(keys) // shards)
+        return [keys[i * per_shard : (i + 1) * per_shard] for i in range(shards)]
+    if balance != "bytes":
+        raise ValueError(f"shard balance {balance!r}: expected 'keys' or 'bytes'")
+    sizes = [state[k].numel() * state[k].element_size() for k in keys]
+    total, runs, run, done = sum(sizes), [], [], 0
+    for key, size in zip(keys, sizes, strict=True):
+        # Close the run once it reaches its share, leaving at least one key for each later shard.
+        left_keys, left_runs = len(keys) - len(runs) - len(run), shards - len(runs)
+        if (
+            run
+            and len(runs) < shards - 1
+            and (done >= total * (len(runs) + 1) / shards or left_keys < left_runs)
+        ):
+            runs.append(run)
+            run = []
+        run.append(key)
+        done += size
+    runs.append(run)
+    return runs
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -85,21 +85,27 @@ CORPUS = (
 # ---- weights -------------------------------------------------------------------------------
 
 
-def write_tiny_t5(wan_dir: str | Path, seed: int = 0) -> Path:
-    """`<wan_dir>/models_t5_umt5-xxl-enc-bf16.pth`: a tiny Wan T5 encoder in bf16."""
-    state = random_state(wan_t5_shapes(**TINY_T5), seed)
+def write_tiny_t5(wan_dir: str | Path, seed: int = 0, *, sizes: Mapping[str, int] = TINY_T5) -> Path:
+    """`<wan_dir>/models_t5_umt5-xxl-enc-bf16.pth`: a tiny Wan T5 encoder in bf16 (`sizes`: see TINY_T5)."""
+    state = random_state(wan_t5_shapes(**sizes), seed)
     return _save_pth({k: v.to(torch.bfloat16) for k, v in state.items()}, Path(wan_dir) / T5_FILE)
 
 
-def write_tiny_clip(wan_dir: str | Path, seed: int = 0) -> Path:
+def write_tiny_clip(
+    wan_dir: str | Path,
+    seed: int = 0,
+    *,
+    visual: Mapping[str, int] = TINY_CLIP_VISUAL,
+    textual: Mapping[str, int] = TINY_CLIP_TEXTUAL,
+) -> Path:
     """`<wan_dir>/models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`: tiny Wan CLIP, both towers."""
-    shapes = wan_clip_visual_shapes(**TINY_CLIP_VISUAL) | wan_clip_textual_shapes(**TINY_CLIP_TEXTUAL)
+    shapes = wan_clip_visual_shapes(**visual) | wan_clip_textual_shapes(**textual)
     return _save_pth(random_state(shapes, seed), Path(wan_dir) / CLIP_FILE)
 
 
-def write_tiny_vae(wan_dir: str | Path, seed: int = 0) -> Path:
-    """`<wan_dir>/Wan2.1_VAE.pth`: a tiny Wan VAE (base_dim 4, z_dim 16, dim_mult 1,1,1,1, one res block)."""
-    shapes = {k: shape for k, (_, shape) in wan_vae_keys(TINY_VAE).items()}
+def write_tiny_vae(wan_dir: str | Path, seed: int = 0, *, sizes: WanVAESizes = TINY_VAE) -> Path:
+    """`<wan_dir>/Wan2.1_VAE.pth`: a tiny Wan VAE (default base_dim 4, z_dim 16, dim_mult 1,1,1,1, one res block)."""
+    shapes = {k: shape for k, (_, shape) in wan_vae_keys(sizes).items()}
     return _save_pth(random_state(shapes, seed), Path(wan_dir) / VAE_FILE)
 
 

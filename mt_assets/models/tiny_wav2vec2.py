@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -60,11 +62,11 @@ PREPROCESSOR = {
 _VOLATILE = ("transformers_version", "_name_or_path")
 
 
-def write_tiny_wav2vec2(folder: str | Path, *, seed: int = 0) -> Path:
-    """Write the tiny wav2vec2 folder (created if needed); returns it."""
+def write_tiny_wav2vec2(folder: str | Path, *, seed: int = 0, sizes: Mapping[str, Any] = CONFIG) -> Path:
+    """Write the tiny wav2vec2 folder (created if needed; `sizes`: Wav2Vec2Config fields, default CONFIG)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = Wav2Vec2Config(**CONFIG)
+    config = Wav2Vec2Config(**sizes)
     config_dict = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE}
 
     _write_atomic(folder / "config.json", _json_bytes(config_dict))
