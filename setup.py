@@ -34,6 +34,10 @@ setup(
         "scikit-image",
         "av",
         "regex",
+        # benchmarks: measurements as tables, the report's plots
+        "pandas",
+        "matplotlib",
+        "tabulate",
     ],
     extras_require={
         "dev": [

@@ -35,7 +35,11 @@ client: 64 MiB chunks (the default here) keep that cost low; it is the same for 
 Usage:
     .venv/bin/python benchmarks/provision.py                           # 8 x 256 MiB, ~2 GB
     .venv/bin/python benchmarks/provision.py --files 4 --mb-per-file 16   # a quick check
-The last line printed is `provision_s3_ratio=<x>`.
+    .venv/bin/python benchmarks/provision.py --rate 200 --files 4 --mb-per-file 128   # network-bound
+The last line printed is `provision_s3_ratio=<x>`; with --rate MBPS, `provision_s3_ratio_at_rate=<x>`:
+every download (both sides) then goes through the test suite's proxy (mt_assets_tests.s3_server
+.FaultyProxy) limiting all connections together to MBPS MB/s, as a real source is network-bound
+(a few hundred MB/s per volume), so hashing on the client no longer competes with moto for the cores.
 """
 
 from __future__ import annotations
@@ -72,11 +76,12 @@ from common import (  # benchmarks/common.py
 from mt_assets.manifest import ManifestFile
 from mt_assets.sources.s3 import S3Source
 from mt_assets.volume import Expected, LocalVolume
-from mt_assets_tests.s3_server import put_tree, s3_client, s3_server
+from mt_assets_tests.s3_server import FaultyProxy, put_tree, s3_client, s3_server
 
 BUCKET = "mt-bench"
 PREFIX = "models"
 GOAL = 1.1
+GOAL_AT_RATE = 1.03  # network-bound (--rate): verification may cost at most 3%
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dir", type=Path, default=None, help="where to download (default: system temp)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="MBPS",
+        help="limit downloads to MBPS MB/s in all (a token-bucket proxy in front of moto), as a network-bound "
+        "source is; the last line is then provision_s3_ratio_at_rate (goal <= 1.03)",
+    )
+    parser.add_argument(
         "--no-fsync-row",
         action="store_true",
         help="skip the informational download_file + fsync runs",
@@ -277,12 +290,16 @@ def run(args: argparse.Namespace) -> float:
                 f"to moto_server at {endpoint}",
                 flush=True,
             )
+            proxy = FaultyProxy(endpoint, rate_bytes_per_s=args.rate * 1e6).start() if args.rate else None
+            source_url = proxy.url if proxy else endpoint
+            if proxy:
+                print(f"downloads through a {args.rate:g} MB/s limit at {proxy.url}", flush=True)
             for i in range(args.repeats):
                 for name, fn in sides:
                     dest = work / f"{name}-{i}"
                     settle(mode)
                     cpu_before = _cpu_seconds()
-                    seconds = fn(endpoint, stored, dest, args)
+                    seconds = fn(source_url, stored, dest, args)
                     cpu[name].append(_cpu_seconds() - cpu_before)
                     runs[name].append(seconds)
                     print(
@@ -291,6 +308,8 @@ def run(args: argparse.Namespace) -> float:
                         flush=True,
                     )
                     shutil.rmtree(dest)
+            if proxy:
+                proxy.stop()
             moto_rss = moto_peak_rss(endpoint)
             load_after = os.getloadavg()[0]
     finally:
@@ -345,7 +364,8 @@ def run(args: argparse.Namespace) -> float:
     if "baseline+fsync" in runs:
         row("  (info) download_file, then fsync each file", "baseline+fsync")
     print()
-    print(f"  goal: ours / baseline <= {GOAL} {'met' if ratio <= GOAL else 'MISSED'}")
+    goal = GOAL_AT_RATE if args.rate else GOAL
+    print(f"  goal: ours / baseline <= {goal} {'met' if ratio <= goal else 'MISSED'}")
     return ratio
 
 
@@ -359,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as e:
         print(f"benchmark aborted: {e}", file=sys.stderr)
         return 1
-    print(f"provision_s3_ratio={ratio:.3f}")
+    print(f"provision_s3_ratio_at_rate={ratio:.3f}" if args.rate else f"provision_s3_ratio={ratio:.3f}")
     return 0
 
 

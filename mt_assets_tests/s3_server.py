@@ -22,7 +22,9 @@ byte of the request's Range header; 0 when it has none):
     proxy.ignore_range()           forward without the Range header: 200 and the whole object
 
 Each request is recorded in `proxy.requests` (method, path, Range header, status, body bytes sent),
-and `proxy.max_in_flight` is the most requests handled at once. Only loopback upstreams are allowed;
+and `proxy.max_in_flight` is the most requests handled at once. `FaultyProxy(endpoint,
+rate_bytes_per_s=R)` also limits the response bodies of all connections together to R bytes/s (a
+token bucket): a network-bound source in front of a loopback server. Only loopback upstreams are allowed;
 on exit the server and every open connection are closed.
 """
 
@@ -221,16 +223,44 @@ class _Fault:
         return True
 
 
+class TokenBucket:
+    """At most `rate` bytes per second through every connection together (bursts up to 50 ms worth).
+
+    `take(n)` books n bytes and sleeps until the bucket has paid for them: concurrent takers queue up
+    in booking order, so the aggregate rate holds however many requests are in flight.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = float(rate)
+        self.burst = max(self.rate / 20, float(_BLOCK))
+        self.tokens = self.burst
+        self.stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            self.tokens -= n
+            wait = -self.tokens / self.rate if self.tokens < 0 else 0.0
+        if wait > 0:
+            time.sleep(wait)
+
+
 class FaultyProxy:
     """A loopback HTTP forwarder to `upstream` that can drop, fail, corrupt or stall responses."""
 
-    def __init__(self, upstream: str, *, upstream_timeout: float = 60.0) -> None:
+    def __init__(
+        self, upstream: str, *, upstream_timeout: float = 60.0, rate_bytes_per_s: float | None = None
+    ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or parts.hostname not in LOOPBACK or parts.port is None:
             raise ValueError(f"FaultyProxy: upstream must be http://<loopback>:<port>, got {upstream!r}")
         self.upstream_host = parts.hostname
         self.upstream_port = parts.port
         self.upstream_timeout = upstream_timeout
+        self.bucket = TokenBucket(rate_bytes_per_s) if rate_bytes_per_s else None
         self.requests: list[ProxiedRequest] = []
         self.max_in_flight = 0
         self._in_flight = 0
@@ -503,6 +533,8 @@ class _Handler(BaseHTTPRequestHandler):
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
                 return
+            if self.owner.bucket is not None:
+                self.owner.bucket.take(len(chunk))
             self.wfile.write(chunk)
             sent += len(chunk)
             record.body_bytes = sent

@@ -11,6 +11,7 @@ import os
 import dagster as dg
 
 from mt_assets.config import Settings
+from mt_assets.defs.benchmark_report import build_benchmark_report_asset
 from mt_assets.defs.bundle_assets import build_bundle_assets
 from mt_assets.defs.drift_sensor import build_drift_sensor
 from mt_assets.defs.integrity import build_integrity_job, build_integrity_schedule
@@ -23,6 +24,7 @@ from mt_assets.defs.renders import (
     build_nightly_renders_schedule,
     build_renders_asset,
 )
+from mt_assets.defs.repacks import build_repack_defs
 from mt_assets.defs.resources import SourceResource, VolumeResource
 from mt_assets.manifest import Manifest, load_manifest, load_profile
 
@@ -44,7 +46,14 @@ def build_definitions(
     # Renders need the offline proof upstream: a manifest without the worker's load units has none.
     renders = [build_renders_asset(manifest)] if offline else []
     return dg.Definitions(
-        assets=[build_model_files_asset(manifest), *build_bundle_assets(manifest), *offline, *renders],
+        assets=[
+            build_model_files_asset(manifest),
+            *build_bundle_assets(manifest),
+            *offline,
+            *renders,
+            *([build_benchmark_report_asset(manifest)] if renders else []),  # needs offline_cache
+            *build_repack_defs(manifest),
+        ],
         asset_checks=[build_file_checks(manifest)],
         jobs=[integrity_job],
         schedules=[

@@ -20,7 +20,6 @@ last attempt the job moves to jobs/failed/ with its error. A refused render, or 
 exists without `rerender: true`, fails at once and is not retried.
 """
 
-
 import json
 from typing import Any
 

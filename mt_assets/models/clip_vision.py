@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from mt_assets.models.checkpoints import CheckpointError, check_keys, load_pth, load_strict
+from mt_assets.models.checkpoints import CheckpointError, check_keys, load_pth, load_safetensors, load_strict
 
 CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 
@@ -130,6 +130,21 @@ def clip_sizes_from_state(
     state: Mapping[str, torch.Tensor], source: str
 ) -> tuple[dict[str, int], dict[str, int]]:
     """(visual sizes, textual sizes) that the tensor shapes of a Wan CLIP checkpoint imply."""
+    visual = clip_visual_sizes(state, source)
+    vocab, dim = _shape(state, "textual.token_embedding.weight", source)
+    textual = {
+        "vocab": vocab,
+        "dim": dim,
+        "layers": _count(state, _TEXT_BLOCK),
+        "max_len": _shape(state, "textual.pos_embedding.weight", source)[0],
+        "type_size": _shape(state, "textual.type_embedding.weight", source)[0],
+        "embed_dim": visual["embed_dim"],
+    }
+    return visual, textual
+
+
+def clip_visual_sizes(state: Mapping[str, torch.Tensor], source: str) -> dict[str, int]:
+    """The vision tower's sizes that the `visual.*` tensor shapes imply."""
     width, _, patch, _ = _shape(state, "visual.patch_embedding.weight", source)
     tokens = _shape(state, "visual.pos_embedding", source)[1]
     grid = math.isqrt(tokens - 1)
@@ -143,16 +158,7 @@ def clip_sizes_from_state(
         "image_size": grid * patch,
         "embed_dim": _shape(state, "visual.head", source)[1],
     }
-    vocab, dim = _shape(state, "textual.token_embedding.weight", source)
-    textual = {
-        "vocab": vocab,
-        "dim": dim,
-        "layers": _count(state, _TEXT_BLOCK),
-        "max_len": _shape(state, "textual.pos_embedding.weight", source)[0],
-        "type_size": _shape(state, "textual.type_embedding.weight", source)[0],
-        "embed_dim": visual["embed_dim"],
-    }
-    return visual, textual
+    return visual
 
 
 def clip_vision_config(
@@ -224,11 +230,18 @@ def load_clip_vision(
     heads. Wan's ViT-H/14 uses 80 (1280 / 16); a checkpoint built with another head count (the
     golden tiny CLIP: width 96, 3 heads → 32) loads without complaint under the wrong value and
     computes different features, so pass the value it was built with.
+    A `.safetensors` path is a bf16 repack (mt_assets.models.repack): the `visual.*` keys only,
+    checked as strictly.
     """
     source = str(path)
-    state = load_pth(path)
-    visual, textual = clip_sizes_from_state(state, source)
-    expected = wan_clip_visual_shapes(**visual) | wan_clip_textual_shapes(**textual)
+    if Path(path).suffix == ".safetensors":  # a bf16 repack (mt_assets.models.repack): visual.* only
+        state = load_safetensors(path)
+        visual = clip_visual_sizes(state, source)
+        expected = wan_clip_visual_shapes(**visual)
+    else:
+        state = load_pth(path)
+        visual, textual = clip_sizes_from_state(state, source)
+        expected = wan_clip_visual_shapes(**visual) | wan_clip_textual_shapes(**textual)
     check_keys(state, expected, source)
     config = clip_vision_config(visual, source, head_dim=head_dim)
     with torch.device("meta"):

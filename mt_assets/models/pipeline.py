@@ -17,6 +17,7 @@ Per unit it reports seconds and bytes (the on-volume size of the files it loads)
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,10 +50,16 @@ class LoadReport:
     components: tuple[str, ...]
     seconds: float
     bytes: int
-    files: tuple[str, ...]  # targets, relative to the volume
+    files: tuple[str, ...]  # targets, relative to the volume, of the files read
+    repack: str | None = None  # the repack read instead of the originals (repacks/<name>/), if any
 
     def to_json(self) -> dict[str, Any]:
-        return {"components": list(self.components), "seconds": round(self.seconds, 3), "bytes": self.bytes}
+        return {
+            "components": list(self.components),
+            "seconds": round(self.seconds, 3),
+            "bytes": self.bytes,
+            "repack": self.repack,
+        }
 
 
 @dataclass
@@ -84,6 +91,7 @@ def load_pipeline_components(
     only: list[str] | None = None,
     on_loaded: Callable[[LoadReport], None] | None = None,
     strategy: LoadStrategy | None = None,
+    repacks: bool = True,
 ) -> PipelineComponents:
     """Load every unit (or `only` those) from the volume; each loader is strict about keys.
 
@@ -92,6 +100,10 @@ def load_pipeline_components(
     strategy: how the DiT's and the adapter's safetensors files are read (`mmap`, `sequential`,
     `parallel`; see mt_assets.models.reading); None: $MT_LOAD_STRATEGY, else the default. Checked
     before anything is loaded.
+    repacks: for a bf16 load, read the DiT and CLIP from their bf16 repacks (`<volume>/repacks/`)
+    when they exist, were made from the files the manifest pins now, and verify (hash cache);
+    else the originals (a repack that fails verification: with a RepackWarning). The report's
+    `repack` and `files` say which was read. Bit for bit the same weights either way.
     """
     import torch
 
@@ -103,6 +115,13 @@ def load_pipeline_components(
     from mt_assets.models.audio import load_wav2vec2
     from mt_assets.models.clip_vision import load_clip_vision
     from mt_assets.models.dit import load_multitalk_transformer
+    from mt_assets.models.repack import (
+        CLIP_FILE_NAME,
+        UNIT_REPACK,
+        RepackManifest,
+        repack_inputs,
+        usable_repack,
+    )
     from mt_assets.models.text_encoder import load_t5_encoder
     from mt_assets.models.tokenizers import load_clip_tokenizer, load_t5_tokenizer
     from mt_assets.models.vae import load_vae
@@ -135,6 +154,21 @@ def load_pipeline_components(
         "vae": lambda: load_vae(one_file("vae"), dtype=torch.float32, device=device),
         "wav2vec2": lambda: load_wav2vec2(dir_of("wav2vec2"), dtype=torch.float32, device=device),
     }
+    # bf16 repacks (mt_assets.models.repack): used for a bf16 load when current and intact
+    use_repacks = dtype == torch.bfloat16 and repacks
+    repack_loaders: dict[str, Callable[[RepackManifest], Any]] = {
+        "transformer": lambda r: load_multitalk_transformer(
+            volume.root / r.folder,
+            None,
+            config=json.loads((dir_of("wan-dit") / "config.json").read_text()),
+            device=device,
+            dtype=dtype,
+            strategy=strategy,
+        ),
+        "clip": lambda r: load_clip_vision(
+            volume.root / r.folder / CLIP_FILE_NAME, dtype=dtype, device=device
+        ),
+    }
     units = only or list(UNITS)
     unknown = [u for u in units if u not in UNITS]
     if unknown:
@@ -144,13 +178,25 @@ def load_pipeline_components(
         components = UNITS[unit]
         files = tuple(f for name in components for f in manifest.component(name).files)
         started = time.perf_counter()
-        loaded = loaders[unit]()
+        repack = (
+            usable_repack(volume, manifest, UNIT_REPACK[unit])
+            if use_repacks and unit in UNIT_REPACK
+            else None
+        )
+        if repack is not None:
+            loaded = repack_loaders[unit](repack)
+            # what was read: the repack's files (and, for the DiT, the source's config.json)
+            read = [(t, volume.path(t).stat().st_size) for t in repack_inputs(manifest, repack)]
+        else:
+            loaded = loaders[unit]()
+            read = [(f.target, f.size or volume.path(f.target).stat().st_size) for f in files]
         report = LoadReport(
             unit=unit,
             components=components,
             seconds=time.perf_counter() - started,
-            bytes=sum(f.size or volume.path(f.target).stat().st_size for f in files),
-            files=tuple(f.target for f in files),
+            bytes=sum(size for _, size in read),
+            files=tuple(t for t, _ in read),
+            repack=repack.name if repack is not None else None,
         )
         setattr(result, unit.replace("-", "_"), loaded)
         result.reports[unit] = report

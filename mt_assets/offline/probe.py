@@ -17,6 +17,7 @@ SPEC is a JSON file written by the parent:
     only        list of load units, or null for the whole load (exactly what the worker runs)
     overrides   {unit: location}: the test seam, see overrides.py ({} in production)
     sys_path    folders to put in front of sys.path (the project root)
+    dtype       a torch dtype name for the load (bfloat16: the repack path), or null (float32)
 
 REPORT is the one JSON document this process writes back (not stdout: loaders print there):
 
@@ -249,6 +250,7 @@ def main(argv: list) -> int:
     manifest = load_manifest(spec["manifest"], display=spec.get("display"))
     volume = LocalVolume(spec["volume"])
     applied = apply_overrides(spec.get("overrides") or {})
+    dtype = getattr(importlib.import_module("torch"), spec["dtype"]) if spec.get("dtype") else None
     requested = list(spec.get("only") or UNITS)
     units: dict = {}
     started: dict = {}
@@ -277,7 +279,9 @@ def main(argv: list) -> int:
         begin(remaining[0])
         try:
             # The first pass is the worker's exact call (only=None for the whole load).
-            load_pipeline_components(volume, manifest, only=None if whole else remaining, on_loaded=on_loaded)
+            load_pipeline_components(
+                volume, manifest, only=None if whole else remaining, on_loaded=on_loaded, dtype=dtype
+            )
             break
         except Exception as e:
             failed = next((u for u in remaining if u not in units), remaining[0])

@@ -10,7 +10,8 @@ for the protocol: a SPEC file in, one REPORT JSON file out) with
 so nothing cached from an earlier run can stand in for the volume, then sorts every path the
 load opened or mapped (resolved through symlinks) into one of:
 
-    volume    under the volume root; a file the manifest declares (its target). Fine.
+    volume    under the volume root; a file the manifest declares (its target), or a file of a
+              bf16 repack that its repack.json lists (and the hash cache that verifies it). Fine.
     undeclared  under the volume root but not declared (a stray file the loader picked up,
               or the volume's .mt/ state). A violation: "nothing loads a file that the
               manifest does not declare".
@@ -241,6 +242,7 @@ def verify_offline(
     env: Mapping[str, str] | None = None,
     hub_offline: bool = True,
     keep_sandbox: bool = False,
+    dtype: str | None = None,
 ) -> OfflineReport:
     """Prove (or disprove) that `load_pipeline_components` needs nothing but the volume.
 
@@ -250,6 +252,9 @@ def verify_offline(
     `hub_offline=False` leaves HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE unset: the libraries then
     really try, and the audit hook alone refuses their socket calls (the stricter proof that
     the cut holds without the libraries' cooperation).
+    `dtype` (a torch dtype name, e.g. "bfloat16") is passed to the load: a bf16 load reads the
+    bf16 repacks where they are usable, whose files (listed in their repack.json) count as
+    declared, as does the hash cache their verification reads.
     """
     from mt_assets.models.pipeline import UNITS
 
@@ -271,7 +276,16 @@ def verify_offline(
     sandbox = Path(tempfile.mkdtemp(prefix="mt-offline-"))
     try:
         return _run(
-            vol, manifest, requested, only is not None, overrides, timeout, env or {}, hub_offline, sandbox
+            vol,
+            manifest,
+            requested,
+            only is not None,
+            overrides,
+            timeout,
+            env or {},
+            hub_offline,
+            sandbox,
+            dtype,
         )
     finally:
         if not keep_sandbox:
@@ -288,6 +302,7 @@ def _run(
     extra_env: Mapping[str, str],
     hub_offline: bool,
     sandbox: Path,
+    dtype: str | None = None,
 ) -> OfflineReport:
     io_dir = sandbox / "io"
     folders = {name: sandbox / name for name in ("hf", "xdg", "tmp", "torch", "cuda")}
@@ -303,6 +318,7 @@ def _run(
         "only": requested if restricted else None,
         "overrides": overrides,
         "sys_path": [str(PROJECT_DIR.parent)],
+        "dtype": dtype,
     }
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
     child_env = {
@@ -367,11 +383,12 @@ def _judge(
     sandbox: Path,
 ) -> OfflineReport:
     from mt_assets.models.pipeline import UNITS
+    from mt_assets.models.repack import declared_targets
 
     roots = raw.get("roots") or {}
     classify = Classifier(
         volume=vol.root,
-        declared={f.target for f in manifest.files},
+        declared={f.target for f in manifest.files} | declared_targets(vol),
         sandbox=sandbox,
         python_roots=[*roots.get("prefixes", []), *roots.get("site", [])],
         executable=roots.get("executable"),

@@ -37,9 +37,12 @@ def test_definitions_have_one_asset_per_file_plus_the_bundles() -> None:
     offline = {dg.AssetKey("offline_cache")}
     renders = {dg.AssetKey("renders")}
     files_and_bundles = {file_key(f) for f in manifest.files} | {bundle_key(b) for b in manifest.bundles}
-    assert keys == files_and_bundles | offline | renders
-    assert len(keys) == 25 + 3 + 1 + 1
-    assert {c.asset_key for c in graph.asset_check_keys} == {file_key(f) for f in manifest.files} | offline
+    repacks = {dg.AssetKey(["repacks", "transformer_bf16"]), dg.AssetKey(["repacks", "clip_vision_bf16"])}
+    report = {dg.AssetKey("benchmark_report")}
+    assert keys == files_and_bundles | offline | renders | repacks | report
+    assert len(keys) == 25 + 3 + 1 + 1 + 2 + 1
+    checked = {file_key(f) for f in manifest.files} | offline | repacks
+    assert {c.asset_key for c in graph.asset_check_keys} == checked
     shard = graph.get(file_key(manifest.files[2]))
     assert shard.group_name == "wan_dit"
     assert "Wan-AI/Wan2.1-I2V-14B-480P" in (shard.description or "")

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from mt_assets.defs import build_definitions
+from mt_assets.defs.benchmark_report import ASSET_KEY as REPORT_KEY
 from mt_assets.defs.keys import file_key
 from mt_assets.defs.offline_cache import ASSET_KEY as OFFLINE_CACHE
 from mt_assets.defs.renders import PARTITIONS, RENDERS_KEY
@@ -106,7 +107,11 @@ def renv(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     with dg.instance_for_test(temp_dir=str(base / "dagster")) as instance:
         everything = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance,
-            asset_selection=[k for k in defs.resolve_asset_graph().get_all_asset_keys() if k != RENDERS_KEY],
+            asset_selection=[
+                k
+                for k in defs.resolve_asset_graph().get_all_asset_keys()
+                if k not in (RENDERS_KEY, REPORT_KEY)
+            ],
         )
         assert everything.success
         yield RenderEnv(root, instance, defs)

@@ -1,0 +1,267 @@
+"""Benchmark cold starts: the worker's load per unit and strategy, next to the volume's raw-read limit.
+
+What it measures (mt_assets.bench.cold_start does the work): for each load strategy (mmap,
+sequential, parallel; see mt_assets.models.reading), --runs fresh-process loads of the volume with
+every file of the loaded units evicted from the page cache first, interleaved (mmap, sequential,
+parallel, mmap, ...) so drift on a shared machine hits all alike. dtype bfloat16 on the CPU, as a GPU
+worker loads the DiT, T5 and CLIP (VAE and wav2vec2 stay float32). Per unit and in total: median,
+min, max, p95 seconds, bytes, GB/s; the DiT load's peak RSS and transient memory (peak RSS minus
+the RSS before it minus the DiT's parameters, which all stay in host memory on the CPU). Beside them,
+in the same run, the raw-read limit: the same files, evicted, read with large blocks one after
+another and with 4 threads at once; the faster is the limit.
+
+Default volume: the medium mirror (~2.8 GB, `build_tiny_mirror(scale="medium")`), built once under
+./var/bench/medium (models/ + medium.yaml) and reused. `--volume PATH --manifest FILE` measures any
+mounted volume (e.g. a RunPod network volume) laid out as <volume>/models/<dir>/<path>.
+
+Usage:
+    .venv/bin/python benchmarks/cold_start.py --quick     # the transformer unit, 2 runs (< 3 min)
+    .venv/bin/python benchmarks/cold_start.py             # every unit, 3 runs per strategy
+    .venv/bin/python benchmarks/cold_start.py --volume /runpod-volume --manifest profiles/x.yaml
+    .venv/bin/python benchmarks/cold_start.py --json      # one JSON document on stdout, nothing else
+The last lines are `cold_start_ratio=<best strategy's median total / raw-read limit>` (goal <= 1.15),
+`peak_rss_ratio=<transient memory of the DiT load / its largest file>` (goal <= 1.5) and, when the
+volume has a repack (<volume>/repacks/*/repack.json), `repack_bytes_ratio=<bytes read with / without>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # for the probes too: see benchmarks/render.py
+
+from common import BenchmarkError  # benchmarks/common.py
+from rich.console import Console
+from rich.table import Table
+
+from mt_assets.bench import BenchError, ColdStart, load_files, measure
+from mt_assets.bench.cold_start import files_read
+from mt_assets.manifest import Manifest, load_manifest, load_profile
+from mt_assets.manifest.lockfile import to_yaml
+from mt_assets.models.pipeline import UNITS
+from mt_assets.models.reading import STRATEGIES
+from mt_assets.volume import LocalVolume
+
+COLD_START_GOAL = 1.15
+PEAK_RSS_GOAL = 1.5
+DEFAULT_CACHE = Path("var/bench/medium")
+
+
+def medium_volume(cache: Path, console: Console) -> tuple[LocalVolume, Manifest]:
+    """The cached medium volume (<cache>/models + <cache>/medium.yaml), built the first time."""
+    manifest_path = cache / "medium.yaml"
+    if not manifest_path.exists():
+        from mt_assets.models.tiny import build_tiny_mirror
+
+        console.print(f"building the medium mirror in {cache / 'models'} (~2.8 GB, once)")
+        started = time.perf_counter()
+        manifest = build_tiny_mirror(cache / "models", scale="medium")
+        manifest_path.write_text(to_yaml(manifest), encoding="utf-8")
+        console.print(f"  built in {time.perf_counter() - started:.0f} s")
+    return LocalVolume(cache), load_manifest(manifest_path)
+
+
+def repack_bytes(volume: LocalVolume, paths: list[Path], result: ColdStart) -> tuple[int, int] | None:
+    """(bytes the loads read, bytes of the originals) when the volume has a repack; None: no repack.
+
+    A bf16 load reads a current repack instead of the originals; the loads' reports list what they read.
+    """
+    if not list(volume.root.glob("repacks/*/repack.json")):
+        return None
+    read = sum(p.stat().st_size for p in files_read(volume, result.loads))
+    return read, sum(p.stat().st_size for p in paths)
+
+
+def summary_table(result: ColdStart, limit_s: float) -> Table:
+    table = Table(title="cold loads (evicted, fresh process), seconds", title_justify="left")
+    columns = ("strategy", "unit", "runs", "median", "min", "max", "p95", "bytes", "GB/s", "/ limit")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("strategy", "unit") else "right")
+    for row in result.summary.itertuples():
+        ratio = f"{row.median / limit_s:.2f}" if row.unit == "total" else ""
+        table.add_row(
+            row.strategy, row.unit, str(row.runs), f"{row.median:.2f}", f"{row.min:.2f}", f"{row.max:.2f}",
+            f"{row.p95:.2f}", f"{row.bytes / 1e9:.2f} GB", f"{row.gb_per_s:.2f}", ratio,
+        )  # fmt: skip
+    return table
+
+
+def raw_table(result: ColdStart) -> Table:
+    table = Table(title="raw-read limit (same files, evicted, large blocks)", title_justify="left")
+    for column in ("mode", "seconds", "bytes", "GB/s", "cached before"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for row in result.raw.itertuples():
+        table.add_row(
+            row.mode, f"{row.seconds:.2f}", f"{row.bytes / 1e9:.2f} GB", f"{row.gb_per_s:.2f}",
+            f"{row.resident_before:.1%}",
+        )  # fmt: skip
+    return table
+
+
+def memory_table(result: ColdStart) -> Table | None:
+    dit = result.loads[result.loads["unit"] == "transformer"]
+    if dit.empty:
+        return None
+    table = Table(title="DiT load memory (medians)", title_justify="left")
+    for column in ("strategy", "RSS before", "peak RSS", "transient", "/ largest file"):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for strategy, rows in dit.groupby("strategy", sort=False):
+        transient = rows["transient"].median()
+        table.add_row(
+            str(strategy), f"{rows['rss_before'].median() / 1e9:.2f} GB", f"{rows['peak_rss'].median() / 1e9:.2f} GB",
+            f"{transient / 1e9:.2f} GB", f"{transient / result.largest_file:.2f}",
+        )  # fmt: skip
+    return table
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--volume", type=Path, help="a volume (<volume>/models/...); default: the cached medium one"
+    )
+    parser.add_argument("--manifest", type=Path, help="its manifest YAML (with --volume)")
+    parser.add_argument("--profile", help="a shipped profile instead of --manifest (with --volume)")
+    parser.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help=f"where the medium volume is kept ({DEFAULT_CACHE})"
+    )
+    parser.add_argument("--quick", action="store_true", help="the transformer unit only, 2 runs (< 3 min)")
+    parser.add_argument("--runs", type=int, help="loads per strategy (default 3; quick 2)")
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument("--units", nargs="+", choices=list(UNITS), help="default: all (quick: transformer)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout, nothing else")
+    args = parser.parse_args(argv)
+    if (args.manifest or args.profile) and not args.volume:
+        parser.error("--manifest / --profile need --volume")
+    if args.volume and not (args.manifest or args.profile):
+        parser.error("--volume needs --manifest FILE or --profile NAME")
+    args.runs = args.runs or (2 if args.quick else 3)
+    args.units = args.units or (["transformer"] if args.quick else list(UNITS))
+    if args.runs < 1:
+        parser.error("--runs must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(stderr=args.json, highlight=False)
+    if not console.is_terminal:
+        console.width = 110
+    if args.volume:
+        volume = LocalVolume(args.volume)
+        manifest = load_manifest(args.manifest) if args.manifest else load_profile(args.profile)
+    else:
+        volume, manifest = medium_volume(args.cache, console)
+    paths = load_files(volume, manifest, args.units)
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        print(f"volume {volume.root}: {len(missing)} files of {manifest.source} missing, e.g. {missing[0]}; "
+              "provision it first", file=sys.stderr)  # fmt: skip
+        return 1
+    load_before = os.getloadavg()[0]
+    console.print(
+        f"cold loads of {volume.root} ({manifest.profile}; units {', '.join(args.units)}; "
+        f"{sum(p.stat().st_size for p in paths) / 1e9:.2f} GB in {len(paths)} files): "
+        f"{args.runs} runs x {', '.join(args.strategies)}, {args.dtype} on the CPU",
+        style="bold",
+    )
+
+    def on_run(strategy: str, run: int, out: dict[str, object]) -> None:
+        total = sum(u["seconds"] for u in out["units"].values())  # type: ignore[union-attr]
+        console.print(
+            f"  run {run + 1}/{args.runs} {strategy:<10} {total:.2f} s (imports {out['import_seconds']:.1f} s)"
+        )
+
+    started = time.perf_counter()
+    try:
+        result = measure(
+            volume, manifest, strategies=args.strategies, runs=args.runs, units=args.units, dtype=args.dtype,
+            on_run=on_run,
+        )  # fmt: skip
+    except (BenchError, BenchmarkError) as e:
+        print(f"benchmark aborted: {e}", file=sys.stderr)
+        return 1
+    wall = time.perf_counter() - started
+    limit_s = result.limit_seconds
+    ratio = result.cold_start_ratio()
+    best = result.best_strategy()
+    peak = result.peak_rss_ratio()
+    repack = repack_bytes(volume, paths, result)
+    results = [f"cold_start_ratio={ratio:.3f}"]
+    if peak is not None:
+        results.append(f"peak_rss_ratio={peak:.3f}")
+    if repack is not None:
+        results.append(f"repack_bytes_ratio={repack[0] / repack[1]:.3f}")
+    conditions = {
+        "volume": str(volume.root),
+        "profile": manifest.profile,
+        "units": args.units,
+        "dtype": args.dtype,
+        "device": "cpu",
+        "runs": args.runs,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average": [load_before, os.getloadavg()[0]],
+        "hwm_reset": bool(result.loads["hwm_reset"].all()),
+        "cached_before": float(result.loads["resident_before"].max()),
+        "wall_seconds": wall,
+    }
+    if args.json:
+        doc = {
+            "conditions": conditions,
+            "summary": result.summary.to_dict(orient="records"),
+            "loads": result.loads.to_dict(orient="records"),
+            "raw": result.raw.to_dict(orient="records"),
+            "largest_file": result.largest_file,
+            "best_strategy": best,
+            "cold_start_ratio": ratio,
+            "peak_rss_ratio": peak,
+            "repack_bytes_ratio": repack[0] / repack[1] if repack else None,
+        }
+        print(json.dumps(doc, indent=2, default=float))
+        return 0
+    console.print()
+    console.print(
+        f"conditions: {conditions['cpus']} cpus ({conditions['machine']}), python {conditions['python']}, "
+        f"load average {load_before:.2f} before / {conditions['load_average'][1]:.2f} after; page cache "
+        f"{conditions['cached_before']:.1%} of the files cached after evict (max); VmHWM reset per unit: "
+        f"{conditions['hwm_reset']}; {wall:.0f} s in all"
+    )
+    console.print(summary_table(result, limit_s))
+    console.print(raw_table(result))
+    memory = memory_table(result)
+    if memory is not None:
+        console.print(memory)
+    met = "met" if ratio <= COLD_START_GOAL else "MISSED"
+    console.print(
+        f"  best strategy {best}: {ratio:.2f}x the raw-read limit ({limit_s:.2f} s); goal <= {COLD_START_GOAL} {met}"
+    )
+    if peak is not None:
+        met = "met" if peak <= PEAK_RSS_GOAL else "MISSED"
+        console.print(
+            f"  DiT transient memory ({best}) {peak:.2f}x its largest file ({result.largest_file / 1e6:.0f} MB); "
+            f"goal <= {PEAK_RSS_GOAL} {met}"
+        )
+    if repack is not None:
+        console.print(
+            f"  with the volume's repacks the loads read {repack[0] / 1e9:.2f} GB of the originals' {repack[1] / 1e9:.2f} GB"
+        )
+    else:
+        console.print(
+            "  no repack on the volume (<volume>/repacks/*/repack.json): repack_bytes_ratio not measured"
+        )
+    for line in results:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

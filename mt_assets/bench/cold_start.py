@@ -1,0 +1,295 @@
+"""Cold starts of the worker's load, per unit, next to the raw-read limit of the same files.
+
+A cold load: every file of the units, and every file under <volume>/repacks/ (a bf16 load reads
+a current repack instead of the originals), is evicted from the page cache (`evict`, i.e.
+posix_fadvise(DONTNEED) per file; no privileges needed), then a fresh interpreter
+(`python -m mt_assets.bench.probe`) imports torch and the loaders, records its RSS, and calls
+`load_pipeline_components(..., strategy=S, dtype=D, device="cpu")`. D defaults to bfloat16, as a
+GPU worker loads the DiT, T5 and CLIP (the VAE and wav2vec2 stay float32); on the CPU every weight
+then stays in host memory. Import time is not counted: the unit seconds are the loaders' own.
+
+The raw-read limit: the files the loads read (as their reports list them), evicted, read with large blocks and nothing else done with the
+bytes, twice: `sequential` (one file after another, 64 MiB reads) and `parallel` (16 MiB ranges of
+all files, PARALLEL_READERS threads at once). The faster of the two is the limit: how fast this
+volume gives these bytes at all.
+
+Transient memory of the DiT load (the `transformer` unit): its peak RSS minus the RSS before it
+minus the bytes of the DiT's parameters and buffers (which all stay in host memory on the CPU).
+
+Frames (pandas):
+    cold_loads()      one row per (strategy, run, unit): seconds, bytes, rss_before, peak_rss,
+                      transient (transformer only), resident_before (page-cache fraction after
+                      evict), files (what the unit read, relative to the volume)
+    raw_read_limit()  one row per mode: seconds, bytes, gb_per_s
+    summarize()       one row per (strategy, unit) and a `total` per strategy: runs, median, min,
+                      max, p50, p95 seconds, bytes, gb_per_s (bytes / median seconds)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mt_assets.manifest import Manifest
+from mt_assets.manifest.lockfile import to_yaml
+from mt_assets.models.pipeline import UNITS
+from mt_assets.models.reading import STRATEGIES, evict, resident_fraction
+from mt_assets.volume import LocalVolume
+
+BLOCK_BYTES = 64 * 1024 * 1024  # sequential raw read: one read call
+RANGE_BYTES = 16 * 1024 * 1024  # parallel raw read: one range
+PARALLEL_READERS = 4
+DEFAULT_DTYPE = "bfloat16"
+PROBE_TIMEOUT_S = 900
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be made; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """What a cold-start benchmark gives: the runs, the raw-read limit, and their summary."""
+
+    loads: pd.DataFrame
+    raw: pd.DataFrame
+    summary: pd.DataFrame
+    largest_file: int  # bytes of the DiT's largest safetensors file (shard or adapter)
+
+    @property
+    def limit_seconds(self) -> float:
+        return float(self.raw["seconds"].min())
+
+    def best_strategy(self) -> str:
+        totals = self.summary[self.summary["unit"] == "total"]
+        return str(totals.loc[totals["median"].idxmin(), "strategy"])
+
+    def cold_start_ratio(self) -> float:
+        """Best strategy's median total seconds / the raw-read limit of the same files."""
+        totals = self.summary[self.summary["unit"] == "total"]
+        return float(totals["median"].min()) / self.limit_seconds
+
+    def peak_rss_ratio(self, strategy: str | None = None) -> float | None:
+        """Median transient memory of the DiT load / the largest DiT file; None without the transformer."""
+        rows = self.loads[
+            (self.loads["unit"] == "transformer")
+            & (self.loads["strategy"] == (strategy or self.best_strategy()))
+        ]
+        if rows.empty or not self.largest_file:
+            return None
+        return float(rows["transient"].median()) / self.largest_file
+
+
+def load_files(volume: LocalVolume, manifest: Manifest, units: Sequence[str]) -> list[Path]:
+    """The volume paths of every file the units read, in manifest order."""
+    names = {c for u in units for c in UNITS[u]}
+    return [volume.path(f.target) for c in manifest.components if c.name in names for f in c.files]
+
+
+def repack_files(volume: LocalVolume) -> list[Path]:
+    """Every file under <volume>/repacks/ (evicted with the originals: a bf16 load may read them instead)."""
+    return sorted(p for p in (volume.root / "repacks").rglob("*") if p.is_file())
+
+
+def files_read(volume: LocalVolume, loads: pd.DataFrame) -> list[Path]:
+    """The files the loads read (the first run of each unit), in load order."""
+    seen: dict[str, None] = {}
+    for files in loads.drop_duplicates("unit")["files"]:
+        seen.update(dict.fromkeys(files))
+    return [volume.path(t) for t in seen]
+
+
+def largest_dit_file(volume: LocalVolume, loads: pd.DataFrame) -> int:
+    """Bytes of the largest safetensors file the transformer unit read (a shard, the adapter or a repack shard)."""
+    rows = loads[loads["unit"] == "transformer"]
+    if rows.empty:
+        return 0
+    paths = [volume.path(t) for t in rows.iloc[0]["files"] if t.endswith(".safetensors")]
+    return max((p.stat().st_size for p in paths), default=0)
+
+
+def evict_all(paths: Sequence[Path]) -> float:
+    """Evict every file; returns the mean fraction still cached afterwards (0.0 is cold; NaN if unknown)."""
+    fractions = []
+    for path in paths:
+        evict(path)
+        fraction = resident_fraction(path)
+        if fraction is not None:
+            fractions.append(fraction)
+    return sum(fractions) / len(fractions) if fractions else float("nan")
+
+
+def cold_load(
+    volume: LocalVolume,
+    manifest_path: Path,
+    paths: Sequence[Path],
+    *,
+    strategy: str,
+    units: Sequence[str],
+    dtype: str = DEFAULT_DTYPE,
+    timeout: float = PROBE_TIMEOUT_S,
+) -> tuple[dict[str, object], float]:
+    """Evict `paths`, then load the units in a fresh interpreter; its JSON and the resident fraction before."""
+    resident = evict_all(paths)
+    command = [
+        sys.executable, "-m", "mt_assets.bench.probe",
+        str(volume.root), str(manifest_path), strategy, dtype, ",".join(units),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise BenchError(
+            f"cold load ({strategy}, {','.join(units)}) of {volume.root}: over {timeout:.0f} s"
+        ) from None
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise BenchError(f"cold load ({strategy}) of {volume.root}: exit {done.returncode}:\n{tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), resident
+
+
+def cold_loads(
+    volume: LocalVolume,
+    manifest: Manifest,
+    *,
+    strategies: Sequence[str] = STRATEGIES,
+    runs: int = 3,
+    units: Sequence[str] | None = None,
+    dtype: str = DEFAULT_DTYPE,
+    on_run: Callable[[str, int, dict[str, object]], None] | None = None,
+) -> pd.DataFrame:
+    """`runs` cold loads per strategy, interleaved (a, b, c, a, b, c, ...) so drift hits all alike."""
+    units = list(units or UNITS)
+    if "transformer" in units:  # first, so its peak RSS is the DiT load's alone even where HWM can't be reset
+        units = ["transformer", *(u for u in units if u != "transformer")]
+    paths = [p for p in load_files(volume, manifest, units) if p.exists()] + repack_files(volume)
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="mt-bench-") as tmp:
+        manifest_path = Path(tmp) / "manifest.yaml"
+        manifest_path.write_text(to_yaml(manifest), encoding="utf-8")
+        for run in range(runs):
+            for strategy in strategies:
+                out, resident = cold_load(
+                    volume, manifest_path, paths, strategy=strategy, units=units, dtype=dtype
+                )
+                for unit, m in out["units"].items():  # type: ignore[union-attr]
+                    transient = None
+                    if unit == "transformer" and "dit_kept_bytes" in out:
+                        transient = m["peak_rss"] - m["rss_before"] - out["dit_kept_bytes"]  # type: ignore[operator]
+                    rows.append({
+                        "strategy": strategy, "run": run, "unit": unit, "seconds": m["seconds"],
+                        "bytes": m["bytes"], "rss_before": m["rss_before"], "peak_rss": m["peak_rss"],
+                        "transient": transient, "resident_before": resident,
+                        "rss_after_imports": out["rss_after_imports"], "hwm_reset": out["hwm_reset"],
+                        "files": tuple(m["files"]),
+                    })  # fmt: skip
+                if on_run is not None:
+                    on_run(strategy, run, out)
+    return pd.DataFrame(rows)
+
+
+def _read_sequential(paths: Sequence[Path]) -> int:
+    buffer = bytearray(BLOCK_BYTES)
+    view = memoryview(buffer)
+    total = 0
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(view):
+                total += n
+    return total
+
+
+def _read_parallel(paths: Sequence[Path], readers: int) -> int:
+    ranges = []
+    fds = [os.open(p, os.O_RDONLY) for p in paths]
+    try:
+        for fd in fds:
+            size = os.fstat(fd).st_size
+            ranges += [(fd, start, min(RANGE_BYTES, size - start)) for start in range(0, size, RANGE_BYTES)]
+        local = threading.local()
+
+        def read(item: tuple[int, int, int]) -> int:
+            fd, start, length = item
+            if not hasattr(local, "buffer"):
+                local.buffer = memoryview(bytearray(RANGE_BYTES))
+            got = 0
+            while got < length:
+                n = os.preadv(fd, [local.buffer[got:length]], start + got)
+                if n == 0:
+                    break
+                got += n
+            return got
+
+        with ThreadPoolExecutor(readers) as pool:
+            return sum(pool.map(read, ranges))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def raw_read_limit(paths: Sequence[Path | str], *, readers: int = PARALLEL_READERS) -> pd.DataFrame:
+    """Read the files evicted, `sequential` then `parallel`; one row per mode (seconds, bytes, gb_per_s)."""
+    paths = [Path(p) for p in paths]
+    rows = []
+    modes: dict[str, Callable[[], int]] = {
+        "sequential": lambda: _read_sequential(paths),
+        f"parallel ({readers} threads)": lambda: _read_parallel(paths, readers),
+    }
+    for mode, read in modes.items():
+        resident = evict_all(paths)
+        started = time.perf_counter()
+        size = read()
+        seconds = time.perf_counter() - started
+        rows.append({"mode": mode, "seconds": seconds, "bytes": size, "gb_per_s": size / seconds / 1e9,
+                     "resident_before": resident})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def summarize(loads: pd.DataFrame) -> pd.DataFrame:
+    """Per (strategy, unit), and a `total` per strategy (the sum of a run's units): the seconds' spread."""
+    per_run = loads.groupby(["strategy", "run"], sort=False, as_index=False)[["seconds", "bytes"]].sum()
+    per_run["unit"] = "total"
+    frame = pd.concat([loads[["strategy", "run", "unit", "seconds", "bytes"]], per_run], ignore_index=True)
+    grouped = frame.groupby(["strategy", "unit"], sort=False)
+    summary = grouped["seconds"].agg(
+        runs="count",
+        median="median",
+        min="min",
+        max="max",
+        p50=lambda s: s.quantile(0.5),
+        p95=lambda s: s.quantile(0.95),
+    )
+    summary["bytes"] = grouped["bytes"].max()
+    summary["gb_per_s"] = summary["bytes"] / summary["median"] / 1e9
+    return summary.reset_index()
+
+
+def measure(
+    volume: LocalVolume,
+    manifest: Manifest,
+    *,
+    strategies: Sequence[str] = STRATEGIES,
+    runs: int = 3,
+    units: Sequence[str] | None = None,
+    dtype: str = DEFAULT_DTYPE,
+    on_run: Callable[[str, int, dict[str, object]], None] | None = None,
+) -> ColdStart:
+    """The cold loads, then the raw-read limit of the same files in the same run, and the summary."""
+    units = list(units or UNITS)
+    loads = cold_loads(
+        volume, manifest, strategies=strategies, runs=runs, units=units, dtype=dtype, on_run=on_run
+    )
+    raw = raw_read_limit(files_read(volume, loads))
+    largest = largest_dit_file(volume, loads)
+    return ColdStart(loads=loads, raw=raw, summary=summarize(loads), largest_file=largest)

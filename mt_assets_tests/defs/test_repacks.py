@@ -1,0 +1,137 @@
+"""The repack assets on the tiny profile: materialized after their source files, stale when a source
+changes, and a corrupted repack fails its blocking check while the loader falls back to the originals."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import torch
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.loader import LoadingContextForTest
+
+from mt_assets.defs import build_definitions
+from mt_assets.defs.benchmark_report import ASSET_KEY as REPORT_KEY
+from mt_assets.defs.keys import file_key
+from mt_assets.defs.renders import RENDERS_KEY
+from mt_assets.defs.repacks import CHECK_NAME, repack_key
+from mt_assets.defs.resources import SourceResource, VolumeResource
+from mt_assets.manifest import load_profile
+from mt_assets.models.pipeline import load_pipeline_components
+from mt_assets.models.repack import CLIP_VISION, TRANSFORMER, RepackWarning, read_repack
+from mt_assets.volume import LocalVolume
+
+REPACKS = [repack_key(TRANSFORMER), repack_key(CLIP_VISION)]
+
+
+@dataclass
+class RepackEnv:
+    root: Path
+    instance: dg.DagsterInstance
+    defs: dg.Definitions
+
+    def run(self, selection: list[dg.AssetKey], **kwargs: object) -> dg.ExecuteInProcessResult:
+        job = self.defs.resolve_implicit_global_asset_job_def()
+        return job.execute_in_process(instance=self.instance, asset_selection=selection, **kwargs)  # type: ignore[arg-type]
+
+    def status(self, key: dg.AssetKey) -> StaleStatus:
+        graph = self.defs.resolve_asset_graph()
+        return CachingStaleStatusResolver(
+            self.instance, graph, LoadingContextForTest(self.instance)
+        ).get_status(key)
+
+
+@pytest.fixture(scope="module")
+def renv(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RepackEnv]:
+    base = tmp_path_factory.mktemp("repacks")
+    root = base / "volume"
+    root.mkdir()
+    (base / "dagster").mkdir()
+    defs = build_definitions(
+        load_profile("tiny"),
+        resources={"volume": VolumeResource(path=str(root)), "source": SourceResource(spec=str(tiny_mirror))},
+    )
+    with dg.instance_for_test(temp_dir=str(base / "dagster")) as instance:
+        everything = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance,
+            asset_selection=[
+                k
+                for k in defs.resolve_asset_graph().get_all_asset_keys()
+                if k not in (RENDERS_KEY, REPORT_KEY)
+            ],
+        )
+        assert everything.success
+        yield RepackEnv(root, instance, defs)
+
+
+def test_repacks_are_in_their_group_downstream_of_their_source_files(renv: RepackEnv) -> None:
+    graph = renv.defs.resolve_asset_graph()
+    manifest = load_profile("tiny")
+    for key in REPACKS:
+        assert graph.get(key).group_name == "repacks"
+    assert graph.get(repack_key(CLIP_VISION)).parent_keys == {
+        file_key(f) for f in manifest.component("clip").files
+    }
+    sources = {file_key(f) for c in ("wan-dit", "multitalk") for f in manifest.component(c).files}
+    assert graph.get(repack_key(TRANSFORMER)).parent_keys == sources
+
+
+def test_repack_materializes_with_its_metadata_and_passes_its_check(renv: RepackEnv) -> None:
+    for key in REPACKS:
+        event = renv.instance.get_latest_materialization_event(key)
+        assert event is not None and event.asset_materialization is not None
+        metadata = event.asset_materialization.metadata
+        assert {"files", "bytes", "sha256s", "seconds", "sources"} <= set(metadata)
+        repack = read_repack(LocalVolume(renv.root), key.path[-1])
+        assert repack is not None
+        assert metadata["bytes"].value == repack.bytes
+        assert metadata["sha256s"].value == {f.path: f.sha256 for f in repack.files}
+        check = renv.instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(key, CHECK_NAME)]
+        )[dg.AssetCheckKey(key, CHECK_NAME)]
+        assert check.status.value == "SUCCEEDED"
+        assert renv.status(key) == StaleStatus.FRESH
+
+
+def test_a_changed_source_file_makes_its_repack_stale(renv: RepackEnv) -> None:
+    [clip] = load_profile("tiny").component("clip").files
+    renv.instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            file_key(clip), metadata={"sha256": "0" * 64}, tags={"dagster/data_version": "0" * 64}
+        )
+    )
+    assert renv.status(repack_key(CLIP_VISION)) == StaleStatus.STALE
+    assert renv.status(repack_key(TRANSFORMER)) == StaleStatus.FRESH
+    assert renv.run([repack_key(CLIP_VISION)]).success
+    assert renv.status(repack_key(CLIP_VISION)) == StaleStatus.FRESH
+
+
+def test_a_corrupted_repack_fails_its_check_and_the_loader_falls_back(renv: RepackEnv) -> None:
+    volume = LocalVolume(renv.root)
+    repack = read_repack(volume, TRANSFORMER)
+    assert repack is not None
+    shard = volume.path(repack.target(repack.files[0].path))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    check_key = dg.AssetCheckKey(repack_key(TRANSFORMER), CHECK_NAME)
+    defs = dg.Definitions.merge(
+        renv.defs,
+        dg.Definitions(
+            jobs=[dg.define_asset_job("verify_repack", selection=dg.AssetSelection.checks(check_key))]
+        ),
+    )
+    result = defs.resolve_job_def("verify_repack").execute_in_process(
+        instance=renv.instance, raise_on_error=False
+    )
+    [evaluation] = result.get_asset_check_evaluations()
+    assert not evaluation.passed
+    assert repack.files[0].path in str(evaluation.metadata["problems"].value)
+    with pytest.warns(RepackWarning, match=repack.files[0].path):
+        loaded = load_pipeline_components(
+            volume, load_profile("tiny"), dtype=torch.bfloat16, only=["transformer"]
+        )
+    assert loaded.reports["transformer"].repack is None
