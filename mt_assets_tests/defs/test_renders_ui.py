@@ -30,9 +30,9 @@ import dagster as dg
 import pytest
 
 from mt_assets.defs import build_definitions
+from mt_assets.defs.benchmark_report import ASSET_KEY as REPORT_KEY
 from mt_assets.defs.keys import file_key
 from mt_assets.defs.offline_cache import ASSET_KEY as OFFLINE_CACHE
-from mt_assets.defs.benchmark_report import ASSET_KEY as REPORT_KEY
 from mt_assets.defs.renders import PARTITIONS, RENDERS_KEY
 from mt_assets.defs.resources import SourceResource, VolumeResource
 from mt_assets.manifest import load_profile
@@ -256,7 +256,9 @@ def renders_ui(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         everything = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance,
             asset_selection=[
-                k for k in defs.resolve_asset_graph().get_all_asset_keys() if k not in (RENDERS_KEY, REPORT_KEY)
+                k
+                for k in defs.resolve_asset_graph().get_all_asset_keys()
+                if k not in (RENDERS_KEY, REPORT_KEY)
             ],
         )
         assert everything.success
