@@ -69,6 +69,8 @@ def main() -> int:
             key = f"model files {event.materialization.metadata['outcome'].value}"
         elif kind == "bundles":
             key = "bundles loaded offline"
+        elif kind == "repacks":
+            key = "bf16 repacks written"
         else:
             key = f"{kind} (offline proof)"
         outcomes[key] = outcomes.get(key, 0) + 1
