@@ -306,7 +306,7 @@ def render(
     import torch
 
     from mt_assets.models.pipeline import load_pipeline_components
-    from mt_assets.render.job import JobError, load_job
+    from mt_assets.render.job import JobError, load_job, load_job_media
     from mt_assets.render.pipeline import MultiTalkRenderer, RenderError
     from mt_assets.render.run import check_output_free, output_dir, render_job
     from mt_assets.render.terminal import StepProgress, print_render
@@ -318,7 +318,9 @@ def render(
     err = Console(stderr=True)
     out_dir = output_dir(vol.root, Path(out) if out else None)
     try:
-        job = load_job(job_file, volume_root=vol.root)
+        # Decoded once: the same media validate the job and feed the render.
+        job = load_job(job_file, volume_root=vol.root, check_media=False)
+        media = load_job_media(job)
         check_output_free(job, out_dir)
     except (JobError, OutputExists) as e:
         click.echo(f"error: {e}", err=True)
@@ -347,7 +349,7 @@ def render(
     renderer = MultiTalkRenderer(components, device=device, dtype=dtype, t5_cpu=t5_cpu, offload=offload)
     try:
         with StepProgress(err) as progress:
-            result = render_job(job, renderer, manifest, out_dir, progress=progress)
+            result = render_job(job, renderer, manifest, out_dir, media=media, progress=progress)
     except (JobError, OutputExists) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)

@@ -77,3 +77,12 @@ def build_definitions(
             "render": RenderResource(device=os.environ.get("MT_RENDER_DEVICE", "cpu")),
         },
     )
+
+
+def model_assets(defs: dg.Definitions) -> list[dg.AssetKey]:
+    """What puts the models on the volume and proves them: every asset but the renders (one run per
+    job) and the benchmark report (on demand). `make demo` and the tests materialize these first."""
+    from mt_assets.defs.benchmark_report import ASSET_KEY as REPORT_KEY
+    from mt_assets.defs.renders import RENDERS_KEY
+
+    return [k for k in defs.resolve_asset_graph().get_all_asset_keys() if k not in (RENDERS_KEY, REPORT_KEY)]

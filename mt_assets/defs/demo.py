@@ -22,8 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mt_assets.config import Settings
-from mt_assets.defs.benchmark_report import ASSET_KEY as REPORT_KEY
-from mt_assets.defs.definitions import build_definitions, manifest_from_env
+from mt_assets.defs.definitions import build_definitions, manifest_from_env, model_assets
 from mt_assets.defs.renders import RENDERS_KEY
 from mt_assets.defs.resources import VolumeResource
 from mt_assets.manifest import load_profile
@@ -53,11 +52,8 @@ def main() -> int:
     # to the terminal before the summary: the console logger only speaks up for errors.
     quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
     # The renders come below, through the inbox; the benchmark report (cold loads) is on demand.
-    everything_but_renders = [
-        k for k in defs.resolve_asset_graph().get_all_asset_keys() if k not in (RENDERS_KEY, REPORT_KEY)
-    ]
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance, raise_on_error=False, run_config=quiet, asset_selection=everything_but_renders
+        instance=instance, raise_on_error=False, run_config=quiet, asset_selection=model_assets(defs)
     )
 
     materialized = result.get_asset_materialization_events()

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from mt_assets.defs import build_definitions
+from mt_assets.defs.definitions import model_assets
 from mt_assets.defs.resources import SourceResource, VolumeResource
-from mt_assets.manifest import Manifest, parse_manifest
+from mt_assets.manifest import Manifest, load_profile, parse_manifest
 from mt_assets_tests.hub_server import hub_server, make_repo
 
 REPO = "test/tiny-models"
@@ -123,3 +124,22 @@ def env(hub: HubFixture, tmp_path: Path) -> Iterator[Env]:
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         yield Env(hub, volume, instance)
+
+
+def tiny_definitions(volume_root: Path, mirror: Path) -> dg.Definitions:
+    """The tiny profile's Definitions on `volume_root`, provisioned from the local `mirror`."""
+    return build_definitions(
+        load_profile("tiny"),
+        resources={
+            "volume": VolumeResource(path=str(volume_root)),
+            "source": SourceResource(spec=str(mirror)),
+        },
+    )
+
+
+def materialize_models(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+    """Files, checks, bundles, repacks and the offline proof, as `make demo` does before its renders."""
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=model_assets(defs)
+    )
+    assert result.success

@@ -13,13 +13,12 @@ import dagster as dg
 import pytest
 from PIL import Image
 
-from mt_assets.defs import build_definitions
 from mt_assets.defs.benchmark_report import ASSET_KEY
 from mt_assets.defs.offline_cache import ASSET_KEY as OFFLINE_CACHE
 from mt_assets.defs.renders import RENDERS_KEY
-from mt_assets.defs.resources import SourceResource, VolumeResource
 from mt_assets.manifest import load_profile
 from mt_assets.models.pipeline import UNITS
+from mt_assets_tests.defs.conftest import materialize_models, tiny_definitions
 
 
 @dataclass
@@ -47,18 +46,9 @@ def renv(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     root = base / "volume"
     root.mkdir()
     (base / "dagster").mkdir()
-    defs = build_definitions(
-        load_profile("tiny"),
-        resources={"volume": VolumeResource(path=str(root)), "source": SourceResource(spec=str(tiny_mirror))},
-    )
+    defs = tiny_definitions(root, tiny_mirror)
     with dg.instance_for_test(temp_dir=str(base / "dagster")) as instance:
-        keys = [
-            k for k in defs.resolve_asset_graph().get_all_asset_keys() if k not in (RENDERS_KEY, ASSET_KEY)
-        ]
-        everything = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance, asset_selection=keys
-        )
-        assert everything.success
+        materialize_models(defs, instance)
         yield ReportEnv(root, instance, defs)
 
 

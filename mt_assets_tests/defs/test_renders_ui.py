@@ -29,14 +29,12 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from mt_assets.defs import build_definitions
-from mt_assets.defs.benchmark_report import ASSET_KEY as REPORT_KEY
 from mt_assets.defs.keys import file_key
 from mt_assets.defs.offline_cache import ASSET_KEY as OFFLINE_CACHE
 from mt_assets.defs.renders import PARTITIONS, RENDERS_KEY
-from mt_assets.defs.resources import SourceResource, VolumeResource
 from mt_assets.manifest import load_profile
 from mt_assets_tests.dagster_dev import REPO_ROOT, dagster_dev
+from mt_assets_tests.defs.conftest import materialize_models, tiny_definitions
 from mt_assets_tests.defs.test_renders import RenderEnv
 from mt_assets_tests.defs.test_ui import chromium
 
@@ -247,21 +245,10 @@ def renders_ui(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     home.mkdir()
     root.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
-    defs = build_definitions(
-        load_profile("tiny"),
-        resources={"volume": VolumeResource(path=str(root)), "source": SourceResource(spec=str(tiny_mirror))},
-    )
+    defs = tiny_definitions(root, tiny_mirror)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         env = RenderEnv(root, instance, defs)
-        everything = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance,
-            asset_selection=[
-                k
-                for k in defs.resolve_asset_graph().get_all_asset_keys()
-                if k not in (RENDERS_KEY, REPORT_KEY)
-            ],
-        )
-        assert everything.success
+        materialize_models(defs, instance)
         for job_id in JOB_IDS:
             env.drop(job_id)
         assert sorted(r.partition_key for r in env.tick().run_requests or []) == sorted(JOB_IDS)

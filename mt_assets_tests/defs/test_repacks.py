@@ -13,16 +13,13 @@ import torch
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 
-from mt_assets.defs import build_definitions
-from mt_assets.defs.benchmark_report import ASSET_KEY as REPORT_KEY
 from mt_assets.defs.keys import file_key
-from mt_assets.defs.renders import RENDERS_KEY
 from mt_assets.defs.repacks import CHECK_NAME, repack_key
-from mt_assets.defs.resources import SourceResource, VolumeResource
 from mt_assets.manifest import load_profile
 from mt_assets.models.pipeline import load_pipeline_components
 from mt_assets.models.repack import CLIP_VISION, TRANSFORMER, RepackWarning, read_repack
 from mt_assets.volume import LocalVolume
+from mt_assets_tests.defs.conftest import materialize_models, tiny_definitions
 
 REPACKS = [repack_key(TRANSFORMER), repack_key(CLIP_VISION)]
 
@@ -50,20 +47,9 @@ def renv(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     root = base / "volume"
     root.mkdir()
     (base / "dagster").mkdir()
-    defs = build_definitions(
-        load_profile("tiny"),
-        resources={"volume": VolumeResource(path=str(root)), "source": SourceResource(spec=str(tiny_mirror))},
-    )
+    defs = tiny_definitions(root, tiny_mirror)
     with dg.instance_for_test(temp_dir=str(base / "dagster")) as instance:
-        everything = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance,
-            asset_selection=[
-                k
-                for k in defs.resolve_asset_graph().get_all_asset_keys()
-                if k not in (RENDERS_KEY, REPORT_KEY)
-            ],
-        )
-        assert everything.success
+        materialize_models(defs, instance)
         yield RepackEnv(root, instance, defs)
 
 
