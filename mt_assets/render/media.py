@@ -11,6 +11,21 @@ A media reference in a job is one of:
                               AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION) into a temporary
                               file, at most MAX_DOWNLOAD_BYTES
 
+and, for the RunPod worker only (`fetch_remote`, which writes the bytes to a local file before the
+job is checked, so that a job's record never holds a URL's signature or megabytes of base64):
+
+    https://host/path?query   fetched with urllib: at most `max_bytes` (Content-Length is checked
+                              first, the body is counted while it streams), within `timeout`
+                              seconds in all, redirects followed only to https; TLS verified.
+                              http:// is refused (the bytes and any signature would travel in
+                              clear), and so is user:password@ in the URL
+    data:<mime>;base64,<data> RFC 2397, base64 only; the whole URI at most MAX_DATA_URI_CHARS
+                              characters (RunPod's request payload limit: 10 MB for /run, 20 MB
+                              for /runsync)
+
+`resolve_media` refuses both with a message saying so. A URL's query string (a presigned URL's
+signature) and a data: URI's payload are never shown: `shown_ref` is what messages print.
+
 Local references are confined: the path is resolved first (symlinks followed, `..` collapsed) and
 must then lie inside one of the allowed roots: the job folder, the volume root and any
 `allowed_roots`; a `volume:` reference must lie inside the volume root. So `../../etc/passwd`, an
@@ -28,12 +43,22 @@ Decoding:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import ipaddress
+import mimetypes
 import os
+import re
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
+from http.client import HTTPException
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import av
 import boto3
@@ -49,7 +74,12 @@ from mt_assets.sources.s3 import parse_s3_uri
 
 VOLUME_PREFIX = "volume:"
 S3_PREFIX = "s3://"
+HTTPS_PREFIX = "https://"
+DATA_PREFIX = "data:"
 MAX_DOWNLOAD_BYTES = 2 * 1024**3  # a long talking-head mp4 whose audio track is wanted stays under this
+MAX_DATA_URI_CHARS = 20 * 1024**2  # RunPod's largest request payload (/runsync); /run takes 10 MB
+HTTPS_TIMEOUT = 300.0  # seconds for a whole https fetch
+HTTPS_SOCKET_TIMEOUT = 30.0  # seconds any one connect or read may wait
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 # Containers libsndfile cannot read: go straight to PyAV (anything else tries libsndfile first).
 _AV_SUFFIXES = {".m4a", ".aac", ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".3gp"}
@@ -75,7 +105,12 @@ def resolve_media(
     if not isinstance(ref, str) or not ref.strip():
         raise MediaError(f"{ref!r} is not a media reference (a path, volume:<path> or s3://bucket/key)")
     if "\x00" in ref:
-        raise MediaError(f"{ref!r} contains a NUL character")
+        raise MediaError(f"{shown_ref(ref)!r} contains a NUL character")
+    if is_remote(ref):
+        raise MediaError(
+            f"{shown_ref(ref)!r}: https URLs and data: URIs are taken by the RunPod worker only (it "
+            "fetches them first); give a path, volume:<path> or s3://bucket/key"
+        )
     if ref.startswith(S3_PREFIX):
         parse_s3_ref(ref)
         return ref
@@ -113,6 +148,230 @@ def parse_s3_ref(ref: str) -> tuple[str, str]:
     if not key:
         raise MediaError(f"{ref!r}: expected s3://bucket/key, with a key")
     return bucket, key
+
+
+# --- https URLs and data: URIs (the RunPod worker) -----------------------------------------------
+
+_DATA_URI = re.compile(r"data:(?P<mime>[^;,]*)(?P<params>(?:;[^;,]*)*?)(?P<base64>;base64)?,", re.IGNORECASE)
+_REMOTE_PREFIXES = (HTTPS_PREFIX, "http://", DATA_PREFIX)
+_LOOPBACK_HOSTS = ("localhost",)
+
+
+def is_remote(ref: str) -> bool:
+    """True for an https:// or http:// URL or a data: URI (schemes are case-insensitive)."""
+    return isinstance(ref, str) and ref[:8].lower().startswith(_REMOTE_PREFIXES)
+
+
+def shown_ref(ref: str) -> str:
+    """`ref` as messages and logs may show it: no query string, no user:password@, no data: payload.
+
+    A presigned URL's signature lives in its query string, so the query is replaced by '?…'; a data:
+    URI is cut to its media type and length.
+    """
+    if not isinstance(ref, str):
+        return repr(ref)
+    lowered = ref[:8].lower()
+    if lowered.startswith(DATA_PREFIX):
+        head = ref.split(",", 1)[0][:80]
+        return f"{head},… ({len(ref)} characters)"
+    if lowered.startswith(("https://", "http://")) or (S3_PREFIX in lowered and "@" in ref):
+        try:
+            parts = urlsplit(ref)
+        except ValueError:
+            return ref.split("?", 1)[0].split("#", 1)[0]
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        if netloc != parts.netloc:
+            netloc = "***@" + netloc
+        return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
+    return ref
+
+
+def remote_suffix(ref: str) -> str:
+    """The file suffix a fetched reference's bytes should carry (from the URL's path or the data:
+    URI's media type), so that decoders pick the right route; '' when unknown."""
+    if ref[:8].lower().startswith(DATA_PREFIX):
+        match = _DATA_URI.match(ref)
+        mime = (match["mime"] if match else "").strip().lower()
+        return _MIME_SUFFIXES.get(mime) or mimetypes.guess_extension(mime) or ""
+    try:
+        suffix = PurePosixPath(unquote(urlsplit(ref).path)).suffix.lower()
+    except ValueError:
+        return ""
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ""
+
+
+# Media types whose usual suffix mimetypes does not know or spells oddly.
+_MIME_SUFFIXES = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/jpg": ".jpg",
+    "image/webp": ".webp",
+    "audio/wav": ".wav",
+    "audio/wave": ".wav",
+    "audio/x-wav": ".wav",
+    "audio/vnd.wave": ".wav",
+    "audio/flac": ".flac",
+    "audio/x-flac": ".flac",
+    "audio/mpeg": ".mp3",
+    "audio/mp3": ".mp3",
+    "audio/ogg": ".ogg",
+    "audio/mp4": ".m4a",
+    "audio/m4a": ".m4a",
+    "audio/x-m4a": ".m4a",
+    "audio/aac": ".aac",
+    "video/mp4": ".mp4",
+    "video/quicktime": ".mov",
+    "video/webm": ".webm",
+}
+
+
+def fetch_remote(
+    ref: str,
+    dest: Path,
+    *,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
+    timeout: float = HTTPS_TIMEOUT,
+) -> int:
+    """Write the bytes of an https URL or a data: URI to `dest`; returns their size.
+
+    Raises MediaError (naming `shown_ref(ref)`, never the query or payload) for http://, a URL
+    with credentials, a malformed data: URI, anything over `max_bytes` (or a data: URI over
+    MAX_DATA_URI_CHARS), a fetch that takes longer than `timeout` seconds, and any HTTP or
+    network failure.
+    """
+    if ref[:8].lower().startswith(DATA_PREFIX):
+        return write_data_uri(ref, dest, max_bytes=max_bytes)
+    return download_https(ref, dest, max_bytes=max_bytes, timeout=timeout)
+
+
+def write_data_uri(ref: str, dest: Path, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> int:
+    """Decode `data:<mime>;base64,<data>` into `dest`; returns the number of bytes written."""
+    shown = shown_ref(ref)
+    if len(ref) > MAX_DATA_URI_CHARS:
+        raise MediaError(
+            f"{shown}: a data: URI of {len(ref)} characters is over the {MAX_DATA_URI_CHARS} allowed "
+            "(RunPod's request payload limit: 10 MB for /run, 20 MB for /runsync); put the file in S3 "
+            "or on the volume and give s3://bucket/key or volume:<path>"
+        )
+    match = _DATA_URI.match(ref)
+    if match is None:
+        raise MediaError(f"{shown}: expected data:<mime type>;base64,<data>")
+    if not match["base64"]:
+        raise MediaError(f"{shown}: only base64 data: URIs are taken (data:<mime type>;base64,<data>)")
+    payload = "".join(ref[match.end() :].split())  # base64 wrapped over lines is still base64
+    if len(payload) // 4 * 3 > max_bytes + 2:
+        raise MediaError(f"{shown}: more than the {max_bytes} bytes allowed")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise MediaError(f"{shown}: the data is not valid base64 ({e})") from None
+    if not data:
+        raise MediaError(f"{shown}: the data is empty")
+    if len(data) > max_bytes:
+        raise MediaError(f"{shown}: {len(data)} bytes, more than the {max_bytes} allowed")
+    Path(dest).write_bytes(data)
+    return len(data)
+
+
+def download_https(
+    url: str,
+    dest: Path,
+    *,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
+    timeout: float = HTTPS_TIMEOUT,
+    allow_loopback_http: bool = False,
+) -> int:
+    """Fetch `url` (https only) into `dest` within `timeout` seconds; returns its size in bytes.
+
+    `allow_loopback_http` lets tests use a plain-http server on 127.0.0.1; nothing else passes it,
+    so production fetches are https-only, redirects included.
+    """
+    shown = shown_ref(url)
+    _check_url(url, shown, allow_loopback_http)
+    deadline = time.monotonic() + timeout
+    opener = urllib.request.build_opener(_SafeRedirects(allow_loopback_http))
+    request = urllib.request.Request(url, headers={"User-Agent": "mt-assets", "Accept-Encoding": "identity"})
+    written = 0
+    try:
+        with opener.open(request, timeout=min(timeout, HTTPS_SOCKET_TIMEOUT)) as response:
+            length = response.headers.get("Content-Length")
+            if length is not None and length.strip().isdigit() and int(length) > max_bytes:
+                raise MediaError(f"{shown}: {int(length)} bytes, more than the {max_bytes} allowed")
+            with open(dest, "wb") as out:
+                # read1: at most one socket read per call, so the deadline is checked as bytes trickle in
+                while block := response.read1(_READ_BLOCK):
+                    written += len(block)
+                    if written > max_bytes:
+                        raise MediaError(f"{shown}: more than the {max_bytes} bytes allowed")
+                    out.write(block)
+                    if time.monotonic() > deadline:
+                        raise MediaError(f"{shown}: not fetched within {timeout:g} s ({written} bytes in)")
+    except urllib.error.HTTPError as e:
+        e.close()
+        raise MediaError(f"{shown}: HTTP {e.code} ({e.reason})") from None
+    except urllib.error.URLError as e:
+        reason = e.reason
+        if isinstance(reason, TimeoutError):
+            raise MediaError(
+                f"{shown}: timed out (no answer within {min(timeout, HTTPS_SOCKET_TIMEOUT):g} s)"
+            ) from None
+        raise MediaError(
+            f"{shown}: cannot be fetched: {_first_line(reason) if isinstance(reason, BaseException) else reason}"
+        ) from None
+    except TimeoutError:
+        raise MediaError(
+            f"{shown}: timed out (no byte for {min(timeout, HTTPS_SOCKET_TIMEOUT):g} s, {written} bytes in)"
+        ) from None
+    except (HTTPException, OSError) as e:
+        raise MediaError(f"{shown}: cannot be fetched: {type(e).__name__}: {_first_line(e)}") from None
+    if written == 0:
+        raise MediaError(f"{shown}: the response is empty")
+    return written
+
+
+def _check_url(url: str, shown: str, allow_loopback_http: bool) -> None:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as e:
+        raise MediaError(f"{shown}: not a valid URL ({e})") from None
+    scheme = parts.scheme.lower()
+    if scheme != "https" and not (scheme == "http" and allow_loopback_http and _is_loopback(host)):
+        raise MediaError(
+            f"{shown}: only https URLs are fetched (an http URL's bytes, and any signature in it, "
+            "would travel unencrypted)"
+        )
+    if "@" in parts.netloc:
+        raise MediaError(f"{shown}: credentials do not belong in the URL; use a presigned URL or s3://")
+    if not host:
+        raise MediaError(f"{shown}: the URL has no host")
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host in _LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _SafeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to URLs the first one would have been allowed to be (https)."""
+
+    def __init__(self, allow_loopback_http: bool) -> None:
+        super().__init__()
+        self.allow_loopback_http = allow_loopback_http
+
+    def redirect_request(
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        _check_url(
+            newurl, f"{shown_ref(req.full_url)} redirected to {shown_ref(newurl)}", self.allow_loopback_http
+        )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 # --- decoding -----------------------------------------------------------------------------------
@@ -215,21 +474,8 @@ def download_s3(ref: str, dest: Path, *, max_bytes: int = MAX_DOWNLOAD_BYTES) ->
     messages never include credentials.
     """
     bucket, key = parse_s3_ref(ref)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-    session = boto3.session.Session()
-    region = os.environ.get("AWS_REGION") or session.region_name or "us-east-1"
-    config = Config(
-        region_name=region,
-        retries={"mode": "standard"},
-        connect_timeout=10,
-        read_timeout=120,
-        s3={"addressing_style": "path" if endpoint else "auto"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        user_agent_extra="mt-assets",
-    )
-    where = f"{ref} (endpoint {_endpoint_shown(endpoint)})"
-    client = session.client("s3", endpoint_url=endpoint, config=config)
+    client, endpoint = s3_client()
+    where = f"{ref} (endpoint {endpoint_shown(endpoint)})"
     try:
         try:
             head = client.head_object(Bucket=bucket, Key=key)
@@ -273,6 +519,30 @@ def download_s3(ref: str, dest: Path, *, max_bytes: int = MAX_DOWNLOAD_BYTES) ->
         client.close()
 
 
+def s3_client() -> tuple[Any, str | None]:
+    """A boto3 S3 client configured from the environment, and its endpoint (None: AWS's own).
+
+    AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL pick the endpoint (with one, path-style addressing, as
+    MinIO and RunPod's S3 API expect); AWS_REGION, else the profile's region, else us-east-1;
+    credentials through boto3's usual chain. Standard retries; checksums only where required
+    (some S3-compatible servers reject the newer headers). The caller closes it.
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    session = boto3.session.Session()
+    region = os.environ.get("AWS_REGION") or session.region_name or "us-east-1"
+    config = Config(
+        region_name=region,
+        retries={"mode": "standard"},
+        connect_timeout=10,
+        read_timeout=120,
+        s3={"addressing_style": "path" if endpoint else "auto"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        user_agent_extra="mt-assets",
+    )
+    return session.client("s3", endpoint_url=endpoint, config=config), endpoint
+
+
 def _bucket_exists(client: object, bucket: str) -> bool:
     try:
         client.head_bucket(Bucket=bucket)  # type: ignore[attr-defined]
@@ -281,7 +551,8 @@ def _bucket_exists(client: object, bucket: str) -> bool:
     return True
 
 
-def _endpoint_shown(endpoint: str | None) -> str:
+def endpoint_shown(endpoint: str | None) -> str:
+    """An endpoint URL as messages may show it (no user:secret@)."""
     if not endpoint:
         return "AWS default"
     parts = urlsplit(endpoint)

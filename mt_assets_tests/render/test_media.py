@@ -1,11 +1,19 @@
-"""Media references (relative, absolute, volume:, s3://), their confinement, and image/audio decoding."""
+"""Media references (relative, absolute, volume:, s3://; https and data: for the worker), their confinement,
+and image/audio decoding."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
+import re
+import threading
+import time
 from collections.abc import Iterator
 from fractions import Fraction
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import av
 import numpy as np
@@ -13,7 +21,17 @@ import PIL.Image
 import pytest
 import soundfile
 
-from mt_assets.render.media import MediaError, load_audio, load_image, resolve_media
+from mt_assets.render import media
+from mt_assets.render.media import (
+    MediaError,
+    download_https,
+    fetch_remote,
+    load_audio,
+    load_image,
+    remote_suffix,
+    resolve_media,
+    shown_ref,
+)
 from mt_assets_tests.s3_server import put_tree, s3_server
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -303,3 +321,170 @@ def test_s3_missing_object_too_large_and_missing_bucket(aws_env):
     with pytest.raises(MediaError, match="no such bucket 'absent-bucket'") as caught:
         load_audio("s3://absent-bucket/a.wav")
     assert SECRET not in str(caught.value)
+
+
+# --- https and data: (fetched by the RunPod worker) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "https://host/a.png?X-Amz-Signature=sig",
+        "HTTPS://host/a.png",
+        "http://host/a.png",
+        "data:image/png;base64,AAAA",
+    ],
+)
+def test_remote_references_are_left_to_the_worker(tree, ref):
+    with pytest.raises(MediaError, match="taken by the RunPod worker only") as caught:
+        resolve(tree, ref)
+    assert "beefcafe" not in str(caught.value) and "AAAA" not in str(caught.value)
+
+
+def test_shown_refs_keep_no_query_credentials_or_payload():
+    assert shown_ref("https://h.example/a/b.png?X-Amz-Signature=s&e=1") == "https://h.example/a/b.png?…"
+    assert shown_ref("https://user:pw@h.example/b.png") == "https://***@h.example/b.png"
+    assert shown_ref("https://h.example/b.png") == "https://h.example/b.png"
+    assert shown_ref("data:audio/wav;base64,UklGRg==") == "data:audio/wav;base64,… (30 characters)"
+    assert shown_ref("volume:media/a.png") == "volume:media/a.png"
+    assert remote_suffix("https://h/in/Face.JPG?x=1") == ".jpg"
+    assert remote_suffix("data:audio/x-wav;base64,AAAA") == ".wav"
+    assert remote_suffix("data:application/x-unknown-thing;base64,AAAA") == ""
+
+
+def test_a_data_uri_is_decoded_to_the_file_it_holds(tmp_path):
+    half_red_half_blue(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    ref = "data:image/png;base64," + base64.b64encode(data).decode()
+    assert fetch_remote(ref, tmp_path / "copy.png") == len(data)
+    assert load_image(str(tmp_path / "copy.png")).getpixel((0, 0)) == RED
+
+
+@pytest.mark.parametrize(
+    ("ref", "says"),
+    [
+        ("data:image/png,plain%20text", "only base64 data: URIs are taken"),
+        ("data:image/png;base64,***", "the data is not valid base64"),
+        ("data:image/png;base64,", "the data is empty"),
+        ("data:image/png;base64" + "A" * 10, "expected data:<mime type>;base64,<data>"),
+        ("data:image/png;base64," + "A" * 2000, "more than the 1000 bytes allowed"),
+    ],
+)
+def test_bad_data_uris_are_refused(tmp_path, ref, says):
+    with pytest.raises(MediaError, match=re.escape(says)):
+        fetch_remote(ref, tmp_path / "out", max_bytes=1000)
+
+
+def test_a_data_uri_over_runpods_payload_limit_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(media, "MAX_DATA_URI_CHARS", 100)
+    with pytest.raises(
+        MediaError, match=r"\(200 characters\): a data: URI of 200 characters is over the 100 allowed"
+    ):
+        fetch_remote("data:image/png;base64," + "A" * 178, tmp_path / "out")
+
+
+class _Loopback(BaseHTTPRequestHandler):
+    """Routes: /ok.png, /big (Content-Length over any test limit), /endless (no Content-Length),
+    /stall (headers, then nothing), /trickle (a byte every 0.2 s), /missing (404), /to-http (302 to a
+    plain-http host that is not loopback)."""
+
+    protocol_version = "HTTP/1.0"  # no Content-Length: the body ends when the connection closes
+    body = b""
+
+    def do_GET(self):
+        path = urlsplit(self.path).path
+        if path == "/ok.png":
+            self._head(200, {"Content-Length": str(len(self.body))})
+            self.wfile.write(self.body)
+        elif path == "/big":
+            self._head(200, {"Content-Length": str(10**9)})
+            self.wfile.write(b"x" * 1000)
+        elif path == "/endless":
+            self._head(200)
+            with contextlib.suppress(OSError):
+                for _ in range(1000):
+                    self.wfile.write(b"x" * 1024)
+        elif path == "/stall":
+            self._head(200)
+            time.sleep(3)
+        elif path == "/trickle":
+            self._head(200)
+            with contextlib.suppress(OSError):
+                for _ in range(30):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+        elif path == "/to-http":
+            self._head(302, {"Location": "http://example.com/a.png?X-Amz-Signature=beefcafe2"})
+        else:
+            self._head(404, {"Content-Length": "0"})
+
+    def _head(self, status, headers=None):
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.flush()
+
+    def log_message(self, format, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def loopback(tmp_path_factory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("loopback")
+    half_red_half_blue(folder / "a.png")
+
+    class Handler(_Loopback):
+        body = (folder / "a.png").read_bytes()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def fetch(url, tmp_path, **kwargs):
+    return download_https(url, tmp_path / "out", allow_loopback_http=True, **kwargs)
+
+
+def test_plain_http_is_refused_unless_a_test_allows_loopback(loopback, tmp_path):
+    with pytest.raises(MediaError, match=r"\?…: only https URLs are fetched") as caught:
+        fetch_remote(f"{loopback}/ok.png?X-Amz-Signature=f00dcafe", tmp_path / "out")
+    assert "f00dcafe" not in str(caught.value)
+    with pytest.raises(MediaError, match="only https URLs are fetched"):
+        fetch("http://example.com/a.png", tmp_path)  # the allowance is for loopback only
+    with pytest.raises(MediaError, match="credentials do not belong in the URL"):
+        download_https("https://user:pw@example.com/a.png", tmp_path / "out")
+    assert fetch(f"{loopback}/ok.png", tmp_path) == (tmp_path / "out").stat().st_size
+    assert load_image(str(tmp_path / "out")).getpixel((39, 0)) == BLUE
+
+
+def test_a_download_over_the_size_limit_stops_whether_announced_or_not(loopback, tmp_path):
+    with pytest.raises(MediaError, match=r"/big: 1000000000 bytes, more than the 5000 allowed"):
+        fetch(f"{loopback}/big", tmp_path, max_bytes=5000)
+    with pytest.raises(MediaError, match=r"/endless\?…: more than the 5000 bytes allowed"):
+        fetch(f"{loopback}/endless?sig=1", tmp_path, max_bytes=5000)
+
+
+def test_a_download_that_stalls_or_trickles_times_out(loopback, tmp_path):
+    started = time.monotonic()
+    with pytest.raises(MediaError, match=r"/stall: timed out \(no byte for 1 s, 0 bytes in\)"):
+        fetch(f"{loopback}/stall", tmp_path, timeout=1)
+    with pytest.raises(MediaError, match=r"/trickle: not fetched within 1 s \(\d+ bytes in\)"):
+        fetch(f"{loopback}/trickle", tmp_path, timeout=1)
+    assert time.monotonic() - started < 5
+
+
+def test_http_errors_and_insecure_redirects_are_named_without_the_query(loopback, tmp_path):
+    with pytest.raises(MediaError, match=r"/missing\?…: HTTP 404") as caught:
+        fetch(f"{loopback}/missing?X-Amz-Signature=beefcafe1", tmp_path)
+    assert "beefcafe1" not in str(caught.value)
+    with pytest.raises(MediaError, match=r"redirected to http://example.com/a.png\?…: only https") as caught:
+        fetch(f"{loopback}/to-http", tmp_path)
+    assert "beefcafe2" not in str(caught.value)
