@@ -181,6 +181,22 @@ def provision(
     "--only", "only", multiple=True, help="Only this load unit (repeatable; default: the whole load)."
 )
 @click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "all"]),
+    default="auto",
+    show_default=True,
+    help="The load path(s) to prove: float32 (the originals), bfloat16 (the bf16 repacks where usable), "
+    "all (both); auto: float32, and bfloat16 too when the volume holds a repack.",
+)
+@click.option(
+    "--isolation",
+    type=click.Choice(["auto", "netns", "audit-hooks"]),
+    default=None,
+    help="How the network is cut: netns (a fresh network namespace: every connection fails, native ones "
+    "too; an error where the kernel refuses one), audit-hooks (Python's audit hook only); "
+    "auto: netns where available. Default: $MT_OFFLINE_ISOLATION or auto.",
+)
+@click.option(
     "--override-unit",
     "override_unit",
     multiple=True,
@@ -199,13 +215,14 @@ def verify_offline(
     manifest_path: str | None,
     volume: str | None,
     only: tuple[str, ...],
+    dtype: str,
+    isolation: str | None,
     override_unit: tuple[str, ...],
     socket_only: bool,
     as_json: bool,
 ) -> None:
     """Run the worker's load with the network cut and prove it touches only the volume's declared files."""
-    from mt_assets.offline import parse_overrides
-    from mt_assets.offline import verify_offline as run_verify_offline
+    from mt_assets.offline import IsolationError, parse_overrides, prove_offline, resolve_isolation
     from mt_assets.offline.terminal import print_offline
 
     manifest = resolve_manifest(profile, manifest_path)
@@ -214,20 +231,32 @@ def verify_offline(
         overrides = parse_overrides(override_unit)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--override-unit") from None
+    try:
+        # Before the load: a namespace asked for and refused here is bad input, not a failed proof.
+        cut = resolve_isolation(isolation)
+    except IsolationError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     err = Console(stderr=True)
     with (
         err.status("loading with the network cut", spinner="dots")
         if err.is_terminal
         else contextlib.nullcontext()
     ):
-        report = run_verify_offline(
-            vol, manifest, only=list(only) or None, overrides=overrides, hub_offline=not socket_only
+        proof = prove_offline(
+            vol,
+            manifest,
+            dtype=dtype,
+            isolation=cut,
+            only=list(only) or None,
+            overrides=overrides,
+            hub_offline=not socket_only,
         )
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        click.echo(json.dumps(proof.to_json(), indent=2))
     else:
-        print_offline(report, Console(highlight=False))
-    sys.exit(EXIT_OK if report.ok else EXIT_PROBLEM)
+        print_offline(proof, Console(highlight=False))
+    sys.exit(EXIT_OK if proof.ok else EXIT_PROBLEM)
 
 
 @main.command()
@@ -345,7 +374,10 @@ def render(
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     with err.status("loading the models from the volume") if err.is_terminal else contextlib.nullcontext():
-        components = load_pipeline_components(vol, manifest, dtype=dtype, device="cpu" if offload else device)
+        # The DiT is read in the background while the encoders load and condition the job.
+        components = load_pipeline_components(
+            vol, manifest, dtype=dtype, device="cpu" if offload else device, background=["transformer"]
+        )
     renderer = MultiTalkRenderer(components, device=device, dtype=dtype, t5_cpu=t5_cpu, offload=offload)
     try:
         with StepProgress(err) as progress:

@@ -10,6 +10,11 @@ replaces UNIT's loader, for that one run, with the naive load from LOCATION inst
     wav2vec2                       AutoFeatureExtractor.from_pretrained(LOCATION)
                                    LOCATION a folder such as ~/.cache/huggingface/hub/.../snapshots/<sha>
     transformer, t5, clip, vae     the checkpoint file LOCATION (.safetensors or a torch .pth)
+    any unit                       LOCATION "tcp://IPV4:PORT": the unit's bytes fetched by a native
+                                   client, as hf_xet's Rust one fetches them: libc socket() and
+                                   connect() through ctypes, then read to EOF; out of the audit
+                                   hook's sight, so only a network namespace stops it (isolation.py).
+                                   A failed connect raises the OSError the C library set.
 
 Everything else about the run is the production path: `load_pipeline_components` is called as
 the worker calls it. The override works by replacing the loader function in its module
@@ -53,8 +58,43 @@ def check_unit(unit: str) -> None:
         raise ValueError(f"override: unknown unit '{unit}' (known: {', '.join(UNIT_LOADERS)})")
 
 
+NATIVE_SCHEME = "tcp://"
+
+
+def native_fetch(address: str) -> bytes:
+    """Connect to IPV4:PORT and read to EOF through libc (ctypes): no Python socket, no audit event."""
+    import ctypes
+    import ipaddress
+    import os
+    import struct
+
+    host, _, port = address.rpartition(":")
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.socket(2, 1, 0)  # AF_INET, SOCK_STREAM
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), f"native socket(): {os.strerror(ctypes.get_errno())}")
+    try:
+        # struct sockaddr_in: family (host order), port (network order), address, 8 bytes of zero
+        sockaddr = struct.pack("=H", 2) + struct.pack("!H", int(port)) + ipaddress.IPv4Address(host).packed
+        sockaddr += bytes(8)
+        if libc.connect(fd, sockaddr, len(sockaddr)) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"native connect() to {address}: {os.strerror(code)}")
+        data = b""
+        while chunk := os.read(fd, 65536):
+            data += chunk
+        return data
+    finally:
+        os.close(fd)
+
+
 def naive_loader(unit: str, location: str) -> Callable[[], Any]:
-    if unit in ("t5-tokenizer", "clip-tokenizer"):
+    if location.startswith(NATIVE_SCHEME):
+
+        def load() -> Any:
+            return native_fetch(location[len(NATIVE_SCHEME) :])
+
+    elif unit in ("t5-tokenizer", "clip-tokenizer"):
 
         def load() -> Any:
             from transformers import AutoTokenizer

@@ -18,16 +18,22 @@ SPEC is a JSON file written by the parent:
     overrides   {unit: location}: the test seam, see overrides.py ({} in production)
     sys_path    folders to put in front of sys.path (the project root)
     dtype       a torch dtype name for the load (bfloat16: the repack path), or null (float32)
+    isolation   network-namespace (the parent started this process inside netns.py) | audit-hooks
 
 REPORT is the one JSON document this process writes back (not stdout: loaders print there):
 
-    units       [{unit, components, status: loaded|failed|not_run, seconds, bytes, files, error}]
+    units       [{unit, components, status: loaded|failed|not_run, seconds, bytes, files, repack, error}]
     opens       [[path, mode, via, unit]] every file opened or mapped, first sighting per
                 (path, unit, via); path absolute as seen by the process (not resolved)
                 via: open (audit event "open": builtins.open, io.open, os.open, ...),
                      safetensors (safe_open, which opens and maps in Rust, bypassing "open"),
                      mmap, fd (a snapshot of /proc/self/maps and /proc/self/fd at each unit's end)
-    network     [{event, host, port, detail, unit, stack}] every refused network attempt
+    network     [{event, host, port, detail, unit, stack}] every refused network attempt; in a network
+                namespace also one entry per unit whose load the namespace's counters saw try
+                (event "netns.counters", host "(native code)")
+    isolation   {mode, interfaces, counters}: the namespace as this process saw it (interfaces: its
+                network interfaces, for the parent to confirm the cut; counters: the watched
+                counters at the end), or {mode: audit-hooks}
     overrides   {unit: applied?}
     roots       the interpreter's prefixes and site-packages folders, for the parent to classify
     seconds     wall time of the load (imports excluded)
@@ -36,8 +42,11 @@ Why an audit hook (PEP 578): it sees every socket call and every Python-level op
 library, raises before the call is made (so no packet leaves and nothing hangs on a timeout),
 and it cannot be removed by the code it watches. What it cannot see, native code that opens
 files or sockets by itself, is covered by the safetensors wrapper and the maps/fd snapshots
-for files, and by HF_HUB_OFFLINE for the Hub client (whose refusal is recorded, see
-`_watch_hub_offline`).
+for files, by HF_HUB_OFFLINE for the Hub client (whose refusal is recorded, see
+`_watch_hub_offline`), and, for sockets, by the network namespace where the parent could make
+one (isolation.py): there every connection fails in the kernel, and the namespace's counters
+(`NETNS_COUNTERS`), which start at zero and which no refused Python call reaches, are read at
+each unit's end: any increase is a native attempt, recorded against that unit.
 """
 
 import os
@@ -68,9 +77,21 @@ NETWORK_EVENTS = frozenset(
 # Not refused: socket.__new__ and socket.bind (urllib3 binds a socket to ::1 at import to learn
 # whether IPv6 exists; nothing leaves the host), socket.gethostname (local).
 
+# The network namespace's counters that any outgoing attempt moves (nstat's names): with no
+# interface up, IPv4 attempts end in IpOutNoRoutes; the others move only if something got further.
+NETNS_COUNTERS = (
+    "IpOutRequests",
+    "IpOutNoRoutes",
+    "TcpActiveOpens",
+    "UdpOutDatagrams",
+    "Ip6OutRequests",
+    "Ip6OutNoRoutes",
+    "Udp6OutDatagrams",
+)
+
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
-_state: dict = {"unit": None, "busy": False}
+_state: dict = {"unit": None, "busy": False, "netns": None}  # netns: the counters last read
 _opens: dict = {}  # (path, unit, via) -> mode, in order of first sighting
 _network: list = []
 _native: set = set()
@@ -125,7 +146,7 @@ def _address(event: str, args: tuple) -> tuple:
     return repr(args), None
 
 
-def record_network(event: str, host: str, port, detail: str) -> None:
+def record_network(event: str, host: str, port, detail: str, *, stack: bool = True) -> None:
     import traceback
 
     _network.append(
@@ -135,7 +156,7 @@ def record_network(event: str, host: str, port, detail: str) -> None:
             "port": port if isinstance(port, int) else (int(port) if str(port).isdigit() else None),
             "detail": detail,
             "unit": _state["unit"],
-            "stack": traceback.format_stack()[:-2],  # without the hook's own frames
+            "stack": traceback.format_stack()[:-2] if stack else [],  # without the hook's own frames
         }
     )
 
@@ -178,6 +199,54 @@ def _snapshot() -> None:
                 _record_open(target.removesuffix(" (deleted)"), "r", "fd")
     except OSError:
         pass
+
+
+def _netns_counters() -> dict:
+    """NETNS_COUNTERS as this process's network namespace has them (/proc/self/net/snmp, snmp6)."""
+    counters: dict = {}
+    try:
+        with open("/proc/self/net/snmp") as f:
+            lines = f.read().splitlines()
+        # Pairs of lines: "Ip: Forwarding DefaultTTL ...", then "Ip: 1 64 ...".
+        for header, values in zip(lines[::2], lines[1::2], strict=False):
+            proto, _, names = header.partition(":")
+            for name, value in zip(names.split(), values.partition(":")[2].split(), strict=False):
+                counters[proto + name] = int(value)
+        with open("/proc/self/net/snmp6") as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                counters[name] = int(value)
+    except (OSError, ValueError):
+        pass  # counted as zero: the namespace still refuses every connection
+    return {name: counters.get(name, 0) for name in NETNS_COUNTERS}
+
+
+def _check_netns() -> None:
+    """In a network namespace: record what its counters saw since the last look, as the current unit's."""
+    last = _state["netns"]
+    if last is None:
+        return
+    now = _netns_counters()
+    moved = {name: now[name] - last[name] for name in NETNS_COUNTERS if now[name] > last[name]}
+    _state["netns"] = now
+    if moved:
+        counts = ", ".join(f"{name} +{n}" for name, n in moved.items())
+        record_network(
+            "netns.counters",
+            "(native code)",
+            None,
+            f"the network namespace counted {counts}: an attempt the audit hook did not see, "
+            "so made by native code; the namespace made it fail",
+            stack=False,  # the attempt is over; this stack would be the snapshot's, not its maker's
+        )
+
+
+def _interfaces() -> list:
+    try:
+        with open("/proc/self/net/dev") as f:
+            return [line.split(":", 1)[0].strip() for line in f.readlines()[2:] if ":" in line]
+    except OSError:
+        return []
 
 
 def _watch_safetensors() -> None:
@@ -233,6 +302,10 @@ def main(argv: list) -> int:
         spec = json.load(f)
     for folder in reversed(spec.get("sys_path") or []):
         sys.path.insert(0, folder)
+    isolation: dict = {"mode": spec.get("isolation") or "audit-hooks"}
+    if isolation["mode"] == "network-namespace":
+        isolation["interfaces"] = _interfaces()
+        _state["netns"] = _netns_counters()  # zero in a fresh namespace; read, not assumed
 
     _watch_safetensors()
     _watch_hub_offline()
@@ -261,6 +334,7 @@ def main(argv: list) -> int:
 
     def on_loaded(report) -> None:
         _snapshot()
+        _check_netns()
         units[report.unit] = {
             **report.to_json(),
             "unit": report.unit,
@@ -272,6 +346,7 @@ def main(argv: list) -> int:
         begin(later[0] if later else None)
 
     _snapshot()  # what is mapped before the load (the interpreter, its libraries) belongs to no unit
+    _check_netns()  # and an attempt made while importing
     load_started = time.perf_counter()
     remaining = requested
     whole = not spec.get("only")
@@ -286,6 +361,7 @@ def main(argv: list) -> int:
         except Exception as e:
             failed = next((u for u in remaining if u not in units), remaining[0])
             _snapshot()
+            _check_netns()
             first = (str(e).strip().splitlines() or [""])[0]
             units[failed] = {
                 "unit": failed,
@@ -301,6 +377,9 @@ def main(argv: list) -> int:
             whole = False
     seconds = time.perf_counter() - load_started
     _state["unit"] = None
+    _check_netns()
+    if _state["netns"] is not None:
+        isolation["counters"] = dict(_state["netns"])
     for unit in requested:
         units.setdefault(
             unit,
@@ -315,6 +394,7 @@ def main(argv: list) -> int:
             },
         )
     report = {
+        "isolation": isolation,
         "units": [units[u] for u in requested],
         "opens": [[path, mode, via, unit] for (path, unit, via), mode in list(_opens.items())],
         "network": list(_network),

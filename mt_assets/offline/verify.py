@@ -1,7 +1,9 @@
 """The offline proof: run the worker's real load with the network cut and judge every file it touched.
 
 `verify_offline(volume, manifest)` starts `probe.py` in a fresh interpreter (see its docstring
-for the protocol: a SPEC file in, one REPORT JSON file out) with
+for the protocol: a SPEC file in, one REPORT JSON file out), inside a fresh network namespace
+where the kernel allows one (isolation.py: the report's `isolation` says which cut was used, and
+`isolation_reason` why not the namespace), with
 
     HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1
     HF_HOME, XDG_CACHE_HOME, TMPDIR, TORCH_HOME, CUDA_CACHE_PATH   empty folders of a private
@@ -30,9 +32,22 @@ Directories (opened to list or to sync) are not files and are not judged. A file
 asked for but does not exist still counts: trying ~/.cache/huggingface/token is already a
 dependency on something that is not the volume.
 
-The verification passes only with no network attempt (refused socket calls, and the Hub
-client's own offline refusals), no outside file, no undeclared file and every unit loaded.
-A declared file that is missing fails its unit, and is listed under `missing`.
+The verification passes only with no network attempt (refused socket calls, the Hub client's
+own offline refusals, and in a network namespace any attempt its counters saw), no outside
+file, no undeclared file and every unit loaded. A declared file that is missing fails its unit,
+and is listed under `missing`.
+
+One load is one dtype. `prove_offline` proves the load paths a worker may take, one probe each
+(`dtype`, the choice):
+
+    float32    the CPU load: the originals
+    bfloat16   the GPU load: the bf16 repacks where usable (their files, listed in repack.json,
+               count as declared), else the originals
+    all        both
+    auto       float32, and bfloat16 too when the volume holds a repack (its repack.json) for
+               a unit being proved; without one a bf16 load reads the files float32 does
+
+and passes only when every path does (`OfflineProof`: the reports by dtype, under one isolation).
 """
 
 from __future__ import annotations
@@ -52,12 +67,15 @@ from typing import Any
 
 from mt_assets.manifest import Manifest, ManifestError
 from mt_assets.manifest.lockfile import to_yaml
+from mt_assets.offline.isolation import NETWORK_NAMESPACE, Isolation, resolve_isolation
 from mt_assets.offline.overrides import check_unit
 from mt_assets.volume import LocalVolume
 
 PROBE = Path(__file__).with_name("probe.py")
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the mt_assets package
 DEFAULT_TIMEOUT = 1800.0  # seconds; the real 480p load reads ~80 GB
+DTYPES = ("float32", "bfloat16")  # the load paths: the originals; the repacks where usable
+DTYPE_CHOICES = ("auto", *DTYPES, "all")
 
 CATEGORIES = ("volume", "undeclared", "python", "project", "system", "sandbox", "outside")
 SYSTEM_PREFIXES = (
@@ -144,6 +162,7 @@ class UnitResult:
     bytes: int | None
     files: tuple[str, ...]  # volume targets touched while this unit loaded
     error: str | None = None
+    repack: str | None = None  # the repack the load read instead of the originals (bf16), if any
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -152,6 +171,7 @@ class UnitResult:
             "seconds": self.seconds,
             "bytes": self.bytes,
             "files": list(self.files),
+            "repack": self.repack,
             "error": self.error,
         }
 
@@ -169,6 +189,9 @@ class OfflineReport:
     wall_seconds: float = 0.0  # the whole probe, interpreter start and imports included
     overrides: dict[str, str] = field(default_factory=dict)
     hub_offline: bool = True  # HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1 were set
+    dtype: str = "float32"  # the load's dtype: which path was proved
+    isolation: str = "audit-hooks"  # network-namespace | audit-hooks (isolation.py)
+    isolation_reason: str | None = None  # why not the namespace; None when it was used
 
     @property
     def outside_volume(self) -> list[TouchedFile]:
@@ -193,6 +216,11 @@ class OfflineReport:
             or self.missing
         )
 
+    @property
+    def repacks(self) -> dict[str, str | None]:
+        """Unit -> the repack its load read, or None (the originals), for the units that loaded."""
+        return {u.unit: u.repack for u in self.units if u.status == "loaded"}
+
     def files_touched(self) -> dict[str, int]:
         """Distinct files per category."""
         counts = dict.fromkeys(CATEGORIES, 0)
@@ -205,6 +233,9 @@ class OfflineReport:
             "ok": self.ok,
             "profile": self.profile,
             "volume": self.volume,
+            "dtype": self.dtype,
+            "isolation": self.isolation,
+            "isolation_reason": self.isolation_reason,
             "components": {u.unit: u.to_json() for u in self.units},
             "network_attempts": [a.to_json() for a in self.network_attempts],
             "outside_volume": [t.path for t in self.outside_volume],
@@ -219,8 +250,38 @@ class OfflineReport:
             "environment": {
                 "HF_HUB_OFFLINE": "1" if self.hub_offline else None,
                 "TRANSFORMERS_OFFLINE": "1" if self.hub_offline else None,
-                "network": "cut (audit hook)",
+                "network": "cut (network namespace and audit hook)"
+                if self.isolation == NETWORK_NAMESPACE
+                else "cut (audit hook)",
             },
+        }
+
+
+@dataclass
+class OfflineProof:
+    """The proof of every load path asked for: one OfflineReport per dtype, under one isolation."""
+
+    profile: str
+    volume: str
+    dtype: str  # the choice: auto | float32 | bfloat16 | all
+    isolation: Isolation
+    reports: list[OfflineReport]
+    skipped: dict[str, str] = field(default_factory=dict)  # dtype -> why it was not proved (auto)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.reports) and all(r.ok for r in self.reports)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "profile": self.profile,
+            "volume": self.volume,
+            "dtype": self.dtype,
+            "isolation": self.isolation.mode,
+            "isolation_reason": self.isolation.reason,
+            "dtypes": {r.dtype: r.to_json() for r in self.reports},
+            "dtypes_skipped": dict(self.skipped),
         }
 
 
@@ -230,6 +291,64 @@ def provable_units(manifest: Manifest) -> list[str]:
 
     names = {c.name for c in manifest.components}
     return [unit for unit, components in UNITS.items() if set(components) <= names]
+
+
+def prove_offline(
+    volume: LocalVolume | str | Path,
+    manifest: Manifest,
+    *,
+    dtype: str = "auto",
+    isolation: str | Isolation | None = None,
+    only: Sequence[str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    env: Mapping[str, str] | None = None,
+    hub_offline: bool = True,
+) -> OfflineProof:
+    """Prove the load paths `dtype` names (see the module docstring), one probe each, float32 first.
+
+    `isolation` is resolved once (isolation.py; None: $MT_OFFLINE_ISOLATION, else auto), so every
+    path runs under the same cut; the other arguments are verify_offline's, for every path.
+    """
+    from mt_assets.models.pipeline import UNITS
+
+    if dtype not in DTYPE_CHOICES:
+        raise ManifestError(f"verify-offline: dtype {dtype!r}: expected one of {', '.join(DTYPE_CHOICES)}")
+    vol = volume if isinstance(volume, LocalVolume) else LocalVolume(volume)
+    cut = resolve_isolation(isolation)
+    skipped: dict[str, str] = {}
+    if dtype == "auto":
+        with_repack = repacked_units(vol, list(only) if only else list(UNITS))
+        dtypes = ["float32", "bfloat16"] if with_repack else ["float32"]
+        if not with_repack:
+            skipped["bfloat16"] = (
+                "no repack on the volume for the units proved; a bf16 load reads the files float32 does"
+            )
+    else:
+        dtypes = list(DTYPES) if dtype == "all" else [dtype]
+    reports = [
+        verify_offline(
+            vol,
+            manifest,
+            only=only,
+            overrides=overrides,
+            timeout=timeout,
+            env=env,
+            hub_offline=hub_offline,
+            dtype=d,
+            isolation=cut,
+        )
+        for d in dtypes
+    ]
+    return OfflineProof(manifest.profile, str(vol.root), dtype, cut, reports, skipped)
+
+
+def repacked_units(volume: LocalVolume, units: Sequence[str]) -> list[str]:
+    """The units, of `units`, for which the volume holds a repack (a repack.json, usable or not:
+    a bf16 load reads it either way, and a stale or broken one sends the load to the originals)."""
+    from mt_assets.models.repack import UNIT_REPACK, manifest_target
+
+    return [u for u in units if u in UNIT_REPACK and volume.path(manifest_target(UNIT_REPACK[u])).is_file()]
 
 
 def verify_offline(
@@ -243,6 +362,7 @@ def verify_offline(
     hub_offline: bool = True,
     keep_sandbox: bool = False,
     dtype: str | None = None,
+    isolation: str | Isolation | None = None,
 ) -> OfflineReport:
     """Prove (or disprove) that `load_pipeline_components` needs nothing but the volume.
 
@@ -255,6 +375,8 @@ def verify_offline(
     `dtype` (a torch dtype name, e.g. "bfloat16") is passed to the load: a bf16 load reads the
     bf16 repacks where they are usable, whose files (listed in their repack.json) count as
     declared, as does the hash cache their verification reads.
+    `isolation`: auto | netns | audit-hooks, or a resolved Isolation (isolation.py); None:
+    $MT_OFFLINE_ISOLATION, else auto. An IsolationError when netns is asked for and not available.
     """
     from mt_assets.models.pipeline import UNITS
 
@@ -272,6 +394,7 @@ def verify_offline(
     for unit in requested:
         for name in UNITS[unit]:
             manifest.component(name)  # a ManifestError naming the component it lacks
+    cut = resolve_isolation(isolation)
 
     sandbox = Path(tempfile.mkdtemp(prefix="mt-offline-"))
     try:
@@ -286,6 +409,7 @@ def verify_offline(
             hub_offline,
             sandbox,
             dtype,
+            cut,
         )
     finally:
         if not keep_sandbox:
@@ -302,7 +426,8 @@ def _run(
     extra_env: Mapping[str, str],
     hub_offline: bool,
     sandbox: Path,
-    dtype: str | None = None,
+    dtype: str | None,
+    cut: Isolation,
 ) -> OfflineReport:
     io_dir = sandbox / "io"
     folders = {name: sandbox / name for name in ("hf", "xdg", "tmp", "torch", "cuda")}
@@ -319,6 +444,7 @@ def _run(
         "overrides": overrides,
         "sys_path": [str(PROJECT_DIR.parent)],
         "dtype": dtype,
+        "isolation": cut.mode,
     }
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
     child_env = {
@@ -345,7 +471,7 @@ def _run(
     with open(log_path, "wb") as log:
         try:
             done = subprocess.run(
-                [sys.executable, "-P", str(PROBE), str(spec_path), str(report_path)],
+                cut.command([sys.executable, "-P", str(PROBE), str(spec_path), str(report_path)]),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -367,8 +493,15 @@ def _run(
         errors.append(
             f"probe: exited with status {returncode} and no report; its last output:\n" + "\n".join(tail)
         )
+    if cut.mode == NETWORK_NAMESPACE and raw:
+        # The launcher entered the namespace before the probe started; the probe says what it saw.
+        seen = (raw.get("isolation") or {}).get("interfaces")
+        if seen != ["lo"]:
+            errors.append(f"probe: expected a fresh network namespace (only 'lo'), it saw interfaces {seen}")
     report = _judge(vol, manifest, requested, overrides, raw, errors, wall, sandbox)
     report.hub_offline = hub_offline
+    report.dtype = dtype or "float32"
+    report.isolation, report.isolation_reason = cut.mode, cut.reason
     return report
 
 
@@ -423,6 +556,7 @@ def _judge(
             else None,
             files=tuple(sorted(by_unit.get(u["unit"], []))),
             error=u.get("error"),
+            repack=u.get("repack"),
         )
         for u in raw.get("units", [])
     ]

@@ -12,13 +12,40 @@ from click.testing import CliRunner
 from mt_assets.cli import main
 from mt_assets.manifest import load_profile
 from mt_assets.models.pipeline import UNITS
-from mt_assets.offline import Classifier, OfflineReport, verify_offline
+from mt_assets.offline import (
+    AUDIT_HOOKS,
+    NETWORK_NAMESPACE,
+    Classifier,
+    OfflineProof,
+    OfflineReport,
+    prove_offline,
+    verify_offline,
+)
+from mt_assets.offline.isolation import network_namespace_unavailable
 from mt_assets_tests.offline.conftest import T5_TOKENIZER_JSON
 
 
 @pytest.fixture(scope="module")
-def good(tiny_volume: Path) -> OfflineReport:
-    return verify_offline(tiny_volume, load_profile("tiny"))
+def proof(tiny_volume: Path) -> OfflineProof:
+    return prove_offline(tiny_volume, load_profile("tiny"))  # dtype auto, isolation auto
+
+
+@pytest.fixture(scope="module")
+def good(proof: OfflineProof) -> OfflineReport:
+    return proof.reports[0]
+
+
+def test_without_repacks_auto_proves_the_float32_path_and_says_why_not_bfloat16(proof: OfflineProof) -> None:
+    doc = proof.to_json()
+    assert doc["ok"] is True
+    assert (doc["dtype"], list(doc["dtypes"])) == ("auto", ["float32"])
+    assert "no repack on the volume" in doc["dtypes_skipped"]["bfloat16"]
+    path = doc["dtypes"]["float32"]
+    assert path["dtype"] == "float32"
+    assert {unit: entry["repack"] for unit, entry in path["components"].items()} == dict.fromkeys(UNITS)
+    # The cut is named in the proof and in its path; the namespace wherever this machine allows one.
+    expected = NETWORK_NAMESPACE if network_namespace_unavailable() is None else AUDIT_HOOKS
+    assert doc["isolation"] == path["isolation"] == expected
 
 
 def test_the_whole_tiny_load_is_proven_offline_with_every_component_timed(good: OfflineReport) -> None:
@@ -66,10 +93,13 @@ def test_a_missing_tokenizer_file_fails_and_is_named(volume_without_t5_tokenizer
     assert result.exit_code == 1, result.output
     doc = json.loads(result.stdout)  # the whole of stdout is one JSON document
     assert doc["ok"] is False
-    assert doc["missing"] == [T5_TOKENIZER_JSON]
-    assert doc["components"]["t5-tokenizer"]["status"] == "failed"
-    assert "missing tokenizer.json" in doc["components"]["t5-tokenizer"]["error"]
-    assert doc["network_attempts"] == []
+    assert list(doc["dtypes"]) == ["float32"]  # no repack on this volume: one load path
+    path = doc["dtypes"]["float32"]
+    assert path["ok"] is False
+    assert path["missing"] == [T5_TOKENIZER_JSON]
+    assert path["components"]["t5-tokenizer"]["status"] == "failed"
+    assert "missing tokenizer.json" in path["components"]["t5-tokenizer"]["error"]
+    assert path["network_attempts"] == []
 
 
 def test_a_loader_asking_the_hub_by_repo_id_fails_fast_and_names_the_host(tiny_volume: Path) -> None:
