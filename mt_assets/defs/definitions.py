@@ -2,6 +2,8 @@
 
 MT_PROFILE / MT_MANIFEST   which manifest (a shipped profile name, or a YAML file)
 MT_VOLUME, MT_SOURCE       the volume folder and where missing files come from
+MT_RENDER_BACKEND          local | runpod: where renders run, and so their pool (gpu | runpod);
+                           runpod reads MT_RUNPOD_* and MT_OUTPUT_S3 (defs/renders.py, RunPodResource)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from mt_assets.defs.model_files import build_file_checks, build_model_files_asse
 from mt_assets.defs.offline_cache import build_offline_cache_assets
 from mt_assets.defs.renders import (
     RenderResource,
+    RunPodResource,
     build_inbox_sensor,
     build_nightly_renders_schedule,
     build_renders_asset,
@@ -44,7 +47,10 @@ def build_definitions(
     integrity_job = build_integrity_job(manifest)
     offline = build_offline_cache_assets(manifest)  # with its check `offline_verified`
     # Renders need the offline proof upstream: a manifest without the worker's load units has none.
-    renders = [build_renders_asset(manifest)] if offline else []
+    backend = settings.render_backend
+    renders = [build_renders_asset(manifest, backend)] if offline else []
+    # The endpoint's settings from the environment (tests pass their own "runpod" in `resources`).
+    runpod = {"runpod": RunPodResource.from_env()} if renders and backend == "runpod" else {}
     return dg.Definitions(
         assets=[
             build_model_files_asset(manifest),
@@ -65,16 +71,17 @@ def build_definitions(
             *([build_inbox_sensor()] if renders else []),
             dg.AutomationConditionSensorDefinition(
                 "volume_automation",
-                target=dg.AssetSelection.groups("bundles", "offline"),
+                target=dg.AssetSelection.groups("bundles", "offline", "repacks"),
                 default_status=dg.DefaultSensorStatus.RUNNING,
             ),
         ],
-        resources={"render": RenderResource(), **resources}
+        resources={"render": RenderResource(), **runpod, **resources}
         if resources
         else {
             "volume": VolumeResource(path=os.path.abspath(settings.volume)),
             "source": SourceResource(spec=settings.source),
             "render": RenderResource(device=os.environ.get("MT_RENDER_DEVICE", "cpu")),
+            **runpod,
         },
     )
 
