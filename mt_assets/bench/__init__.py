@@ -7,10 +7,20 @@ from mt_assets.bench.cold_start import (
     BenchError,
     ColdStart,
     cold_loads,
+    first_steps,
     load_files,
     measure,
     raw_read_limit,
     summarize,
 )
 
-__all__ = ["BenchError", "ColdStart", "cold_loads", "load_files", "measure", "raw_read_limit", "summarize"]
+__all__ = [
+    "BenchError",
+    "ColdStart",
+    "cold_loads",
+    "first_steps",
+    "load_files",
+    "measure",
+    "raw_read_limit",
+    "summarize",
+]

@@ -23,6 +23,9 @@ Frames (pandas):
     raw_read_limit()  one row per mode: seconds, bytes, gb_per_s
     summarize()       one row per (strategy, unit) and a `total` per strategy: runs, median, min,
                       max, p50, p95 seconds, bytes, gb_per_s (bytes / median seconds)
+    first_steps()     one row per (mode, run) of a cold start to the first denoising step of a small
+                      render (mt_assets.bench.first_step): `overlap` loads the DiT in the background
+                      while the encoders load and encode, `serial` one after another
 """
 
 from __future__ import annotations
@@ -142,21 +145,25 @@ def cold_load(
 ) -> tuple[dict[str, object], float]:
     """Evict `paths`, then load the units in a fresh interpreter; its JSON and the resident fraction before."""
     resident = evict_all(paths)
-    command = [
-        sys.executable, "-m", "mt_assets.bench.probe",
-        str(volume.root), str(manifest_path), strategy, dtype, ",".join(units),
-    ]  # fmt: skip
+    args = [str(volume.root), str(manifest_path), strategy, dtype, ",".join(units)]
+    out = _probe(
+        "mt_assets.bench.probe", args, f"cold load ({strategy}, {','.join(units)}) of {volume.root}", timeout
+    )
+    return out, resident
+
+
+def _probe(module: str, args: list[str], what: str, timeout: float) -> dict[str, object]:
+    """Run a probe module in a fresh interpreter; the JSON object on its last stdout line."""
+    command = [sys.executable, "-m", module, *args]
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        raise BenchError(
-            f"cold load ({strategy}, {','.join(units)}) of {volume.root}: over {timeout:.0f} s"
-        ) from None
+        raise BenchError(f"{what}: over {timeout:.0f} s") from None
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-        raise BenchError(f"cold load ({strategy}) of {volume.root}: exit {done.returncode}:\n{tail}")
-    return json.loads(done.stdout.strip().splitlines()[-1]), resident
+        raise BenchError(f"{what}: exit {done.returncode}:\n{tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def cold_loads(
@@ -196,6 +203,44 @@ def cold_loads(
                     })  # fmt: skip
                 if on_run is not None:
                     on_run(strategy, run, out)
+    return pd.DataFrame(rows)
+
+
+def first_steps(
+    volume: LocalVolume,
+    manifest: Manifest,
+    *,
+    strategy: str,
+    runs: int = 2,
+    modes: Sequence[str] = ("overlap", "serial"),
+    dtype: str = DEFAULT_DTYPE,
+    timeout: float = PROBE_TIMEOUT_S,
+) -> pd.DataFrame:
+    """Cold starts to the first denoising step (mt_assets.bench.first_step), `runs` per mode, interleaved.
+
+    One row per (mode, run): first_step_seconds, foreground_load_seconds, seconds per unit as
+    `load_<unit>`, bytes (of every unit), resident_before. Every unit's files and the repacks are
+    evicted before each run.
+    """
+    paths = [p for p in load_files(volume, manifest, list(UNITS)) if p.exists()] + repack_files(volume)
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="mt-bench-") as tmp:
+        manifest_path = Path(tmp) / "manifest.yaml"
+        manifest_path.write_text(to_yaml(manifest), encoding="utf-8")
+        for run in range(runs):
+            for mode in modes:
+                resident = evict_all(paths)
+                args = [str(volume.root), str(manifest_path), strategy, dtype, mode]
+                out = _probe(
+                    "mt_assets.bench.first_step", args, f"first step ({mode}) on {volume.root}", timeout
+                )
+                units: dict[str, dict[str, float]] = out["units"]  # type: ignore[assignment]
+                rows.append({
+                    "mode": mode, "run": run, "first_step_seconds": out["first_step_seconds"],
+                    "foreground_load_seconds": out["foreground_load_seconds"],
+                    "bytes": sum(int(u["bytes"]) for u in units.values()), "resident_before": resident,
+                    **{f"load_{unit}": u["seconds"] for unit, u in units.items()},
+                })  # fmt: skip
     return pd.DataFrame(rows)
 
 

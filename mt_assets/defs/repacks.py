@@ -7,6 +7,11 @@ Downstream of their source files' assets, so a source re-materialized with anoth
 data version) shows the repack stale; the code version is a hash of the sources' manifest pins,
 so a new revision in the manifest does too. The check `repack_verified` re-reads and re-hashes
 the repack's files against its repack.json (and runs on its own, without rewriting anything).
+
+Automation: `eager() & ~missing()`. A repack someone made is rebuilt by the `volume_automation`
+sensor when a source file is re-materialized, so it never lags its sources; a repack nobody asked
+for is never built (it costs ~51 GB of volume on the real profile), which eager() alone would do
+once its sources update.
 Metadata keys are repack.json's: files, bytes, sha256s, sources, seconds.
 """
 
@@ -30,6 +35,7 @@ from mt_assets.models.repack import (
 
 CHECK_NAME = "repack_verified"
 GROUP = "repacks"
+AUTOMATION = dg.AutomationCondition.eager() & ~dg.AutomationCondition.missing()
 
 
 def repack_key(name: str) -> dg.AssetKey:
@@ -71,6 +77,7 @@ def build_repack_asset(manifest: Manifest, name: str) -> dg.AssetsDefinition:
         group_name=GROUP,
         code_version=hashlib.sha256(pins.encode()).hexdigest()[:16],
         kinds={"safetensors"},
+        automation_condition=AUTOMATION,
         description=(
             f"bf16 copy of {' + '.join(REPACKS[name])} at `repacks/{name}/` for faster cold starts; "
             "the loader uses it for bf16 loads while its recorded sources match the manifest."

@@ -13,13 +13,22 @@ components from `<volume>/models/<dir>/...`:
     wav2vec2        chinese-wav2vec2-base/ (model + feature extractor)
 
 Per unit it reports seconds and bytes (the on-volume size of the files it loads).
+
+Time to first step. `background=("transformer",)` loads those units in one background thread
+while the calling thread loads the rest and returns; `PipelineComponents.wait(unit)` blocks until
+a background unit is in (and re-raises its error). A renderer then reads the encoders' files and
+encodes the prompt, image and audio while the DiT's shards are still being read, so a cold
+render's first denoising step starts about when the DiT's last byte is in, not after the whole
+set has loaded and the encoders have run one after another.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +81,18 @@ class PipelineComponents:
     vae: Any = None
     wav2vec2: Any = None  # (feature extractor, model)
     reports: dict[str, LoadReport] = field(default_factory=dict)
+    # units still loading in the background (load_pipeline_components(background=...))
+    pending: dict[str, Future[Any]] = field(default_factory=dict, repr=False)
+
+    def wait(self, *units: str) -> None:
+        """Block until these background units (default: all) are loaded; re-raise a load's error."""
+        for unit in units or tuple(self.pending):
+            future = self.pending.get(unit)
+            if future is None:
+                continue
+            loaded = future.result()  # the load's own exception, raised here
+            setattr(self, unit.replace("-", "_"), loaded)
+            del self.pending[unit]
 
     @property
     def seconds(self) -> float:
@@ -92,6 +113,7 @@ def load_pipeline_components(
     on_loaded: Callable[[LoadReport], None] | None = None,
     strategy: LoadStrategy | None = None,
     repacks: bool = True,
+    background: Collection[str] = (),
 ) -> PipelineComponents:
     """Load every unit (or `only` those) from the volume; each loader is strict about keys.
 
@@ -104,6 +126,9 @@ def load_pipeline_components(
     when they exist, were made from the files the manifest pins now, and verify (hash cache);
     else the originals (a repack that fails verification: with a RepackWarning). The report's
     `repack` and `files` say which was read. Bit for bit the same weights either way.
+    background: units loaded by a background thread (in order, one after another) while this
+    thread loads the others; they are in `result.pending` until `result.wait()`. `on_loaded`
+    is then called from that thread too.
     """
     import torch
 
@@ -173,8 +198,15 @@ def load_pipeline_components(
     unknown = [u for u in units if u not in UNITS]
     if unknown:
         raise ManifestError(f"load: unknown units {unknown} (known: {', '.join(UNITS)})")
+    late = [u for u in units if u in background]
+    unknown_background = [u for u in background if u not in units]
+    if unknown_background:
+        raise ManifestError(
+            f"load: background units {unknown_background} are not among those loaded ({units})"
+        )
     result = PipelineComponents()
-    for unit in units:
+
+    def load_unit(unit: str) -> Any:
         components = UNITS[unit]
         files = tuple(f for name in components for f in manifest.component(name).files)
         started = time.perf_counter()
@@ -198,8 +230,29 @@ def load_pipeline_components(
             files=tuple(t for t, _ in read),
             repack=repack.name if repack is not None else None,
         )
-        setattr(result, unit.replace("-", "_"), loaded)
         result.reports[unit] = report
         if on_loaded is not None:
             on_loaded(report)
+        return loaded
+
+    if late:
+        # One thread for all of them, in order: what it reads competes with the foreground only.
+        futures: dict[str, Future[Any]] = {u: Future() for u in late}
+
+        def load_late() -> None:
+            failed: BaseException | None = None
+            for unit in late:
+                if failed is None:
+                    try:
+                        futures[unit].set_result(load_unit(unit))
+                        continue
+                    except BaseException as e:
+                        failed = e
+                futures[unit].set_exception(failed)
+
+        result.pending.update(futures)
+        threading.Thread(target=load_late, name="mt-load-background", daemon=True).start()
+    for unit in units:
+        if unit not in background:
+            setattr(result, unit.replace("-", "_"), load_unit(unit))
     return result

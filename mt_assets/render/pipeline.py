@@ -290,8 +290,15 @@ class MultiTalkRenderer:
 
     # ---- render --------------------------------------------------------------------------
     def render(
-        self, job: RenderJob, media: JobMedia | None = None, *, progress: Progress | None = None
+        self,
+        job: RenderJob,
+        media: JobMedia | None = None,
+        *,
+        progress: Progress | None = None,
+        on_models_ready: Callable[[], None] | None = None,
     ) -> RenderedVideo:
+        """Condition, sample, decode. `on_models_ready` is called once every model is in (background
+        loads waited for), before the image is encoded and sampling starts."""
         from mt_assets.render.job import load_job_media
 
         progress = progress or NullProgress()
@@ -335,6 +342,13 @@ class MultiTalkRenderer:
             if step == steps:
                 progress.advance("clips", 1)
 
+        # With background loading (load_pipeline_components(background=...)) the DiT may still be
+        # coming in: everything above ran meanwhile. The wait is its own stage in the timings.
+        if self.c.pending:
+            with timings.stage("wait_models"):
+                self.c.wait()
+        if on_models_ready is not None:
+            on_models_ready()
         with self._using(self.c.transformer), self._using(self.c.vae):
             video = generate_video(
                 self.c.transformer,

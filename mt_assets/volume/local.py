@@ -222,7 +222,9 @@ class LocalVolume:
             raise WriterBusy(target, lock.holder())
         try:
             assert lock.owner is not None
-            staging = self._claim_staging(target, expected or Expected(), lock.owner.token[:12], resume=resume)
+            staging = self._claim_staging(
+                target, expected or Expected(), lock.owner.token[:12], resume=resume
+            )
             writer = AtomicWriter(
                 final,
                 staging,
@@ -237,7 +239,6 @@ class LocalVolume:
                 self.hash_cache.store(target, os.stat(final), writer.digest)
         finally:
             lock.release()
-
 
     def _claim_staging(self, target: str, expected: Expected, owner: str, *, resume: bool) -> Path:
         """This writer's staging file; with `resume`, an earlier writer's bytes of the same pin.

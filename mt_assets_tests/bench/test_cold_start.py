@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mt_assets.bench import ColdStart, cold_loads, load_files, raw_read_limit, summarize
+from mt_assets.bench import ColdStart, cold_loads, first_steps, load_files, raw_read_limit, summarize
 from mt_assets.bench.report import build_report, regressions, storage_frame, write_report
 from mt_assets.manifest import load_profile
 from mt_assets.models.pipeline import UNITS
@@ -61,6 +61,27 @@ def test_a_cold_load_runs_in_a_fresh_process_with_the_files_evicted(volume: Loca
     raw = raw_read_limit(load_files(volume, manifest, list(UNITS)))
     cold = ColdStart(loads, raw, summarize(loads), largest_file=1)
     assert cold.best_strategy() == "sequential" and cold.cold_start_ratio() > 0
+
+
+def test_time_to_first_step_is_measured_cold_with_the_dit_in_the_background_and_without(
+    volume: LocalVolume,
+) -> None:
+    runs = first_steps(volume, load_profile("tiny"), strategy="parallel", runs=1)
+    assert list(runs["mode"]) == ["overlap", "serial"]
+    assert (runs["resident_before"] < 0.01).all()
+    for row in runs.to_dict(orient="records"):
+        assert all(row[f"load_{u}"] > 0 for u in UNITS)
+        # the first step comes after every model is in, and after the foreground's own loads
+        assert row["first_step_seconds"] > row["foreground_load_seconds"] > 0
+    serial = runs[runs["mode"] == "serial"].iloc[0]
+    overlap = runs[runs["mode"] == "overlap"].iloc[0]
+    # serial: the foreground loads every unit; overlap: every unit but the DiT
+    assert serial["foreground_load_seconds"] >= serial["load_transformer"]
+    assert (
+        overlap["bytes"]
+        == serial["bytes"]
+        == sum(p.stat().st_size for p in load_files(volume, load_profile("tiny"), list(UNITS)))
+    )
 
 
 def test_regressions_flag_only_what_got_over_20_percent_slower() -> None:

@@ -121,3 +121,31 @@ def test_a_corrupted_repack_fails_its_check_and_the_loader_falls_back(renv: Repa
             volume, load_profile("tiny"), dtype=torch.bfloat16, only=["transformer"]
         )
     assert loaded.reports["transformer"].repack is None
+
+
+def test_automation_keeps_a_made_repack_current_and_never_builds_a_missing_one(
+    renv: RepackEnv, tmp_path: Path
+) -> None:
+    manifest = load_profile("tiny")
+    clip_files = manifest.component("clip").files
+    settled = dg.evaluate_automation_conditions(defs=renv.defs, instance=renv.instance)
+    assert all(settled.get_num_requested(key) == 0 for key in REPACKS)  # made, nothing changed since
+    for f in clip_files:  # the clip file re-materialized (e.g. by a repair run), same bytes
+        renv.instance.report_runless_asset_event(
+            dg.AssetMaterialization(file_key(f), tags={"dagster/data_version": f.sha256})
+        )
+    after = dg.evaluate_automation_conditions(defs=renv.defs, instance=renv.instance, cursor=settled.cursor)
+    assert after.get_num_requested(repack_key(CLIP_VISION)) == 1
+    assert after.get_num_requested(repack_key(TRANSFORMER)) == 0
+
+    # Another instance where every source file is materialized but no repack was ever made:
+    # the automation builds the bundles (on_missing) and not the repacks.
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as fresh:
+        first = dg.evaluate_automation_conditions(defs=renv.defs, instance=fresh)
+        for f in manifest.files:
+            fresh.report_runless_asset_event(
+                dg.AssetMaterialization(file_key(f), tags={"dagster/data_version": f.sha256})
+            )
+        then = dg.evaluate_automation_conditions(defs=renv.defs, instance=fresh, cursor=first.cursor)
+        assert all(then.get_num_requested(key) == 0 for key in REPACKS)
+        assert then.total_requested > 0

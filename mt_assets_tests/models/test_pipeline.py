@@ -108,3 +108,55 @@ def test_loading_works_with_the_hub_unreachable(tiny_volume: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == str(sorted(UNITS))
+
+
+def test_a_background_unit_loads_while_the_others_do_and_gives_the_same_weights(
+    components, tiny_volume: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import mt_assets.models.dit as dit
+
+    release = threading.Event()
+    real_load = dit.load_multitalk_transformer
+
+    def held_load(*args: object, **kwargs: object):
+        # The DiT's read is held until the foreground has loaded everything else: so the call
+        # returning at all proves the others did not wait for it.
+        assert release.wait(60), "the foreground never finished"
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(dit, "load_multitalk_transformer", held_load)
+    loaded = load_pipeline_components(
+        LocalVolume(tiny_volume), load_profile("tiny"), background=["transformer"]
+    )
+    assert loaded.transformer is None and "transformer" in loaded.pending
+    assert loaded.t5 is not None and loaded.vae is not None and "transformer" not in loaded.reports
+    release.set()
+    loaded.wait()
+    assert not loaded.pending and "transformer" in loaded.reports
+    theirs = components.transformer.state_dict()
+    ours = loaded.transformer.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_background_load_error_is_raised_by_wait(tiny_volume: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "volume"
+    shutil.copytree(tiny_volume, copy, ignore=shutil.ignore_patterns(".mt"))
+    (copy / "models/MeiGen-MultiTalk/multitalk.safetensors").write_bytes(b"not safetensors")
+    loaded = load_pipeline_components(
+        LocalVolume(copy), load_profile("tiny"), only=["transformer", "vae"], background=["transformer"]
+    )
+    assert loaded.vae is not None
+    with pytest.raises(CheckpointError, match=r"multitalk\.safetensors"):
+        loaded.wait("transformer")
+
+
+def test_background_units_must_be_loaded_ones(tiny_volume: Path) -> None:
+    with pytest.raises(ManifestError, match=r"background units \['transformer'\]"):
+        load_pipeline_components(
+            LocalVolume(tiny_volume), load_profile("tiny"), only=["vae"], background=["transformer"]
+        )

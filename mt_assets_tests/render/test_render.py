@@ -107,6 +107,22 @@ def test_the_same_seed_gives_the_same_frames_and_another_seed_does_not(renderer,
     assert max(np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(first, other, strict=True)) > 0
 
 
+def test_a_render_with_the_dit_loading_in_the_background_gives_the_same_frames(
+    renderer, media, tiny_volume, tmp_path
+) -> None:
+    components = load_pipeline_components(
+        LocalVolume(tiny_volume), load_profile("tiny"), background=["transformer"]
+    )
+    background = MultiTalkRenderer(components)
+    ours = render(background, media, tmp_path / "bg", "bg")
+    theirs = render(renderer, media, tmp_path / "fg", "fg")
+    assert not components.pending and components.transformer is not None
+    assert "wait_models" in json.loads(ours.output.job_json.read_text())["timings"]["stages"]
+    a, _ = decode(ours.output.video)
+    b, _ = decode(theirs.output.video)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
 @pytest.mark.parametrize(
     ("audio_type", "bbox"),
     [("para", None), ("para", {"person1": [5, 10, 90, 95], "person2": [5, 105, 90, 190]}), ("add", None)],
