@@ -6,7 +6,7 @@ setup(
     description="MeiGen MultiTalk model assets on a shared network volume: declared, provisioned, verified.",
     python_requires=">=3.11",
     packages=find_packages(exclude=["mt_assets_tests*"]),
-    package_data={"mt_assets.manifest": ["profiles/*.yaml"]},
+    package_data={"mt_assets.manifest": ["profiles/*.yaml"], "mt_assets.deploy": ["dagster.yaml"]},
     install_requires=[
         "pyyaml>=6",
         "rich>=13",
