@@ -10,6 +10,7 @@ partition of `renders`. It prints what happened, the mp4 paths, and how to look 
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -26,7 +27,7 @@ from mt_assets.defs.definitions import build_definitions, manifest_from_env, mod
 from mt_assets.defs.renders import RENDERS_KEY
 from mt_assets.defs.resources import VolumeResource
 from mt_assets.manifest import load_profile
-from mt_assets.models.tiny import TINY_PROFILE, build_tiny_mirror
+from mt_assets.models.tiny import TINY_PROFILE, build_tiny_mirror, stale_tiny_files
 from mt_assets.render.queue import SETTLE_SECONDS, JobQueue
 from mt_assets.render.samples import write_face_image, write_speech
 from mt_assets.units import human_bytes
@@ -37,6 +38,12 @@ def main() -> int:
     settings = Settings.from_env()
     if settings.profile == TINY_PROFILE and not os.environ.get("MT_MANIFEST"):
         mirror = Path(settings.source)
+        stale = stale_tiny_files(mirror) if settings.source != "hub" and mirror.exists() else []
+        if stale:  # built by an older version (e.g. other tokenizer bytes): the profile would refuse it
+            console.print(
+                f"the tiny mirror in {mirror} is out of date ({len(stale)} files differ); rebuilding"
+            )
+            shutil.rmtree(mirror)
         if settings.source != "hub" and not mirror.exists():
             console.print(f"building the tiny mirror in {mirror} ...")
             build_tiny_mirror(mirror)

@@ -157,6 +157,19 @@ def medium_scale(divisor: int = 1) -> MirrorScale:
     )
 
 
+def stale_tiny_files(root: str | Path) -> list[str]:
+    """Targets of the shipped tiny profile whose file in the mirror at `root` is missing or has other
+    bytes (an older build: the tokenizers' bytes follow the sentencepiece version). 5 MB hashed."""
+    from mt_assets.volume.hashing import hash_file
+
+    stale = []
+    for f in load_profile(TINY_PROFILE).files:
+        path = Path(root) / f.dir / f.path
+        if not path.is_file() or path.stat().st_size != f.size or hash_file(path).sha256 != f.sha256:
+            stale.append(f.target)
+    return stale
+
+
 def build_tiny_mirror(root: str | Path, *, seed: int = 0, scale: str | MirrorScale = "tiny") -> Manifest:
     """Write a mirror at `root` (must not exist or be empty) and return its pinned manifest.
 

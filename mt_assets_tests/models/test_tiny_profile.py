@@ -8,7 +8,7 @@ import pytest
 
 from mt_assets.audit import audit
 from mt_assets.manifest import load_profile, profile_path
-from mt_assets.models.tiny import build_tiny_mirror, tiny_manifest, tiny_profile_yaml
+from mt_assets.models.tiny import build_tiny_mirror, stale_tiny_files, tiny_manifest, tiny_profile_yaml
 from mt_assets.volume import LocalVolume
 from mt_assets_tests.conftest import run_cli
 
@@ -65,3 +65,19 @@ def test_cli_tiny_build_then_provision_the_tiny_profile(tmp_path: Path) -> None:
     )
     assert placed.returncode == 0, placed.stderr
     assert json.loads(placed.stdout)["complete"] is True
+
+
+def test_a_mirror_from_another_build_is_found_stale_file_by_file(tiny_mirror: Path, tmp_path: Path) -> None:
+    import shutil
+
+    assert stale_tiny_files(tiny_mirror) == []
+    copy = tmp_path / "mirror"
+    shutil.copytree(tiny_mirror, copy)
+    [spiece] = [f for f in load_profile("tiny").files if f.path.endswith("spiece.model")]
+    target = copy / spiece.dir / spiece.path
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 1  # same size, other bytes: as a tokenizer trained by another sentencepiece
+    target.write_bytes(bytes(data))
+    [vae] = [f for f in load_profile("tiny").files if f.component == "vae"]
+    (copy / vae.dir / vae.path).unlink()
+    assert sorted(stale_tiny_files(copy)) == sorted([spiece.target, vae.target])
