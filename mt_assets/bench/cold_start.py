@@ -30,6 +30,7 @@ Frames (pandas):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -37,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,20 @@ def load_files(volume: LocalVolume, manifest: Manifest, units: Sequence[str]) ->
 def repack_files(volume: LocalVolume) -> list[Path]:
     """Every file under <volume>/repacks/ (evicted with the originals: a bf16 load may read them instead)."""
     return sorted(p for p in (volume.root / "repacks").rglob("*") if p.is_file())
+
+
+def evicted_files(volume: LocalVolume, manifest: Manifest, units: Sequence[str]) -> list[Path]:
+    """What a cold run evicts first: the units' files that exist, and every repack file."""
+    return [p for p in load_files(volume, manifest, units) if p.exists()] + repack_files(volume)
+
+
+@contextlib.contextmanager
+def _manifest_file(manifest: Manifest) -> Iterator[Path]:
+    """The manifest as a YAML file for the probes (a fresh interpreter takes a path), removed after."""
+    with tempfile.TemporaryDirectory(prefix="mt-bench-") as tmp:
+        path = Path(tmp) / "manifest.yaml"
+        path.write_text(to_yaml(manifest), encoding="utf-8")
+        yield path
 
 
 def files_read(volume: LocalVolume, loads: pd.DataFrame) -> list[Path]:
@@ -180,11 +195,9 @@ def cold_loads(
     units = list(units or UNITS)
     if "transformer" in units:  # first, so its peak RSS is the DiT load's alone even where HWM can't be reset
         units = ["transformer", *(u for u in units if u != "transformer")]
-    paths = [p for p in load_files(volume, manifest, units) if p.exists()] + repack_files(volume)
+    paths = evicted_files(volume, manifest, units)
     rows: list[dict[str, object]] = []
-    with tempfile.TemporaryDirectory(prefix="mt-bench-") as tmp:
-        manifest_path = Path(tmp) / "manifest.yaml"
-        manifest_path.write_text(to_yaml(manifest), encoding="utf-8")
+    with _manifest_file(manifest) as manifest_path:
         for run in range(runs):
             for strategy in strategies:
                 out, resident = cold_load(
@@ -219,14 +232,13 @@ def first_steps(
     """Cold starts to the first denoising step (mt_assets.bench.first_step), `runs` per mode, interleaved.
 
     One row per (mode, run): first_step_seconds, foreground_load_seconds, seconds per unit as
-    `load_<unit>`, bytes (of every unit), resident_before. Every unit's files and the repacks are
-    evicted before each run.
+    `load_<unit>`, bytes (of every unit), resident_before, files (what the loads read, relative to
+    the volume: a repack's files where one was read). Every unit's files and the repacks are evicted
+    before each run.
     """
-    paths = [p for p in load_files(volume, manifest, list(UNITS)) if p.exists()] + repack_files(volume)
+    paths = evicted_files(volume, manifest, list(UNITS))
     rows: list[dict[str, object]] = []
-    with tempfile.TemporaryDirectory(prefix="mt-bench-") as tmp:
-        manifest_path = Path(tmp) / "manifest.yaml"
-        manifest_path.write_text(to_yaml(manifest), encoding="utf-8")
+    with _manifest_file(manifest) as manifest_path:
         for run in range(runs):
             for mode in modes:
                 resident = evict_all(paths)
@@ -239,6 +251,7 @@ def first_steps(
                     "mode": mode, "run": run, "first_step_seconds": out["first_step_seconds"],
                     "foreground_load_seconds": out["foreground_load_seconds"],
                     "bytes": sum(int(u["bytes"]) for u in units.values()), "resident_before": resident,
+                    "files": tuple(t for u in units.values() for t in u["files"]),  # type: ignore[union-attr]
                     **{f"load_{unit}": u["seconds"] for unit, u in units.items()},
                 })  # fmt: skip
     return pd.DataFrame(rows)

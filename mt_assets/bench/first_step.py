@@ -12,7 +12,8 @@ frames, 2 steps) until the first denoising step is about to start, and stops the
     serial    every unit loaded, then the encoders run: the order without overlap, for comparison
 
 The last stdout line is one JSON object: first_step_seconds, per-unit load seconds (from the load
-reports; in overlap mode the DiT's overlaps the others), when the foreground load finished.
+reports; in overlap mode the DiT's overlaps the others) and the files each read, when the
+foreground load finished.
 """
 
 from __future__ import annotations
@@ -96,7 +97,10 @@ def main(argv: list[str]) -> int:
         "mode": mode,
         "first_step_seconds": first_step["seconds"],
         "foreground_load_seconds": foreground_done,
-        "units": {unit: {"seconds": r.seconds, "bytes": r.bytes} for unit, r in components.reports.items()},
+        "units": {
+            unit: {"seconds": r.seconds, "bytes": r.bytes, "files": list(r.files)}
+            for unit, r in components.reports.items()
+        },
     }
     print(json.dumps(out))
     return 0

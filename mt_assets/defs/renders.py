@@ -158,6 +158,20 @@ def models_verified(instance: dg.DagsterInstance, manifest: Manifest) -> str | N
     return None
 
 
+def _guarded_queue(
+    context: dg.AssetExecutionContext, volume: VolumeResource, manifest: Manifest
+) -> tuple[Path, JobQueue]:
+    """The volume's root and job queue, once the guard lets the partition's render go (every backend)."""
+    root = volume.open().root
+    queue = JobQueue(root)
+    refused = models_verified(context.instance, manifest)
+    if refused:
+        raise dg.Failure(
+            description=f"render {context.partition_key} refused: {refused}", allow_retries=False
+        )
+    return root, queue
+
+
 def settings_markdown(job: dict[str, Any]) -> str:
     lines = ["| setting | value |", "|---|---|"]
     for name, value in job.items():
@@ -217,11 +231,7 @@ def build_renders_asset(manifest: Manifest, backend: str = "local") -> dg.Assets
         context: dg.AssetExecutionContext, volume: VolumeResource, render: RenderResource
     ) -> dg.MaterializeResult:
         job_id = context.partition_key
-        root = volume.open().root
-        queue = JobQueue(root)
-        refused = models_verified(context.instance, manifest)
-        if refused:
-            raise dg.Failure(description=f"render {job_id} refused: {refused}", allow_retries=False)
+        root, queue = _guarded_queue(context, volume, manifest)
         try:
             job = queue.load(job_id)
         except (JobError, LookupError) as e:
@@ -319,11 +329,7 @@ def build_runpod_renders_asset(manifest: Manifest) -> dg.AssetsDefinition:
             raise dg.Failure(
                 description=f"render {job_id}: the run is being terminated; not sent", allow_retries=False
             )
-        root = volume.open().root
-        queue = JobQueue(root)
-        refused = models_verified(context.instance, manifest)
-        if refused:
-            raise dg.Failure(description=f"render {job_id} refused: {refused}", allow_retries=False)
+        root, queue = _guarded_queue(context, volume, manifest)
         try:
             job = queue.load(job_id)
             # No check for an existing outputs/<id>/ here: the worker returns a finished output of the

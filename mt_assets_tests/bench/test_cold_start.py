@@ -82,6 +82,8 @@ def test_time_to_first_step_is_measured_cold_with_the_dit_in_the_background_and_
         == serial["bytes"]
         == sum(p.stat().st_size for p in load_files(volume, load_profile("tiny"), list(UNITS)))
     )
+    every_file = {f.target for f in load_profile("tiny").files}  # no repack here: the originals
+    assert set(overlap["files"]) == set(serial["files"]) == every_file
 
 
 def test_regressions_flag_only_what_got_over_20_percent_slower() -> None:
