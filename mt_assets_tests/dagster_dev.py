@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mt_assets_tests.hub_server import free_port
+from mt_assets_tests.processes import free_port, stop_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,14 +62,3 @@ def dagster_dev(home: Path, env: dict[str, str], log: Path, timeout: float = 120
         yield url
     finally:
         stop_group(proc)
-
-
-def stop_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=45)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is still there
-    proc.wait(timeout=10)

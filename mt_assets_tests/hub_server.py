@@ -53,6 +53,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mt_assets_tests.processes import free_port, stop_group
+
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
 
 # Fixed identity and dates: the same files give the same commit shas on every run.
@@ -152,13 +154,6 @@ def _git(repo: Path, *args: str, input: bytes | None = None, index: Path | None 
 # -- the server --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def hub_server(mirrors_root: str | Path, *, start_timeout: float = 30.0) -> Iterator[str]:
     """Run olah on a free 127.0.0.1 port serving `mirrors_root`; yield its URL (no trailing '/').
@@ -198,7 +193,7 @@ def hub_server(mirrors_root: str | Path, *, start_timeout: float = 30.0) -> Iter
                 log.flush()
                 last_error = (Path(work) / "olah.out").read_text(errors="replace")[-2000:]
             finally:
-                _stop(proc)
+                stop_group(proc, signal.SIGTERM, timeout=10)
                 log.close()
         raise RuntimeError(f"olah did not start on 127.0.0.1 (3 tries); its output:\n{last_error}")
 
@@ -235,20 +230,6 @@ def _wait_until_up(proc: subprocess.Popen[bytes], port: int, timeout: float) -> 
         except OSError:
             time.sleep(0.1)
     return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group (it and any children), SIGKILL it if it lingers."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 # -- a server that only fails ------------------------------------------------------------------

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mt_assets_tests.hub_server import free_port
+from mt_assets_tests.processes import free_port, stop_group
 
 NOBODY = 65534
 SUPERUSER = "postgres"
@@ -130,11 +130,4 @@ def _wait_ready(server: PostgresServer, proc: subprocess.Popen[bytes], timeout: 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGINT is PostgreSQL's fast shutdown: clients are disconnected, the server exits at once."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+    stop_group(proc, signal.SIGINT, timeout=30)

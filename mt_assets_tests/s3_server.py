@@ -50,6 +50,8 @@ from urllib.parse import unquote, urlsplit
 import boto3
 from botocore.config import Config
 
+from mt_assets_tests.processes import free_port
+
 DUMMY_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _HOP_BY_HOP = {
@@ -68,12 +70,6 @@ _BLOCK = 256 * 1024
 
 class S3ServerError(RuntimeError):
     """moto_server did not start."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def moto_server_command(port: int) -> list[str]:

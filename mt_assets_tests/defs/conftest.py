@@ -3,6 +3,7 @@ a volume, and a real (temporary) Dagster instance."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 from collections.abc import Iterator
@@ -143,3 +144,15 @@ def materialize_models(defs: dg.Definitions, instance: dg.DagsterInstance) -> No
         instance=instance, asset_selection=model_assets(defs)
     )
     assert result.success
+
+
+@contextlib.contextmanager
+def materialized_tiny(mirror: Path, base: Path) -> Iterator[tuple[Path, dg.DagsterInstance, dg.Definitions]]:
+    """A tiny volume at base/volume with every model asset materialized, on an instance in base/dagster."""
+    root = base / "volume"
+    root.mkdir()
+    (base / "dagster").mkdir()
+    defs = tiny_definitions(root, mirror)
+    with dg.instance_for_test(temp_dir=str(base / "dagster")) as instance:
+        materialize_models(defs, instance)
+        yield root, instance, defs

@@ -18,7 +18,7 @@ from mt_assets.defs.offline_cache import ASSET_KEY as OFFLINE_CACHE
 from mt_assets.defs.renders import RENDERS_KEY
 from mt_assets.manifest import load_profile
 from mt_assets.models.pipeline import UNITS
-from mt_assets_tests.defs.conftest import materialize_models, tiny_definitions
+from mt_assets_tests.defs.conftest import materialized_tiny
 
 
 @dataclass
@@ -42,13 +42,7 @@ class ReportEnv:
 
 @pytest.fixture(scope="module")
 def renv(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReportEnv]:
-    base = tmp_path_factory.mktemp("bench_report")
-    root = base / "volume"
-    root.mkdir()
-    (base / "dagster").mkdir()
-    defs = tiny_definitions(root, tiny_mirror)
-    with dg.instance_for_test(temp_dir=str(base / "dagster")) as instance:
-        materialize_models(defs, instance)
+    with materialized_tiny(tiny_mirror, tmp_path_factory.mktemp("bench_report")) as (root, instance, defs):
         yield ReportEnv(root, instance, defs)
 
 

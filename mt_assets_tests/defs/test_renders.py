@@ -23,7 +23,7 @@ from mt_assets.defs.renders import PARTITIONS, RENDERS_KEY
 from mt_assets.defs.resources import VolumeResource
 from mt_assets.manifest import load_profile
 from mt_assets.render.samples import write_face_image, write_speech
-from mt_assets_tests.defs.conftest import materialize_models, tiny_definitions
+from mt_assets_tests.defs.conftest import materialized_tiny
 
 JOB = {"prompt": "A person talks.", "size": "64x48", "frames": 13, "steps": 2}
 
@@ -95,13 +95,7 @@ class RenderEnv:
 
 @pytest.fixture(scope="module")
 def renv(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RenderEnv]:
-    base = tmp_path_factory.mktemp("renders")
-    root = base / "volume"
-    root.mkdir()
-    (base / "dagster").mkdir()
-    defs = tiny_definitions(root, tiny_mirror)
-    with dg.instance_for_test(temp_dir=str(base / "dagster")) as instance:
-        materialize_models(defs, instance)
+    with materialized_tiny(tiny_mirror, tmp_path_factory.mktemp("renders")) as (root, instance, defs):
         yield RenderEnv(root, instance, defs)
 
 

@@ -36,7 +36,7 @@ from mt_assets.manifest import load_profile
 from mt_assets_tests.dagster_dev import REPO_ROOT, dagster_dev
 from mt_assets_tests.defs.conftest import materialize_models, tiny_definitions
 from mt_assets_tests.defs.test_renders import RenderEnv
-from mt_assets_tests.defs.test_ui import chromium
+from mt_assets_tests.defs.test_ui import HEADLESS_FLAGS, chromium
 
 JOB_IDS = ("ui-alpha", "ui-bravo")
 LOCATION = {"repositoryName": "__repository__", "repositoryLocationName": "mt_assets"}
@@ -93,14 +93,7 @@ class Browser:
         self.proc = subprocess.Popen(
             [
                 chromium(),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
+                *HEADLESS_FLAGS,
                 f"--window-size={size[0]},{size[1]}",
                 f"--user-data-dir={profile}",
                 "--remote-debugging-pipe",

@@ -19,7 +19,7 @@ from mt_assets.manifest import load_profile
 from mt_assets.models.pipeline import load_pipeline_components
 from mt_assets.models.repack import CLIP_VISION, TRANSFORMER, RepackWarning, read_repack
 from mt_assets.volume import LocalVolume
-from mt_assets_tests.defs.conftest import materialize_models, tiny_definitions
+from mt_assets_tests.defs.conftest import materialized_tiny
 
 REPACKS = [repack_key(TRANSFORMER), repack_key(CLIP_VISION)]
 
@@ -43,13 +43,7 @@ class RepackEnv:
 
 @pytest.fixture(scope="module")
 def renv(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RepackEnv]:
-    base = tmp_path_factory.mktemp("repacks")
-    root = base / "volume"
-    root.mkdir()
-    (base / "dagster").mkdir()
-    defs = tiny_definitions(root, tiny_mirror)
-    with dg.instance_for_test(temp_dir=str(base / "dagster")) as instance:
-        materialize_models(defs, instance)
+    with materialized_tiny(tiny_mirror, tmp_path_factory.mktemp("repacks")) as (root, instance, defs):
         yield RepackEnv(root, instance, defs)
 
 

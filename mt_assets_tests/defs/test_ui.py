@@ -16,7 +16,8 @@ from mt_assets.manifest import load_profile
 from mt_assets_tests.dagster_dev import REPO_ROOT
 from mt_assets_tests.dagster_dev import dagster_dev as run_dagster_dev
 
-CHROMIUM_FLAGS = [
+# Headless, offline and quiet: no GPU, no QUIC, none of Chromium's own background traffic.
+HEADLESS_FLAGS = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -25,6 +26,9 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+]
+CHROMIUM_FLAGS = [
+    *HEADLESS_FLAGS,
     # The catalog renders only the rows in view (a virtualized list, sorted by key): tall enough for
     # a row of every group, benchmark_report and the bundles sorting before the model files.
     "--window-size=1400,1600",

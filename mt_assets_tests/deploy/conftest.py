@@ -31,8 +31,8 @@ import yaml
 from mt_assets.deploy import serve
 from mt_assets_tests.dagster_dev import REPO_ROOT
 from mt_assets_tests.defs.conftest import materialize_models, tiny_definitions
-from mt_assets_tests.hub_server import free_port
 from mt_assets_tests.postgres import PostgresServer, postgres_server
+from mt_assets_tests.processes import free_port
 from mt_assets_tests.s3_server import s3_client, s3_server
 
 LOG_BUCKET = "compute-logs"

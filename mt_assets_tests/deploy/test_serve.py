@@ -17,7 +17,7 @@ import pytest
 
 from mt_assets_tests.dagster_dev import REPO_ROOT
 from mt_assets_tests.deploy.conftest import alive, base_env, daemons_healthy, descendants
-from mt_assets_tests.hub_server import free_port
+from mt_assets_tests.processes import free_port
 
 
 class Serve:

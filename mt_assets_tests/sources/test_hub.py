@@ -22,7 +22,8 @@ from mt_assets.sources.base import SourceError, TransientSourceError
 from mt_assets.sources.hub import HubSource, RemoteFile
 from mt_assets.volume import Expected, LocalVolume, VolumeFullError
 from mt_assets.volume.hashing import git_blob_sha1
-from mt_assets_tests.hub_server import RepoInfo, error_server, free_port, hub_server, make_repo
+from mt_assets_tests.hub_server import RepoInfo, error_server, hub_server, make_repo
+from mt_assets_tests.processes import free_port
 
 REPO = "mt-test/tiny-model"
 SECRET = "hf_DummySecretThatMustNeverShow0123456789"

@@ -414,7 +414,7 @@ def test_forbidden_head_without_a_body_says_access_denied(stored, volume, proxy)
 
 
 def test_connection_refused_is_transient(volume):
-    from mt_assets_tests.s3_server import free_port
+    from mt_assets_tests.processes import free_port
 
     source = S3Source.from_uri(
         "s3://models/x", endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=1

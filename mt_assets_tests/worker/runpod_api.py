@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from mt_assets_tests.s3_server import free_port
+from mt_assets_tests.processes import free_port
 
 
 class LocalApiError(RuntimeError):
