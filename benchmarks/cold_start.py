@@ -19,6 +19,10 @@ Usage:
     .venv/bin/python benchmarks/cold_start.py             # every unit, 3 runs per strategy
     .venv/bin/python benchmarks/cold_start.py --volume /runpod-volume --manifest profiles/x.yaml
     .venv/bin/python benchmarks/cold_start.py --json      # one JSON document on stdout, nothing else
+    sudo .venv/bin/python benchmarks/cold_start.py --quick --read-rate 200   # as on a 200 MB/s volume
+`--read-rate MBPS` throttles every read of the volume's disk (loads and raw reads alike) to that
+bandwidth (mt_assets.bench.throttle: a cgroup v1 blkio limit; root), so a local disk behaves like a
+network volume's bandwidth and the ratios show where the read, not the CPU, dominates.
 The last lines are `cold_start_ratio=<best strategy's median total / raw-read limit>` (goal <= 1.15),
 `peak_rss_ratio=<transient memory of the DiT load / its largest file>` (goal <= 1.5) and, when the
 volume has a repack (<volume>/repacks/*/repack.json), `repack_bytes_ratio=<bytes read with / without>`,
@@ -30,6 +34,7 @@ file>` (goal <= 1.1; `--no-first-step` skips it; mt_assets.bench.first_step is t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -46,6 +51,7 @@ from rich.table import Table
 
 from mt_assets.bench import BenchError, ColdStart, first_steps, load_files, measure, raw_read_limit
 from mt_assets.bench.cold_start import files_read
+from mt_assets.bench.throttle import ThrottleError, read_throttle
 from mt_assets.manifest import Manifest, load_manifest, load_profile
 from mt_assets.manifest.lockfile import to_yaml
 from mt_assets.models.pipeline import UNITS
@@ -99,12 +105,12 @@ def summary_table(result: ColdStart, limit_s: float) -> Table:
 
 def raw_table(result: ColdStart) -> Table:
     table = Table(title="raw-read limit (same files, evicted, large blocks)", title_justify="left")
-    for column in ("mode", "seconds", "bytes", "GB/s", "cached before"):
+    for column in ("mode", "runs", "median", "min", "max", "bytes", "GB/s", "cached before"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     for row in result.raw.itertuples():
         table.add_row(
-            row.mode, f"{row.seconds:.2f}", f"{row.bytes / 1e9:.2f} GB", f"{row.gb_per_s:.2f}",
-            f"{row.resident_before:.1%}",
+            row.mode, str(row.runs), f"{row.seconds:.2f}", f"{row.min_seconds:.2f}", f"{row.max_seconds:.2f}",
+            f"{row.bytes / 1e9:.2f} GB", f"{row.gb_per_s:.2f}", f"{row.resident_before:.1%}",
         )  # fmt: skip
     return table
 
@@ -146,6 +152,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="skip the time to first denoising step (cold renders of a small job, overlap vs serial)",
     )
+    parser.add_argument(
+        "--read-rate",
+        type=float,
+        metavar="MBPS",
+        help="throttle reads of the volume's disk to MBPS MB/s (a network volume's bandwidth; root)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout, nothing else")
     args = parser.parse_args(argv)
     if (args.manifest or args.profile) and not args.volume:
@@ -156,6 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.units = args.units or (["transformer"] if args.quick else list(UNITS))
     if args.runs < 1:
         parser.error("--runs must be >= 1")
+    if args.read_rate is not None and args.read_rate <= 0:
+        parser.error("--read-rate must be > 0 MB/s")
     return args
 
 
@@ -190,21 +204,23 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     started = time.perf_counter()
+    throttle = (
+        read_throttle(volume.root, int(args.read_rate * 1e6)) if args.read_rate else contextlib.nullcontext()
+    )
+    first = None
     try:
-        result = measure(
-            volume, manifest, strategies=args.strategies, runs=args.runs, units=args.units, dtype=args.dtype,
-            on_run=on_run,
-        )  # fmt: skip
-    except (BenchError, BenchmarkError) as e:
+        with throttle as device:
+            if device:
+                console.print(f"reads of {volume.root} (disk {device}) throttled to {args.read_rate:g} MB/s")
+            result = measure(
+                volume, manifest, strategies=args.strategies, runs=args.runs, units=args.units,
+                dtype=args.dtype, on_run=on_run,
+            )  # fmt: skip
+            if args.first_step:
+                first = first_step(volume, manifest, result.best_strategy(), args, console)
+    except (BenchError, BenchmarkError, ThrottleError) as e:
         print(f"benchmark aborted: {e}", file=sys.stderr)
         return 1
-    first = None
-    if args.first_step:
-        try:
-            first = first_step(volume, manifest, result.best_strategy(), args, console)
-        except (BenchError, BenchmarkError) as e:
-            print(f"benchmark aborted: {e}", file=sys.stderr)
-            return 1
     wall = time.perf_counter() - started
     limit_s = result.limit_seconds
     ratio = result.cold_start_ratio()
@@ -225,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": args.dtype,
         "device": "cpu",
         "runs": args.runs,
+        "read_rate_mb_s": args.read_rate,
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
         "python": platform.python_version(),
@@ -258,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         f"conditions: {conditions['cpus']} cpus ({conditions['machine']}), python {conditions['python']}, "
         f"load average {load_before:.2f} before / {conditions['load_average'][1]:.2f} after; page cache "
         f"{conditions['cached_before']:.1%} of the files cached after evict (max); VmHWM reset per unit: "
-        f"{conditions['hwm_reset']}; {wall:.0f} s in all"
+        f"{conditions['hwm_reset']}; reads "
+        f"{f'throttled to {args.read_rate:g} MB/s' if args.read_rate else 'not throttled'}; {wall:.0f} s in all"
     )
     console.print(summary_table(result, limit_s))
     console.print(raw_table(result))
@@ -305,7 +323,7 @@ def first_step(
     )
     runs = first_steps(volume, manifest, strategy=strategy, runs=args.runs, dtype=args.dtype)
     # what the loads read (a repack's files where one was used), as the DiT's limit is measured
-    raw = raw_read_limit([volume.path(t) for t in dict.fromkeys(runs.iloc[0]["files"])])
+    raw = raw_read_limit([volume.path(t) for t in dict.fromkeys(runs.iloc[0]["files"])], repeats=args.runs)
     limit = float(raw["seconds"].min())
     overlap = float(runs[runs["mode"] == "overlap"]["first_step_seconds"].median())
     return {"runs": runs, "raw": raw, "limit": limit, "ratio": overlap / limit}

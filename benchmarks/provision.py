@@ -38,14 +38,17 @@ Usage:
     .venv/bin/python benchmarks/provision.py --rate 200 --files 4 --mb-per-file 128   # network-bound
 The last line printed is `provision_s3_ratio=<x>`; with --rate MBPS, `provision_s3_ratio_at_rate=<x>`:
 every download (both sides) then goes through the test suite's proxy (mt_assets_tests.s3_server
-.FaultyProxy) limiting all connections together to MBPS MB/s, as a real source is network-bound
+.FaultyProxy, run in a process of its own, as a network would be) limiting all connections together
+to MBPS MB/s, as a real source is network-bound
 (a few hundred MB/s per volume), so hashing on the client no longer competes with moto for the cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import multiprocessing
 import os
 import platform
 import resource
@@ -54,10 +57,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from boto3.s3.transfer import TransferConfig
@@ -243,6 +247,37 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+@contextlib.contextmanager
+def rate_limit(endpoint: str, bytes_per_s: float) -> Iterator[str]:
+    """The token-bucket proxy in front of `endpoint`, in a process of its own; yields its URL.
+
+    Its own process, as a real network is: in this one it would relay every byte under the
+    benchmark's GIL and bill its CPU to the client being measured.
+    """
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_serve_rate_limit, args=(endpoint, bytes_per_s, child), daemon=True)
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(30):
+            raise BenchmarkError("the rate-limiting proxy did not start within 30 s")
+        yield parent.recv()
+    finally:
+        parent.close()  # the proxy process stops when its end of the pipe closes
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+
+
+def _serve_rate_limit(endpoint: str, bytes_per_s: float, conn: Connection) -> None:
+    proxy = FaultyProxy(endpoint, rate_bytes_per_s=bytes_per_s).start()
+    conn.send(proxy.url)
+    with contextlib.suppress(EOFError):
+        conn.recv()
+    proxy.stop()
+
+
 def moto_peak_rss(endpoint: str) -> int | None:
     """Peak RSS in bytes of the moto_server process listening on the endpoint's port, if found."""
     port = endpoint.rsplit(":", 1)[1]
@@ -280,7 +315,8 @@ def run(args: argparse.Namespace) -> float:
     runs: dict[str, list[float]] = {name: [] for name, _ in sides}
     cpu: dict[str, list[float]] = {name: [] for name, _ in sides}
     try:
-        with s3_server() as endpoint:
+        with contextlib.ExitStack() as stack:
+            endpoint = stack.enter_context(s3_server())
             t0 = time.perf_counter()
             stored = upload(endpoint, args.files, args.mb_per_file, args.seed)
             upload_s = time.perf_counter() - t0
@@ -290,10 +326,11 @@ def run(args: argparse.Namespace) -> float:
                 f"to moto_server at {endpoint}",
                 flush=True,
             )
-            proxy = FaultyProxy(endpoint, rate_bytes_per_s=args.rate * 1e6).start() if args.rate else None
-            source_url = proxy.url if proxy else endpoint
-            if proxy:
-                print(f"downloads through a {args.rate:g} MB/s limit at {proxy.url}", flush=True)
+            limiter = rate_limit(endpoint, args.rate * 1e6) if args.rate else contextlib.nullcontext()
+            proxy_url = stack.enter_context(limiter)
+            source_url = proxy_url or endpoint
+            if proxy_url:
+                print(f"downloads through a {args.rate:g} MB/s limit at {proxy_url}", flush=True)
             for i in range(args.repeats):
                 for name, fn in sides:
                     dest = work / f"{name}-{i}"
@@ -308,8 +345,6 @@ def run(args: argparse.Namespace) -> float:
                         flush=True,
                     )
                     shutil.rmtree(dest)
-            if proxy:
-                proxy.stop()
             moto_rss = moto_peak_rss(endpoint)
             load_after = os.getloadavg()[0]
     finally:

@@ -296,20 +296,32 @@ def _read_parallel(paths: Sequence[Path], readers: int) -> int:
             os.close(fd)
 
 
-def raw_read_limit(paths: Sequence[Path | str], *, readers: int = PARALLEL_READERS) -> pd.DataFrame:
-    """Read the files evicted, `sequential` then `parallel`; one row per mode (seconds, bytes, gb_per_s)."""
+def raw_read_limit(
+    paths: Sequence[Path | str], *, readers: int = PARALLEL_READERS, repeats: int = 1
+) -> pd.DataFrame:
+    """Read the files evicted, `sequential` then `parallel`, `repeats` rounds; one row per mode.
+
+    seconds is the median of the rounds (min_seconds, max_seconds beside it), so one slow or fast
+    moment of a shared disk does not set the limit; gb_per_s = bytes / seconds.
+    """
     paths = [Path(p) for p in paths]
-    rows = []
     modes: dict[str, Callable[[], int]] = {
         "sequential": lambda: _read_sequential(paths),
         f"parallel ({readers} threads)": lambda: _read_parallel(paths, readers),
     }
-    for mode, read in modes.items():
-        resident = evict_all(paths)
-        started = time.perf_counter()
-        size = read()
-        seconds = time.perf_counter() - started
-        rows.append({"mode": mode, "seconds": seconds, "bytes": size, "gb_per_s": size / seconds / 1e9,
+    samples: dict[str, list[float]] = {mode: [] for mode in modes}
+    size, resident = 0, 0.0
+    for _ in range(max(1, repeats)):
+        for mode, read in modes.items():
+            resident = max(resident, evict_all(paths))
+            started = time.perf_counter()
+            size = read()
+            samples[mode].append(time.perf_counter() - started)
+    rows = []
+    for mode, seconds in samples.items():
+        median = float(pd.Series(seconds).median())
+        rows.append({"mode": mode, "runs": len(seconds), "seconds": median, "min_seconds": min(seconds),
+                     "max_seconds": max(seconds), "bytes": size, "gb_per_s": size / median / 1e9,
                      "resident_before": resident})  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -348,6 +360,6 @@ def measure(
     loads = cold_loads(
         volume, manifest, strategies=strategies, runs=runs, units=units, dtype=dtype, on_run=on_run
     )
-    raw = raw_read_limit(files_read(volume, loads))
+    raw = raw_read_limit(files_read(volume, loads), repeats=runs)
     largest = largest_dit_file(volume, loads)
     return ColdStart(loads=loads, raw=raw, summary=summarize(loads), largest_file=largest)

@@ -51,7 +51,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-from mt_assets.models.checkpoints import CheckpointError, load_safetensors, load_strict
+from mt_assets.models.checkpoints import CheckpointError, load_strict
+from mt_assets.models.reading import LoadStrategy, read_safetensors
 
 SAMPLE_RATE = 16000  # what wav2vec2 was trained on
 FPS = 25  # MultiTalk's audio frame rate, fixed by how the adapter was trained
@@ -75,9 +76,15 @@ class AudioError(ValueError):
 
 
 def load_wav2vec2(
-    folder: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    folder: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    strategy: LoadStrategy | None = None,
 ) -> tuple[Wav2Vec2FeatureExtractor, Wav2Vec2Model]:
     """The feature extractor and the wav2vec2 model (eval mode, no grad) from a chinese-wav2vec2-base folder.
+
+    strategy: how model.safetensors is read (mt_assets.models.reading; None: $MT_LOAD_STRATEGY).
 
     Nothing is fetched: transformers reads only `folder`. Raises CheckpointError naming the file and
     the key when the weights do not match the config exactly.
@@ -112,7 +119,7 @@ def load_wav2vec2(
     with torch.device("meta"):
         model = Wav2Vec2Model(config)
     path = folder / "model.safetensors"
-    load_strict(model, _model_keys(load_safetensors(path), str(path)), str(path))
+    load_strict(model, _model_keys(read_safetensors(path, strategy), str(path)), str(path))
     model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return feature_extractor, model
 

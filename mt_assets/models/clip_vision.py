@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from mt_assets.models.checkpoints import CheckpointError, check_keys, load_pth, load_safetensors, load_strict
+from mt_assets.models.checkpoints import CheckpointError, check_keys, load_pth, load_strict
+from mt_assets.models.reading import LoadStrategy, read_safetensors, warm_tensors, will_copy
 
 CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 
@@ -223,6 +224,7 @@ def load_clip_vision(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     head_dim: int = HEAD_DIM,
+    strategy: LoadStrategy | None = None,
 ) -> CLIPVisionModelWithProjection:
     """The vision tower of Wan's CLIP checkpoint, in eval mode; the whole file is checked strictly.
 
@@ -232,10 +234,13 @@ def load_clip_vision(
     computes different features, so pass the value it was built with.
     A `.safetensors` path is a bf16 repack (mt_assets.models.repack): the `visual.*` keys only,
     checked as strictly.
+    strategy: how the file's bytes are read (mt_assets.models.reading; None: $MT_LOAD_STRATEGY); of
+    a `.pth`, only the vision tower's tensors that are cast or copied to `device` (the text tower is
+    checked by shape, never read).
     """
     source = str(path)
     if Path(path).suffix == ".safetensors":  # a bf16 repack (mt_assets.models.repack): visual.* only
-        state = load_safetensors(path)
+        state = read_safetensors(path, strategy)
         visual = clip_visual_sizes(state, source)
         expected = wan_clip_visual_shapes(**visual)
     else:
@@ -243,6 +248,8 @@ def load_clip_vision(
         visual, textual = clip_sizes_from_state(state, source)
         expected = wan_clip_visual_shapes(**visual) | wan_clip_textual_shapes(**textual)
     check_keys(state, expected, source)
+    kept = (v for k, v in state.items() if k.startswith("visual.") and will_copy(v, dtype, device))
+    warm_tensors(kept, strategy)
     config = clip_vision_config(visual, source, head_dim=head_dim)
     with torch.device("meta"):
         model = CLIPVisionModelWithProjection(config)

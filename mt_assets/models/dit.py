@@ -50,6 +50,7 @@ from torch import nn
 from mt_assets.models.checkpoints import CheckpointError, check_keys
 from mt_assets.models.reading import (
     LoadStrategy,
+    ReadBuffer,
     check_strategy,
     iter_safetensors,
     read_safetensors_header,
@@ -772,8 +773,13 @@ def load_multitalk_transformer(
     )
 
     to_diffusers = {diffusers_to_reference_key(k): k for k in model.state_dict()}
+    # _fill_from_file copies every tensor out of a file before the next is read: one buffer serves all
+    buffer = ReadBuffer(max(p.stat().st_size for p in by_file)) if strategy != "mmap" else None
     for path, part in by_file.items():  # in plan order: the shards, then the adapter
-        _fill_from_file(model, path, part, to_diffusers, device=device, dtype=dtype, strategy=strategy)
+        _fill_from_file(
+            model, path, part, to_diffusers, device=device, dtype=dtype, strategy=strategy, buffer=buffer
+        )
+    del buffer
     unfilled = [name for name, p in model.named_parameters() if p.is_meta]
     if unfilled:  # the checks above make this unreachable; a silent meta weight would be worse
         raise CheckpointError(
@@ -797,6 +803,7 @@ def _fill_from_file(
     device: str | torch.device,
     dtype: torch.dtype,
     strategy: LoadStrategy,
+    buffer: ReadBuffer | None = None,
 ) -> None:
     """Read one file, cast and move each of its tensors, and assign them into the (meta) model.
 
@@ -806,7 +813,7 @@ def _fill_from_file(
     """
     keep_fp32 = model._keep_in_fp32_modules or []
     part: dict[str, torch.Tensor] = {}
-    for key, source in iter_safetensors(path, strategy):  # each tensor as soon as it is read
+    for key, source in iter_safetensors(path, strategy, buffer=buffer):  # each tensor as soon as it is read
         if key not in header or tuple(source.shape) != tuple(header[key].shape):
             raise CheckpointError(f"{path}: key {key!r} appeared or changed shape while loading; retry")
         name = to_diffusers[key]

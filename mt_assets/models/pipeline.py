@@ -14,12 +14,16 @@ components from `<volume>/models/<dir>/...`:
 
 Per unit it reports seconds and bytes (the on-volume size of the files it loads).
 
-Time to first step. `background=("transformer",)` loads those units in one background thread
-while the calling thread loads the rest and returns; `PipelineComponents.wait(unit)` blocks until
-a background unit is in (and re-raises its error). A renderer then reads the encoders' files and
-encodes the prompt, image and audio while the DiT's shards are still being read, so a cold
-render's first denoising step starts about when the DiT's last byte is in, not after the whole
-set has loaded and the encoders have run one after another.
+Time to first step. `background=("transformer",)` loads the other units first, then starts those
+in one background thread and returns; `PipelineComponents.wait(unit)` blocks until a background
+unit is in (and re-raises its error). A renderer then encodes the prompt, image and audio while
+the DiT's shards are still being read, so a cold render's first denoising step starts about when
+the DiT's last byte is in, not after the whole set has loaded and the encoders have run one after
+another. The encoders' files are read before the DiT's, not beside them: both share one volume's
+bandwidth, and of the two only the encoders have work to do after their last byte (encoding),
+which can then run under the DiT's read; the DiT's cast keeps pace with its own read. Measured on
+a read-bound volume (benchmarks/cold_start.py --read-rate 200), starting both at once put the
+encoders' last byte next to the DiT's and the encoding after both.
 """
 
 from __future__ import annotations
@@ -119,16 +123,18 @@ def load_pipeline_components(
 
     dtype: default float32 (CPU); bf16 on a GPU, for the DiT, T5 and CLIP (the VAE and wav2vec2
     stay float32, as in the reference).
-    strategy: how the DiT's and the adapter's safetensors files are read (`mmap`, `sequential`,
-    `parallel`; see mt_assets.models.reading); None: $MT_LOAD_STRATEGY, else the default. Checked
-    before anything is loaded.
+    strategy: how every unit's weight files are read (`mmap`, `sequential`, `parallel`; see
+    mt_assets.models.reading): the safetensors files (DiT, adapter, wav2vec2, repacks) by the
+    strategy's reader, the `.pth` files (T5, CLIP, VAE) memory-mapped and then the ranges the loader
+    keeps read the strategy's way; None: $MT_LOAD_STRATEGY, else the default. Checked before anything
+    is loaded.
     repacks: for a bf16 load, read the DiT and CLIP from their bf16 repacks (`<volume>/repacks/`)
     when they exist, were made from the files the manifest pins now, and verify (hash cache);
     else the originals (a repack that fails verification: with a RepackWarning). The report's
     `repack` and `files` say which was read. Bit for bit the same weights either way.
-    background: units loaded by a background thread (in order, one after another) while this
-    thread loads the others; they are in `result.pending` until `result.wait()`. `on_loaded`
-    is then called from that thread too.
+    background: units loaded by a background thread (in order, one after another), started once
+    this thread has loaded the others; they are in `result.pending` until `result.wait()`.
+    `on_loaded` is then called from that thread too.
     """
     import torch
 
@@ -170,14 +176,16 @@ def load_pipeline_components(
             dtype=dtype,
             strategy=strategy,
         ),
-        "t5": lambda: load_t5_encoder(one_file("t5"), dtype=dtype, device=device),
+        "t5": lambda: load_t5_encoder(one_file("t5"), dtype=dtype, device=device, strategy=strategy),
         "t5-tokenizer": lambda: load_t5_tokenizer(folder("t5-tokenizer")),
-        "clip": lambda: load_clip_vision(one_file("clip"), dtype=dtype, device=device),
+        "clip": lambda: load_clip_vision(one_file("clip"), dtype=dtype, device=device, strategy=strategy),
         "clip-tokenizer": lambda: load_clip_tokenizer(folder("clip-tokenizer")),
         # The reference keeps these two in float32 whatever the DiT's dtype: the VAE decodes the
         # pixels (0.5 GB), and wav2vec2 runs on the CPU in fp32 in generate_multitalk.py.
-        "vae": lambda: load_vae(one_file("vae"), dtype=torch.float32, device=device),
-        "wav2vec2": lambda: load_wav2vec2(dir_of("wav2vec2"), dtype=torch.float32, device=device),
+        "vae": lambda: load_vae(one_file("vae"), dtype=torch.float32, device=device, strategy=strategy),
+        "wav2vec2": lambda: load_wav2vec2(
+            dir_of("wav2vec2"), dtype=torch.float32, device=device, strategy=strategy
+        ),
     }
     # bf16 repacks (mt_assets.models.repack): used for a bf16 load when current and intact
     use_repacks = dtype == torch.bfloat16 and repacks
@@ -191,7 +199,7 @@ def load_pipeline_components(
             strategy=strategy,
         ),
         "clip": lambda r: load_clip_vision(
-            volume.root / r.folder / CLIP_FILE_NAME, dtype=dtype, device=device
+            volume.root / r.folder / CLIP_FILE_NAME, dtype=dtype, device=device, strategy=strategy
         ),
     }
     units = only or list(UNITS)
@@ -235,8 +243,12 @@ def load_pipeline_components(
             on_loaded(report)
         return loaded
 
+    for unit in units:
+        if unit not in background:
+            setattr(result, unit.replace("-", "_"), load_unit(unit))
     if late:
-        # One thread for all of them, in order: what it reads competes with the foreground only.
+        # Started only now, so the units above had the volume's bandwidth to themselves (module
+        # docstring); one thread for all of them, in order.
         futures: dict[str, Future[Any]] = {u: Future() for u in late}
 
         def load_late() -> None:
@@ -252,7 +264,4 @@ def load_pipeline_components(
 
         result.pending.update(futures)
         threading.Thread(target=load_late, name="mt-load-background", daemon=True).start()
-    for unit in units:
-        if unit not in background:
-            setattr(result, unit.replace("-", "_"), load_unit(unit))
     return result

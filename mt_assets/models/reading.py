@@ -18,16 +18,27 @@ strategy returns the same tensors, bit for bit. Chosen by `MT_LOAD_STRATEGY`, or
                 (memory: the file's size, as for sequential). Several requests in flight hide a
                 network volume's latency per request; on one local disk it gains little.
 
-DEFAULT_STRATEGY is `parallel`. Evidence from this machine (a virtual disk shared with other
-work, 2 cores; noisy): the medium mirror's DiT + adapter (1.94 GB fp32, 8 files) loaded as bf16
-in fresh processes with evicted pages, median of 3: parallel 2.87 s (0.68 GB/s), mmap 3.06 s,
-sequential 5.06 s; in the same run a raw read of the same files took 1.96 s with 4 threads
-(0.99 GB/s) and 4.09 s with one stream of 64 MiB reads: this disk wants several requests in
-flight, which mmap's kernel readahead also gets. What is known of network filesystems (NFS,
-the RunPod network volume, FUSE mounts of object stores) rules mmap out there: its page faults
-become small synchronous reads, 30-50x slower than large sequential reads, while large reads
-(sequential or parallel) reach the volume's bandwidth, and parallel ones also hide its
-latency per request. `benchmarks/cold_start.py --volume PATH` settles it on the real volume.
+DEFAULT_STRATEGY is `parallel`. Evidence from this machine (a virtual disk shared with other work,
+2 cores; noisy), fresh processes, evicted pages, bf16 as a GPU worker loads: the medium mirror's DiT
++ adapter (1.94 GB fp32, 8 files), median of 2: parallel 1.56 s, mmap 2.52 s, sequential 4.08 s,
+next to a raw read of the same files of 1.77 s with 4 threads (3.35 s in one stream of 64 MiB
+reads): this disk wants several requests in flight. With its reads throttled to a network volume's
+200 MB/s (benchmarks/cold_start.py --read-rate 200) all three take the read's time (9.78-9.91 s
+against 9.61 s). What is known of network filesystems (NFS, the RunPod network volume, FUSE mounts
+of object stores) rules mmap out there: its page faults become small synchronous reads, 30-50x
+slower than large sequential reads, while large reads (sequential or parallel) reach the volume's
+bandwidth, and parallel ones also hide its latency per request. `benchmarks/cold_start.py --volume
+PATH` settles it on the real volume.
+
+Every unit. The DiT and the adapter are read by `iter_safetensors` above, and so are wav2vec2's
+and the repacks' safetensors files. T5, CLIP and the VAE are torch `.pth` files loaded with
+`torch.load(mmap=True)` (a zip of storages; no second copy in memory, and CLIP's unused text tower is
+never read); for sequential and parallel, `warm_tensors` then reads the file ranges behind the
+tensors the loader will cast or copy to the device (found in /proc/self/maps) with large `pread`s,
+one range after another or PARALLEL_READERS at once, into the page cache, so the cast and the copy
+take their page faults on memory, not on the volume. mmap leaves them to the page faults, and so
+does every strategy for a tensor kept as it is (a CPU load in the file's dtype): it stays a view of
+the mapping, read when first touched, and rows never touched (T5's embedding) are never read.
 
 Cold reads. A second read of a file is served from the page cache (RAM), which says nothing
 about the volume. `evict(path)` asks the kernel to drop the file's cached pages
@@ -48,7 +59,9 @@ import math
 import mmap
 import os
 import threading
-from collections.abc import Iterator
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -114,15 +127,40 @@ def read_safetensors(
     return dict(iter_safetensors(path, strategy, readers=readers))
 
 
+class ReadBuffer:
+    """One buffer that file after file is read into (sequential and parallel), instead of a fresh one each.
+
+    A fresh buffer's pages are faulted in one by one as the file lands in them: for the medium
+    DiT (1.94 GB) that was a third of its whole load's CPU time on this machine. Only for a caller
+    that is done with a file's tensors (has copied each: a cast, a move to the GPU, a clone)
+    before it reads the next file, since they are views into this buffer. `size`: the largest
+    file it will take, so it is allocated once.
+    """
+
+    def __init__(self, size: int = 0) -> None:
+        self._buffer = torch.empty(size, dtype=torch.uint8)
+
+    def take(self, size: int) -> torch.Tensor:
+        if self._buffer.numel() < size:
+            self._buffer = torch.empty(0, dtype=torch.uint8)  # the old one goes before the new one comes
+            self._buffer = torch.empty(size, dtype=torch.uint8)
+        return self._buffer[:size]
+
+
 def iter_safetensors(
-    path: str | Path, strategy: LoadStrategy | None = None, *, readers: int = PARALLEL_READERS
+    path: str | Path,
+    strategy: LoadStrategy | None = None,
+    *,
+    readers: int = PARALLEL_READERS,
+    buffer: ReadBuffer | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(key, tensor) for every tensor of the file, each as soon as its bytes are in memory.
 
     sequential and parallel read in background threads, in file order, while the caller works on
     the tensors already in (a cast, a copy to the GPU): reading and converting overlap, and the
-    memory is still one buffer of the file's size. Tensors come in file order; mmap gives them
-    as safetensors lists them. Stopping early stops the readers.
+    memory is still one buffer of the file's size (`buffer`'s, when given: see ReadBuffer).
+    Tensors come in file order; mmap gives them as safetensors lists them. Stopping early stops
+    the readers.
     """
     strategy = strategy_from_env() if strategy is None else check_strategy(strategy)
     if strategy == "mmap":
@@ -134,7 +172,7 @@ def iter_safetensors(
             key = next(iter(tensors))
             yield key, tensors.pop(key)
         return
-    yield from _stream(Path(path), readers if strategy == "parallel" else 1)
+    yield from _stream(Path(path), readers if strategy == "parallel" else 1, buffer)
 
 
 def read_safetensors_header(path: str | Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
@@ -214,7 +252,7 @@ class _Filled:
                 raise self.error
 
 
-def _stream(path: Path, readers: int) -> Iterator[tuple[str, torch.Tensor]]:
+def _stream(path: Path, readers: int, buffer: ReadBuffer | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """sequential (readers=1, BLOCK_BYTES per read) and parallel (ranges over `readers` threads)."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -230,7 +268,7 @@ def _stream(path: Path, readers: int) -> Iterator[tuple[str, torch.Tensor]]:
             raise CheckpointError(f"{path}: cannot be read as safetensors: {_first_line(e)}") from None
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        buf = torch.empty(size, dtype=torch.uint8)
+        buf = buffer.take(size) if buffer is not None else torch.empty(size, dtype=torch.uint8)
         view = memoryview(buf.numpy()).cast("B") if size else memoryview(bytearray())
         step = BLOCK_BYTES if readers <= 1 else RANGE_BYTES
         filled = _Filled([(off, min(size, off + step)) for off in range(0, size, step)])
@@ -264,14 +302,141 @@ def _stream(path: Path, readers: int) -> Iterator[tuple[str, torch.Tensor]]:
         os.close(fd)
 
 
-def _read_range(fd: int, view: memoryview, begin: int, end: int) -> None:
-    """Fill view[begin:end] from the file at the same offsets, BLOCK_BYTES per call (pread releases the GIL)."""
+def _read_range(fd: int, view: memoryview, begin: int, end: int, *, file_offset: int | None = None) -> None:
+    """Fill view[begin:end] from the file, BLOCK_BYTES per call (pread releases the GIL).
+
+    The file is read from the same offsets as the view's, or from `file_offset` on.
+    """
+    shift = 0 if file_offset is None else file_offset - begin
     off = begin
     while off < end:
-        got = os.preadv(fd, [view[off : min(end, off + BLOCK_BYTES)]], off)
+        got = os.preadv(fd, [view[off : min(end, off + BLOCK_BYTES)]], off + shift)
         if got == 0:
-            raise OSError(f"file ended at byte {off}, expected {end} (changed while reading?)")
+            raise OSError(
+                f"file ended at byte {off + shift}, expected {end + shift} (changed while reading?)"
+            )
         off += got
+
+
+def warm_tensors(
+    tensors: Iterable[torch.Tensor], strategy: LoadStrategy | None = None, *, readers: int = PARALLEL_READERS
+) -> int:
+    """Read the file bytes behind memory-mapped tensors into the page cache, the `strategy` way.
+
+    For tensors from `torch.load(mmap=True)` or safetensors' `load_file`: the byte ranges of their
+    storages in the mapped files, merged, are read with large preads (sequential: 64 MiB, one after
+    another; parallel: 16 MiB pieces over `readers` threads) and the bytes dropped; the tensors then
+    find their pages in memory. mmap: nothing is read (the page faults will). Tensors not backed by
+    a file (already in memory) are skipped. Returns the bytes read.
+    """
+    strategy = strategy_from_env() if strategy is None else check_strategy(strategy)
+    if strategy == "mmap":
+        return 0
+    ranges = mapped_file_ranges(tensors)
+    step = BLOCK_BYTES if strategy == "sequential" else RANGE_BYTES
+    pieces = [
+        (path, off, min(end, off + step))
+        for path, spans in ranges.items()
+        for begin, end in spans
+        for off in range(begin, end, step)
+    ]
+    if not pieces:
+        return 0
+    local = threading.local()
+    fds: dict[str, int] = {}
+    try:
+        for path in ranges:
+            fds[path] = os.open(path, os.O_RDONLY)
+
+        def read(piece: tuple[str, int, int]) -> int:
+            path, begin, end = piece
+            if not hasattr(local, "view"):
+                local.view = memoryview(bytearray(step))
+            try:
+                _read_range(fds[path], local.view[: end - begin], 0, end - begin, file_offset=begin)
+            except OSError as e:
+                raise CheckpointError(f"{path}: cannot be read: {e}") from None
+            return end - begin
+
+        workers = 1 if strategy == "sequential" else max(1, readers)
+        if workers == 1:
+            return sum(read(piece) for piece in pieces)
+        with ThreadPoolExecutor(workers, thread_name_prefix="mt-warm") as pool:
+            return sum(pool.map(read, pieces))
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def will_copy(tensor: torch.Tensor, dtype: torch.dtype, device: str | torch.device) -> bool:
+    """Whether `tensor.to(device=device, dtype=dtype)` copies it (reads all of its bytes).
+
+    A CPU tensor kept as it is stays a view of its mapped file, read page by page when touched
+    (and never where it is not, e.g. the rows of T5's embedding no prompt uses), so warming it
+    would read bytes for nothing.
+    """
+    return tensor.dtype != dtype or torch.device(device).type != tensor.device.type
+
+
+def mapped_file_ranges(tensors: Iterable[torch.Tensor]) -> dict[str, list[tuple[int, int]]]:
+    """{file: merged [begin, end) byte ranges} behind the tensors' storages, from /proc/self/maps."""
+    storages: dict[int, int] = {}
+    for tensor in tensors:
+        if tensor.device.type == "cpu" and not tensor.is_meta:
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
+    mappings = _file_mappings() if storages else []
+    starts = [m[0] for m in mappings]
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for ptr, nbytes in storages.items():
+        i = bisect_right(starts, ptr) - 1
+        if i < 0 or nbytes == 0:
+            continue
+        start, end, offset, path = mappings[i]
+        if ptr + nbytes > end:
+            continue
+        begin = offset + (ptr - start)
+        spans.setdefault(path, []).append((begin, begin + nbytes))
+    merged: dict[str, list[tuple[int, int]]] = {}
+    for path, items in spans.items():
+        out: list[tuple[int, int]] = []
+        for begin, end in sorted(items):
+            if out and begin <= out[-1][1]:
+                out[-1] = (out[-1][0], max(out[-1][1], end))
+            else:
+                out.append((begin, end))
+        merged[path] = out
+    return merged
+
+
+def _file_mappings() -> list[tuple[int, int, int, str]]:
+    """(start, end, file offset, path) of this process's mappings of regular files, by start address."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:  # not Linux: nothing to warm; the loads read through their page faults
+        return []
+    found = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or not fields[5].startswith("/") or fields[4] == "0":
+            continue
+        path = fields[5]
+        if path.endswith(" (deleted)"):
+            continue
+        begin, end = (int(x, 16) for x in fields[0].split("-"))
+        found.append((begin, end, int(fields[2], 16), path))
+    found.sort()
+    # The kernel may list one mapping as several adjacent lines (split areas): joined back, so a
+    # tensor that spans the seam is still found.
+    joined: list[tuple[int, int, int, str]] = []
+    for begin, end, offset, path in found:
+        if joined:
+            last_begin, last_end, last_offset, last_path = joined[-1]
+            if last_path == path and last_end == begin and last_offset + (last_end - last_begin) == offset:
+                joined[-1] = (last_begin, end, last_offset, path)
+                continue
+        joined.append((begin, end, offset, path))
+    return joined
 
 
 # ---------------------------------------------------------------------- cold reads

@@ -35,6 +35,7 @@ import torch
 from transformers import UMT5Config, UMT5EncoderModel
 
 from mt_assets.models.checkpoints import CheckpointError, check_keys, load_pth, load_strict
+from mt_assets.models.reading import LoadStrategy, warm_tensors, will_copy
 
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 
@@ -121,13 +122,22 @@ def wan_t5_to_transformers(state: Mapping[str, torch.Tensor], num_layers: int) -
 
 
 def load_t5_encoder(
-    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    strategy: LoadStrategy | None = None,
 ) -> UMT5EncoderModel:
-    """Wan's T5 encoder checkpoint as a UMT5EncoderModel in eval mode, strictly (every key, every shape)."""
+    """Wan's T5 encoder checkpoint as a UMT5EncoderModel in eval mode, strictly (every key, every shape).
+
+    strategy: how the tensors cast or copied to `device` are read (mt_assets.models.reading; None:
+    $MT_LOAD_STRATEGY); tensors kept as they are stay memory-mapped, read when first touched.
+    """
     source = str(path)
     state = load_pth(path)
     config = t5_config_from_state(state, source)
     check_keys(state, wan_t5_shapes(**_wan_sizes(config)), source)
+    warm_tensors((v for v in state.values() if will_copy(v, dtype, device)), strategy)
     # Built on the meta device: umt5-xxl would otherwise allocate and randomly initialise
     # 5.7 B parameters only to overwrite them.
     with torch.device("meta"):

@@ -48,6 +48,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from mt_assets.models.checkpoints import CheckpointError, check_keys, load_pth, load_strict
+from mt_assets.models.reading import LoadStrategy, warm_tensors, will_copy
 
 VAE_FILE = "Wan2.1_VAE.pth"
 
@@ -120,9 +121,17 @@ def build_vae(sizes: WanVAESizes, *, device: str | torch.device = "meta") -> Aut
 
 
 def load_vae(
-    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    strategy: LoadStrategy | None = None,
 ) -> AutoencoderKLWan:
-    """Wan's VAE checkpoint as an AutoencoderKLWan in eval mode, strictly (every key, every shape)."""
+    """Wan's VAE checkpoint as an AutoencoderKLWan in eval mode, strictly (every key, every shape).
+
+    strategy: how the tensors cast or copied to `device` are read (mt_assets.models.reading; None:
+    $MT_LOAD_STRATEGY); tensors kept as they are stay memory-mapped, read when first touched.
+    """
     source = str(path)
     state = load_pth(path)
     sizes = vae_sizes_from_state(state, source)
@@ -133,6 +142,7 @@ def load_vae(
         )
     keys = wan_vae_keys(sizes)
     check_keys(state, {k: shape for k, (_, shape) in keys.items()}, source)
+    warm_tensors((v for v in state.values() if will_copy(v, dtype, device)), strategy)
     model = build_vae(sizes, device="meta")
     converted = {keys[k][0]: v.to(device=device, dtype=dtype) for k, v in state.items()}
     load_strict(model, converted, source)

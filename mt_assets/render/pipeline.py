@@ -150,6 +150,29 @@ class ClipTrace:
     steps: list[StepRecord]
 
 
+def encode_clip_inputs(
+    vae: Any,
+    clip_features: Callable[[torch.Tensor], torch.Tensor],
+    cond_frames: torch.Tensor,
+    frames: int,
+    *,
+    device: str | torch.device = "cpu",
+    timings: Timings | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CLIP features of the last conditioning frame, VAE latent of the frames zero-padded to `frames`).
+
+    What each clip needs from its conditioning frames before the DiT runs; neither draws random numbers.
+    """
+    timings = timings or Timings()
+    height, width = cond_frames.shape[-2:]
+    with timings.stage("clip"):
+        clip_fea = clip_features(cond_frames[:, :, -1])
+    with timings.stage("vae_encode"):
+        padding = cond_frames.new_zeros(1, 3, frames - cond_frames.shape[2], height, width)
+        vae_latent = encode_latent(vae, torch.cat([cond_frames, padding], dim=2).to(device))
+    return clip_fea, vae_latent
+
+
 def generate_video(
     transformer: Any,
     vae: Any,
@@ -165,10 +188,13 @@ def generate_video(
     timings: Timings | None = None,
     on_step: Callable[[int, int, int, int], None] | None = None,
     trace: list[ClipTrace] | None = None,
+    first_clip_inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Every clip of `plan`, decoded and joined: [3, N, H, W] float32 in [-1, 1].
 
     clip_features(frame [1, 3, H, W]) -> [1, tokens, width]. on_step(clip, clips, step, steps).
+    first_clip_inputs: the first clip's `encode_clip_inputs(..., cond.cond_image, ...)`, when the
+    caller computed them already (while the DiT was still loading); the same values either way.
     """
     timings = timings or Timings()
     generator = torch.Generator().manual_seed(seed)
@@ -180,13 +206,15 @@ def generate_video(
     pieces: list[torch.Tensor] = []
     for clip in plan.clips:
         audio = clip_audio(cond.embeddings, plan, clip).to(device)
-        with timings.stage("clip"):
-            clip_fea = clip_features(cond_frames[:, :, -1])
-        # The noise is drawn before the VAE runs, on the CPU: the reference's RNG order.
+        # The noise is drawn on the CPU generator before the VAE encodes (the reference's order);
+        # the encoders draw no random numbers, so inputs computed earlier change nothing.
         noise = torch.randn(16, (frames - 1) // VAE_STRIDE[0] + 1, *latent_hw, generator=generator)
-        with timings.stage("vae_encode"):
-            padding = cond_frames.new_zeros(1, 3, frames - cond_frames.shape[2], height, width)
-            vae_latent = encode_latent(vae, torch.cat([cond_frames, padding], dim=2).to(device))
+        if clip.index == 0 and first_clip_inputs is not None:
+            clip_fea, vae_latent = first_clip_inputs
+        else:
+            clip_fea, vae_latent = encode_clip_inputs(
+                vae, clip_features, cond_frames, frames, device=device, timings=timings
+            )
         y = torch.cat(
             [frame_mask(frames, clip.cond_frames, latent_hw).to(vae_latent), vae_latent[None]], dim=1
         )
@@ -343,7 +371,13 @@ class MultiTalkRenderer:
                 progress.advance("clips", 1)
 
         # With background loading (load_pipeline_components(background=...)) the DiT may still be
-        # coming in: everything above ran meanwhile. The wait is its own stage in the timings.
+        # coming in: everything above, and the first clip's CLIP and VAE encodings, run meanwhile,
+        # so the first step can start as soon as the DiT is in. The wait is its own stage.
+        with self._using(self.c.vae):
+            first_clip_inputs = encode_clip_inputs(
+                self.c.vae, self.clip_features, cond.cond_image, plan.frames_per_clip,
+                device=self.device, timings=timings,
+            )  # fmt: skip
         if self.c.pending:
             with timings.stage("wait_models"):
                 self.c.wait()
@@ -363,6 +397,7 @@ class MultiTalkRenderer:
                 device=self.device,
                 timings=timings,
                 on_step=on_step,
+                first_clip_inputs=first_clip_inputs,
             )
         progress.finish("steps")
         progress.finish("clips")

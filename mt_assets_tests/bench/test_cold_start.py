@@ -29,9 +29,12 @@ def test_raw_read_reads_every_byte_sequentially_and_in_parallel(tmp_path: Path) 
     for i, size in enumerate(sizes):
         paths.append(tmp_path / f"f{i}.bin")
         paths[-1].write_bytes(bytes([i]) * size)
-    raw = raw_read_limit(paths)
+    raw = raw_read_limit(paths, repeats=3)
     assert list(raw["mode"]) == ["sequential", "parallel (4 threads)"]
     assert (raw["bytes"] == sum(sizes)).all() and (raw["seconds"] > 0).all() and (raw["gb_per_s"] > 0).all()
+    # the limit is each mode's median of the rounds, with their spread beside it
+    assert (raw["runs"] == 3).all()
+    assert ((raw["min_seconds"] <= raw["seconds"]) & (raw["seconds"] <= raw["max_seconds"])).all()
 
 
 def test_summary_gives_the_spread_per_unit_and_a_total_per_run() -> None:

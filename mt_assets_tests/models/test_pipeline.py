@@ -16,6 +16,7 @@ from mt_assets.manifest import ManifestError, load_profile
 from mt_assets.models.audio import audio_features
 from mt_assets.models.checkpoints import CheckpointError
 from mt_assets.models.pipeline import UNITS, load_pipeline_components
+from mt_assets.models.reading import STRATEGIES
 from mt_assets.volume import LocalVolume
 
 
@@ -110,7 +111,7 @@ def test_loading_works_with_the_hub_unreachable(tiny_volume: Path) -> None:
     assert done.stdout.strip() == str(sorted(UNITS))
 
 
-def test_a_background_unit_loads_while_the_others_do_and_gives_the_same_weights(
+def test_a_background_unit_starts_once_the_others_are_in_and_gives_the_same_weights(
     components, tiny_volume: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import threading
@@ -119,21 +120,29 @@ def test_a_background_unit_loads_while_the_others_do_and_gives_the_same_weights(
 
     release = threading.Event()
     real_load = dit.load_multitalk_transformer
+    loaded_units: list[str] = []
+    in_when_started: list[str] = []
 
     def held_load(*args: object, **kwargs: object):
-        # The DiT's read is held until the foreground has loaded everything else: so the call
-        # returning at all proves the others did not wait for it.
-        assert release.wait(60), "the foreground never finished"
+        # The DiT's read is held until the test lets it go: so the call returning at all proves
+        # that the caller does not wait for it.
+        in_when_started.extend(loaded_units)
+        assert release.wait(60), "the test never released the DiT"
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(dit, "load_multitalk_transformer", held_load)
     loaded = load_pipeline_components(
-        LocalVolume(tiny_volume), load_profile("tiny"), background=["transformer"]
+        LocalVolume(tiny_volume),
+        load_profile("tiny"),
+        background=["transformer"],
+        on_loaded=lambda r: loaded_units.append(r.unit),
     )
     assert loaded.transformer is None and "transformer" in loaded.pending
     assert loaded.t5 is not None and loaded.vae is not None and "transformer" not in loaded.reports
     release.set()
     loaded.wait()
+    # the encoders' files were read first, with the volume to themselves
+    assert sorted(in_when_started) == sorted(u for u in UNITS if u != "transformer")
     assert not loaded.pending and "transformer" in loaded.reports
     theirs = components.transformer.state_dict()
     ours = loaded.transformer.state_dict()
@@ -160,3 +169,25 @@ def test_background_units_must_be_loaded_ones(tiny_volume: Path) -> None:
         load_pipeline_components(
             LocalVolume(tiny_volume), load_profile("tiny"), only=["vae"], background=["transformer"]
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_strategy_loads_every_unit_to_the_same_weights(tiny_volume: Path, dtype: torch.dtype) -> None:
+    volume, tiny = LocalVolume(tiny_volume), load_profile("tiny")
+    loaded = {
+        s: load_pipeline_components(volume, tiny, dtype=dtype, strategy=s, repacks=False) for s in STRATEGIES
+    }
+    for unit in ("transformer", "t5", "clip", "vae", "wav2vec2"):
+        states = {}
+        for strategy, components in loaded.items():
+            module = getattr(components, unit)
+            states[strategy] = (module[1] if unit == "wav2vec2" else module).state_dict()
+        reference = states["mmap"]
+        for strategy, state in states.items():
+            assert state.keys() == reference.keys(), (unit, strategy)
+            for key, value in state.items():
+                assert value.dtype == reference[key].dtype and torch.equal(value, reference[key]), (
+                    unit,
+                    strategy,
+                    key,
+                )

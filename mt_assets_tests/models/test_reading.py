@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mt_assets.models import reading
-from mt_assets.models.checkpoints import CheckpointError
+from mt_assets.models.checkpoints import CheckpointError, load_pth
 from mt_assets.models.reading import (
     DEFAULT_STRATEGY,
     STRATEGIES,
@@ -23,6 +23,8 @@ from mt_assets.models.reading import (
     read_safetensors_header,
     resident_fraction,
     strategy_from_env,
+    warm_tensors,
+    will_copy,
 )
 
 
@@ -168,3 +170,31 @@ def test_a_bad_strategy_in_the_environment_names_the_variable_and_the_choices(
         read_safetensors(odd_file)
     with pytest.raises(ValueError, match=r"'fast' is not a load strategy"):
         read_safetensors(odd_file, "fast")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "parallel"])
+def test_warming_reads_only_the_file_ranges_behind_the_given_mapped_tensors(
+    tmp_path: Path, strategy: str
+) -> None:
+    path = tmp_path / "two.pth"
+    # 4 MiB each; the kept one last, so the kernel's readahead (forward) has nothing of the other to take
+    torch.save({"left": torch.randn(1024, 1024), "kept": torch.randn(1024, 1024)}, path)
+    evict(path)
+    state = load_pth(path)  # memory-mapped: the data is not read yet
+    before = resident_fraction(path)
+    if before is None or _on_tmpfs(path):
+        pytest.skip("the page cache cannot be asked here")
+    assert before < 0.1
+    assert warm_tensors([state["kept"]], "mmap") == 0  # mmap leaves it to the page faults
+    assert resident_fraction(path) < 0.1
+    assert warm_tensors([state["kept"]], strategy) == 4 * 1024 * 1024
+    assert 0.45 < resident_fraction(path) < 0.6  # the kept tensor's half of the file, not the other's
+    assert _same_bits(state["kept"], torch.load(path, weights_only=True)["kept"])
+    assert warm_tensors([torch.ones(3)], strategy) == 0  # in memory already: nothing to read
+
+
+def test_only_a_cast_or_a_move_copies_a_tensor() -> None:
+    t = torch.ones(2, dtype=torch.bfloat16)
+    assert not will_copy(t, torch.bfloat16, "cpu")
+    assert will_copy(t, torch.float32, "cpu")
+    assert will_copy(t, torch.bfloat16, "meta")
