@@ -326,7 +326,7 @@ class MultiTalkRenderer:
         on_models_ready: Callable[[], None] | None = None,
     ) -> RenderedVideo:
         """Condition, sample, decode. `on_models_ready` is called once every model is in (background
-        loads waited for), before the image is encoded and sampling starts."""
+        loads waited for), just before sampling starts."""
         from mt_assets.render.job import load_job_media
 
         progress = progress or NullProgress()

@@ -50,7 +50,12 @@ def test_the_demo_builds_the_tiny_mirror_materializes_everything_and_a_rerun_fet
             assert sum(1 for _ in container.decode(video=0)) == 17  # the frames the demo asks for
     two = json.loads((videos[1].parent / "job.json").read_text())
     assert two["settings"]["speakers"] == 2 and two["job"]["audio_type"] == "para"
+    # a demo interrupted after submitting leaves its job in the inbox: the next demo clears it and goes on
+    leftover = tmp_path / "volume" / "jobs" / "inbox" / "demo-one-speaker"
+    leftover.mkdir()
+    (leftover / "job.json").write_text(json.dumps({"id": "demo-one-speaker", "prompt": "left over"}))
     second = demo()
+    assert f"removed {leftover}, left by an interrupted demo" in second
     assert "model files skipped │ 25" in second
     assert "building the tiny mirror" not in second
     assert mp4_paths(second) == videos  # the demo's jobs say rerender: true, so a rerun renders again
