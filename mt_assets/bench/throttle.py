@@ -109,5 +109,5 @@ def read_throttle(path: str | Path, bytes_per_s: int) -> Iterator[str]:
         yield device
     finally:
         (home / "cgroup.procs").write_text(f"{os.getpid()}\n")
-        with contextlib.suppress(OSError):  # a child still alive keeps it; it goes with the next boot
+        with contextlib.suppress(OSError):  # a child still alive keeps it; the next run removes it
             group.rmdir()

@@ -136,14 +136,8 @@ def demo_renders(
             ),
         }  # fmt: skip
         for job_id, (folder, fields) in jobs.items():
-            for leftover in (queue.folder("inbox") / job_id, queue.folder("queued") / f"{job_id}.json"):
-                # An interrupted demo leaves its own job behind, which would refuse the new one.
-                if leftover.is_dir():
-                    shutil.rmtree(leftover)
-                elif leftover.exists():
-                    leftover.unlink()
-                else:
-                    continue
+            # An interrupted demo leaves its own job behind, which would refuse the new one.
+            for leftover in queue.withdraw(job_id):
                 console.print(f"removed {leftover}, left by an interrupted demo", soft_wrap=True)
             doc = {"id": job_id, "prompt": "A person talks to the camera.", **DEMO_JOB, **fields}
             (work / folder / "job.yaml").write_text(yaml.safe_dump(doc))

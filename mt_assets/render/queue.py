@@ -469,6 +469,22 @@ class JobQueue:
 
     # -- submitting ----------------------------------------------------------------------------
 
+    def withdraw(self, job_id: str) -> list[Path]:
+        """Remove a job still waiting: its folder inbox/<id>/ and queued/<id>.json (not while it renders).
+
+        For a program that resubmits its own job, e.g. the demo after an interrupted run. The paths removed.
+        """
+        removed = []
+        folder = self.folder("inbox") / job_id
+        if folder.is_dir():
+            shutil.rmtree(folder)
+            removed.append(folder)
+        queued = self.folder("queued") / f"{job_id}.json"
+        if queued.is_file() and self._live_marker(job_id) is None:
+            queued.unlink()
+            removed.append(queued)
+        return removed
+
     def submit(self, job_file: Path, *, allowed_roots: Sequence[Path] = ()) -> Path:
         """Validate a job file (media decoded) and drop it into jobs/inbox/<id>/ with its local media.
 

@@ -520,6 +520,21 @@ def test_submit_refuses_an_id_in_the_inbox_or_queued_and_a_bad_job(
     assert [p.name for p in queue.folder("inbox").iterdir()] == []
 
 
+def test_withdraw_removes_a_waiting_job_so_it_can_be_submitted_again_but_not_one_rendering(
+    queue: JobQueue, job_file: Path
+) -> None:
+    inbox = queue.submit(job_file)
+    assert queue.withdraw("a1") == [inbox] and not inbox.exists()
+    queue.submit(job_file)  # no longer refused
+    queue.scan_inbox()
+    queued = queue.folder("queued") / "a1.json"
+    with queue.rendering("a1"):
+        assert queue.withdraw("a1") == [] and queued.exists()  # a render holds it
+    queue.mark_failed("a1", "stopped")
+    assert queue.withdraw("a1") == []  # nothing waiting any more
+    assert queue.withdraw("never-submitted") == []
+
+
 # --- the CLI ------------------------------------------------------------------------------------
 
 
