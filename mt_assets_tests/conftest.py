@@ -7,7 +7,8 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,3 +153,19 @@ def rot_bit(volume: LocalVolume, target: str, offset: int = 0) -> None:
     assert cached is not None, f"{target} is not in the hash cache yet"
     flip_bit_keep_mtime(path, offset)
     volume.hash_cache.store(target, os.stat(path), cached)
+
+
+@contextmanager
+def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (mount's syntax: 1m, 200k) mounted at `where`, for a full disk; skips the
+    test where mounting needs a privilege this machine does not give (CI runs as root)."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip() or 'needs root'})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)

@@ -17,7 +17,7 @@ from mt_assets import provision
 from mt_assets.audit import audit
 from mt_assets.manifest import parse_manifest
 from mt_assets.sources import MirrorSource
-from mt_assets_tests.conftest import CLI, SyntheticVolume, manifest_yaml, run_cli
+from mt_assets_tests.conftest import CLI, SyntheticVolume, manifest_yaml, run_cli, small_tmpfs
 
 
 def make_mirror(sv: SyntheticVolume, root: Path) -> Path:
@@ -134,13 +134,7 @@ def test_cli_refuses_a_volume_that_is_really_full(
     empty_volume_and_mirror: tuple[SyntheticVolume, Path], tmp_path: Path
 ) -> None:
     sv, mirror = empty_volume_and_mirror
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)], capture_output=True
-    ).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
+    with small_tmpfs(tmp_path / "small", "200k") as small:
         manifest = tmp_path / "m.yaml"
         manifest.write_text(manifest_yaml(sv.files))
         result = run_cli(
@@ -172,8 +166,6 @@ def test_cli_refuses_a_volume_that_is_really_full(
         )
         assert only.returncode == 0, only.stderr
         assert json.loads(only.stdout)["complete"] is True
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(

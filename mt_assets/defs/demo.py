@@ -163,7 +163,8 @@ def demo_renders(
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     job = defs.resolve_implicit_global_asset_job_def()
     videos: list[Path] = []
-    for request in tick.run_requests or []:
+    # Only the demo's own jobs: others queued on this volume are left to the daemon.
+    for request in [r for r in tick.run_requests or [] if r.partition_key in jobs]:
         run = job.execute_in_process(
             instance=instance,
             partition_key=request.partition_key,

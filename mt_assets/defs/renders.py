@@ -1,6 +1,7 @@
 """Renders in Dagster: the `renders` asset (one dynamic partition per job), the inbox sensor, the batch schedule.
 
     jobs/inbox/ --render_inbox sensor--> jobs/queued/<id>.json + partition <id> + a run request
+                (and again each tick for a queued job whose run key has no run: a lost tick)
     run of renders[<id>] (pool "gpu") --> outputs/<id>/ ; jobs/done/   (or jobs/failed/ after retries)
     nightly_renders schedule --> a run for every queued job without a materialization
 
@@ -53,6 +54,7 @@ too), so set `runpod` explicitly. The API key (RUNPOD_API_KEY) is read when a re
 resource field, and it never reaches the run log, metadata or error messages.
 """
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -546,36 +548,72 @@ class _LogProgress:
         self._done.pop(key, None)
 
 
+INBOX_SENSOR = "render_inbox"
+
+
+def _run_key(job_id: str, queued: Path) -> str:
+    """One key per acceptance: a re-dropped job (`rerender: true`) is queued anew, so it gets a new run."""
+    return f"{job_id}@{queued.stat().st_mtime_ns}"
+
+
+def _queued_run_keys(queue: JobQueue) -> list[tuple[str, str]]:
+    """(id, run key) of the jobs waiting in jobs/queued/; one taken by a render meanwhile is left out."""
+    found = []
+    for job_id in queue.queued_ids():
+        with contextlib.suppress(FileNotFoundError):
+            found.append((job_id, _run_key(job_id, queue.folder("queued") / f"{job_id}.json")))
+    return found
+
+
+def _has_run(context: dg.SensorEvaluationContext, run_key: str) -> bool:
+    """Whether this sensor's run key has a run: the tags the daemon puts on the runs it creates."""
+    tags = {"dagster/run_key": run_key, "dagster/sensor_name": INBOX_SENSOR}
+    return bool(context.instance.get_run_ids(filters=dg.RunsFilter(tags=tags), limit=1))
+
+
 def build_inbox_sensor(minimum_interval_seconds: int = 30) -> dg.SensorDefinition:
     @dg.sensor(
-        name="render_inbox",
+        name=INBOX_SENSOR,
         minimum_interval_seconds=minimum_interval_seconds,
         asset_selection=[RENDERS_KEY],
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Job files dropped in <volume>/jobs/inbox/: validated, queued as partitions of renders, run.",
     )
     def render_inbox(context: dg.SensorEvaluationContext, volume: VolumeResource) -> dg.SensorResult:
-        scan = JobQueue(volume.open().root).scan_inbox()
+        queue = JobQueue(volume.open().root)
+        scan = queue.scan_inbox()
         for r in scan.rejected:
             context.log.warning(f"rejected {r.name}: {r.error}")
-        if not scan.accepted:
+        accepted = [a.id for a in scan.accepted]
+        # Accepting moves a job out of the inbox before the daemon has the tick's run request: a tick
+        # whose result is lost (a timed-out evaluation, a restart) would leave it queued with no run.
+        # So a queued job whose run key has no run yet is asked for again.
+        unrun = [i for i in _queued_run_keys(queue) if i[0] not in accepted and not _has_run(context, i[1])]
+        if unrun:
+            context.log.warning(f"queued without a run, asked for again: {', '.join(i for i, _ in unrun)}")
+        if not accepted and not unrun:
             reason = f"{len(scan.rejected)} rejected" if scan.rejected else "nothing new in jobs/inbox/"
             if scan.waiting:
                 reason += f"; {len(scan.waiting)} still being copied"
             return dg.SensorResult(skip_reason=reason)
-        ids = [a.id for a in scan.accepted]
-        context.log.info(f"queued {len(ids)} render job(s): {', '.join(ids)}")
+        if accepted:
+            context.log.info(f"queued {len(accepted)} render job(s): {', '.join(accepted)}")
+        keys = {a.id: _run_key(a.id, a.path) for a in scan.accepted} | dict(unrun)
+        known = set(context.instance.get_dynamic_partitions(PARTITIONS.name))
+        new_partitions = [i for i in keys if i not in known]
         return dg.SensorResult(
             run_requests=[
                 dg.RunRequest(
-                    run_key=f"{a.id}@{a.path.stat().st_mtime_ns}",
-                    partition_key=a.id,
+                    run_key=run_key,
+                    partition_key=job_id,
                     asset_selection=[RENDERS_KEY],
                     tags={"mt_assets/trigger": "render_inbox"},
                 )
-                for a in scan.accepted
+                for job_id, run_key in keys.items()
             ],
-            dynamic_partitions_requests=[PARTITIONS.build_add_request(ids)],
+            dynamic_partitions_requests=(
+                [PARTITIONS.build_add_request(new_partitions)] if new_partitions else []
+            ),
         )
 
     return render_inbox

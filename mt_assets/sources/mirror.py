@@ -13,6 +13,7 @@ from pathlib import Path
 from mt_assets.manifest import ManifestFile
 from mt_assets.sources.base import Source, SourceError, TransientSourceError
 from mt_assets.volume import AtomicWriter
+from mt_assets.volume.direct import aligned_buffer
 from mt_assets.volume.hashing import CHUNK_SIZE
 
 
@@ -39,13 +40,15 @@ class MirrorSource(Source):
             if writer.resume_from:
                 with self._reading(f, path):
                     src.seek(writer.resume_from)
+            # Page-aligned, so whole chunks can be written directly (volume/direct.py).
+            buffer = memoryview(aligned_buffer(CHUNK_SIZE))
             while True:
                 with self._reading(f, path):
-                    chunk = src.read1(CHUNK_SIZE)  # what is there now: a pipe or NFS may give less
-                if not chunk:
+                    n = src.readinto1(buffer)  # what is there now: a pipe or NFS may give less
+                if not n:
                     break
-                writer.write(chunk)  # volume errors (a full disk) propagate as they are
-                on_bytes(len(chunk))
+                writer.write(buffer[:n])  # volume errors (a full disk) propagate as they are
+                on_bytes(n)
 
     @contextmanager
     def _reading(self, f: ManifestFile, path: Path) -> Iterator[None]:

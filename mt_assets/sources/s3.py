@@ -60,6 +60,7 @@ be slow: the read timeout is generous and standard retry mode retries what fails
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import threading
@@ -85,6 +86,7 @@ from botocore.exceptions import (
 from mt_assets.manifest import ManifestFile
 from mt_assets.sources.base import Source, SourceError, TransientSourceError
 from mt_assets.volume import AtomicWriter
+from mt_assets.volume.direct import aligned_buffer
 
 MiB = 1024 * 1024
 DEFAULT_CHUNK_SIZE = 16 * MiB
@@ -405,74 +407,98 @@ class S3Source(Source):
         on_bytes: Callable[[int], None],
         where: str,
     ) -> None:
-        """Byte ranges of chunk_size in parallel, written in order; `window` parts in flight."""
+        """Byte ranges of chunk_size in parallel, written in order; `window` parts in flight.
+
+        The first part in line is hashed and written while it still arrives, so a file's last
+        bytes are on the volume moments after they are received, not a whole part later."""
         executor = self._pool()
-        parts = iter(range(start, size, self.chunk_size))
-        pending: deque[Future[memoryview]] = deque()
+        ranges = iter(range(start, size, self.chunk_size))
+        pending: deque[tuple[_Part, Future[None]]] = deque()
         stop = threading.Event()
 
         def submit_next() -> None:
-            first = next(parts, None)
+            first = next(ranges, None)
             if first is not None:
-                last = min(first + self.chunk_size, size) - 1
-                pending.append(executor.submit(self._get_part, key, first, last, size, where, stop))
+                part = _Part(first, min(first + self.chunk_size, size) - 1)
+                future = executor.submit(self._get_part, key, part, size, where, stop)
+                future.add_done_callback(lambda _: part.finish())  # cancelled before it ran, too
+                pending.append((part, future))
 
         for _ in range(self.window):
             submit_next()
         try:
             while pending:
-                part = pending.popleft().result()
-                submit_next()  # keep the window full while this part is hashed and written
-                n = len(part)
+                part, future = pending[0]
+                written = 0
+                topped_up = False
                 try:
-                    # In 1 MiB blocks: each block is copied into the file and hashed while it is in
-                    # the CPU cache, and one 64 MiB write() measured ~20x more kernel time in the
-                    # page-cache copy than the same bytes in 1 MiB writes (ext4, Linux 6.x VM).
-                    for offset in range(0, n, STREAM_BLOCK):
-                        writer.write(part[offset : offset + STREAM_BLOCK])
+                    while written < part.want:
+                        received, finished = part.wait_for(min(written + STREAM_BLOCK, part.want))
+                        if finished and received == part.want and not topped_up:
+                            submit_next()  # downloaded: the window takes the next part meanwhile
+                            topped_up = True
+                        # In 1 MiB blocks: each block is hashed while it is in the CPU cache, and
+                        # written directly (page-aligned buffers, volume/direct.py) or, buffered,
+                        # with ~20x less kernel time than one 64 MiB write() (ext4, Linux 6.x VM).
+                        while written < received and (
+                            received - written >= STREAM_BLOCK or received == part.want
+                        ):
+                            assert part.view is not None
+                            block = min(STREAM_BLOCK, received - written)
+                            writer.write(part.view[written : written + block])
+                            written += block
+                            on_bytes(block)
+                        if finished and written < part.want:
+                            # Failed: its whole blocks are written, so a retry resumes after them.
+                            future.result()
+                            raise TransientSourceError(
+                                f"{where}: bytes {part.first}-{part.last} ended after {received}"
+                            )
                 finally:
-                    self._buffers.give(part)
-                on_bytes(n)
+                    # A part still downloading keeps its buffer (its reader writes into it): dropped.
+                    if part.view is not None and part.finished:
+                        self._buffers.give(part.view)
+                pending.popleft()
+                if not topped_up:
+                    submit_next()
         finally:
             stop.set()
-            for future in pending:
+            for _, future in pending:
                 future.cancel()
 
-    def _get_part(
-        self, key: str, first: int, last: int, size: int, where: str, stop: threading.Event
-    ) -> memoryview:
-        """Bytes first..last, read into a reused buffer (see _Buffers); the caller gives it back."""
-        if stop.is_set():
-            return memoryview(b"")  # the fetch already failed; its result is not read
-        want = last - first + 1
-        response = self._get(key, first, last, where)
-        body = response["Body"]
+    def _get_part(self, key: str, part: _Part, size: int, where: str, stop: threading.Event) -> None:
+        """Read bytes part.first..part.last into a reused buffer (see _Buffers), telling `part` as
+        they arrive; the writer gives the buffer back, since it reads from it meanwhile."""
         try:
-            if response.get("ContentLength") != want:
-                got = response.get("ContentRange") or f"{response.get('ContentLength')} bytes"
-                raise TransientSourceError(
-                    f"{where}: asked for bytes {first}-{last} of {size}, got {got}; the object may be "
-                    "changing or the server ignored the range"
-                )
-            part = self._buffers.take(want)
-            received = 0
+            if stop.is_set():
+                return  # the fetch already failed; nobody reads this part
+            first, last, want = part.first, part.last, part.want
+            response = self._get(key, first, last, where)
+            body = response["Body"]
             try:
-                while received < want:
-                    n = body.readinto(part[received : min(received + STREAM_BLOCK, want)])
-                    if not n:
-                        raise TransientSourceError(
-                            f"{where}: the connection ended after {received} of bytes {first}-{last}"
-                        )
-                    received += n
-            except (BotoCoreError, OSError) as e:
-                self._buffers.give(part)
-                raise self._error(e, where, f"in bytes {first}-{last} of {size}") from e
-            except BaseException:
-                self._buffers.give(part)
-                raise
+                if response.get("ContentLength") != want:
+                    got = response.get("ContentRange") or f"{response.get('ContentLength')} bytes"
+                    raise TransientSourceError(
+                        f"{where}: asked for bytes {first}-{last} of {size}, got {got}; the object may be "
+                        "changing or the server ignored the range"
+                    )
+                view = part.view = self._buffers.take(want)
+                received = 0
+                try:
+                    while received < want:
+                        n = body.readinto(view[received : min(received + STREAM_BLOCK, want)])
+                        if not n:
+                            raise TransientSourceError(
+                                f"{where}: the connection ended after {received} of bytes {first}-{last}"
+                            )
+                        received += n
+                        part.arrived(received)
+                except (BotoCoreError, OSError) as e:
+                    raise self._error(e, where, f"in bytes {first}-{last} of {size}") from e
+            finally:
+                body.close()
         finally:
-            body.close()
-        return part
+            part.finish()
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._executor_lock:
@@ -527,28 +553,62 @@ class S3Source(Source):
         return text
 
 
+class _Part:
+    """One ranged GET's progress, shared by the thread reading it and the writer reading its buffer."""
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last, self.want = first, last, last - first + 1
+        self.view: memoryview | None = None  # set before the first bytes arrive
+        self._received = 0
+        self._finished = False
+        self._changed = threading.Condition()
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def arrived(self, received: int) -> None:
+        with self._changed:
+            crossed = received // STREAM_BLOCK > self._received // STREAM_BLOCK
+            self._received = received
+            if crossed or received >= self.want:
+                self._changed.notify()  # once per block the writer waits for, not per socket read
+
+    def finish(self) -> None:
+        with self._changed:
+            self._finished = True
+            self._changed.notify()
+
+    def wait_for(self, count: int) -> tuple[int, bool]:
+        """(bytes received, finished) once `count` bytes have arrived or the read ended."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._received >= count or self._finished)
+            return self._received, self._finished
+
+
 class _Buffers:
     """Part buffers of chunk_size, reused: a fresh 64 MiB buffer per part costs page faults (the
     kernel zeroes every page of a new mapping), which measured about as much CPU as the sha256.
+    Page-aligned, so the writer can send their 1 MiB blocks to the disk directly (volume/direct.py).
     Keeps at most `keep` idle buffers; a part taken and given back is a memoryview of one."""
 
     def __init__(self, chunk_size: int, keep: int) -> None:
         self.chunk_size = chunk_size
         self.keep = keep
-        self._idle: list[bytearray] = []
+        self._idle: list[mmap.mmap] = []
         self._lock = threading.Lock()
 
     def take(self, size: int) -> memoryview:
         with self._lock:
             buffer = self._idle.pop() if self._idle else None
         if buffer is None:
-            buffer = bytearray(self.chunk_size)
+            buffer = aligned_buffer(self.chunk_size)
         return memoryview(buffer)[:size]
 
     def give(self, part: memoryview) -> None:
         buffer = part.obj
         part.release()
-        if isinstance(buffer, bytearray) and len(buffer) == self.chunk_size:
+        if isinstance(buffer, mmap.mmap) and len(buffer) == self.chunk_size:
             with self._lock:
                 if len(self._idle) < self.keep:
                     self._idle.append(buffer)

@@ -10,6 +10,9 @@ a file of its own (even two writers that both believe they hold the lock never s
 and the next holder of the target's lock can take over an interrupted transfer of the same pin
 by renaming it to its own name (only one rename wins), then resume it (`resume_from`),
 re-hashing the bytes already there. See LocalVolume.writing.
+
+Page-aligned blocks at aligned offsets are written with O_DIRECT where the filesystem allows it
+(`mt_assets.volume.direct`), the rest through the page cache.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from mt_assets.volume import direct
 from mt_assets.volume.hashing import CHUNK_SIZE, Digest, StreamHasher
 
 # Start writeback of staged bytes every this many bytes, so the fsync in commit() finds little
@@ -85,12 +89,14 @@ class AtomicWriter:
             total_size=self.expected.size, git_sha1=self.expected.git_sha1 is not None
         )
         self._file: BinaryIO | None = None
+        self._direct_fd: int | None = None  # the same file opened O_DIRECT, for aligned blocks
         self._writeback_from = 0  # offset up to which writeback was started
 
     # -- writing -------------------------------------------------------------------------
 
     def open(self, resume: bool = False) -> AtomicWriter:
         """Open the staged file; with `resume`, keep bytes already staged and hash them first."""
+        direct.mode()  # a bad MT_DIRECT_WRITES fails before anything is staged
         self.staging_path.parent.mkdir(parents=True, exist_ok=True)
         if resume and self.staging_path.exists():
             self._file = open(self.staging_path, "r+b")  # noqa: SIM115 - closed by commit/abort
@@ -99,6 +105,11 @@ class AtomicWriter:
             self._writeback_from = self._hasher.size
         else:
             self._file = open(self.staging_path, "wb")  # noqa: SIM115 - closed by commit/abort
+        try:
+            self._direct_fd = direct.open_direct(self.staging_path)
+        except BaseException:
+            self.abort()
+            raise
         return self
 
     @property
@@ -109,12 +120,39 @@ class AtomicWriter:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert self._file is not None, "open() first"
         try:
-            self._file.write(data)
-            if self._hasher.size + len(data) - self._writeback_from >= WRITEBACK_EVERY:
-                self._start_writeback(self._hasher.size + len(data))
+            written = self._write_direct(data) if self._direct_fd is not None else 0
+            if written < len(data):
+                self._file.write(data[written:] if written else data)
+                if self._hasher.size + len(data) - self._writeback_from >= WRITEBACK_EVERY:
+                    self._start_writeback(self._hasher.size + len(data))
         except OSError as e:
             raise self._translate(e) from e
         self._hasher.update(data)
+
+    def _write_direct(self, data: bytes | bytearray | memoryview) -> int:
+        """Bytes of `data` written with O_DIRECT at the current end: all of it, or 0 when it does
+        not fit the alignment rules or the filesystem refuses (then never again for this file)."""
+        assert self._file is not None and self._direct_fd is not None
+        offset = self._hasher.size
+        if not direct.fits(data, offset):
+            return 0
+        self._file.flush()  # buffered bytes before this block reach the file first
+        try:
+            written = os.pwrite(self._direct_fd, data, offset)
+        except OSError as e:
+            if not direct.refused(e):
+                raise
+            self._close_direct()
+            return 0
+        self._file.seek(offset + written)  # a short write's rest goes buffered, after it
+        if self._writeback_from == offset:
+            self._writeback_from = offset + written  # nothing of it in the page cache to push out
+        return written
+
+    def _close_direct(self) -> None:
+        if self._direct_fd is not None:
+            fd, self._direct_fd = self._direct_fd, None
+            os.close(fd)
 
     def _start_writeback(self, end: int) -> None:
         assert self._file is not None
@@ -149,10 +187,11 @@ class AtomicWriter:
         assert self._file is not None
         try:
             self._file.flush()
-            os.fsync(self._file.fileno())
+            os.fsync(self._file.fileno())  # the inode's data, direct blocks included, and its size
         except OSError as e:
             self._discard()
             raise self._translate(e) from e
+        self._close_direct()
         self._file.close()
         digest = self._hasher.digest()
         problem = self._mismatch(digest)
@@ -168,6 +207,7 @@ class AtomicWriter:
         return digest
 
     def abort(self) -> None:
+        self._close_direct()
         if self._file is not None and not self._file.closed:
             self._file.close()
         if not self.keep_partial:
@@ -196,6 +236,7 @@ class AtomicWriter:
         return None
 
     def _discard(self) -> None:
+        self._close_direct()
         if self._file is not None and not self._file.closed:
             # Closing flushes the buffer, which fails again on a full disk: the bytes are
             # being thrown away, so that failure is of no interest.

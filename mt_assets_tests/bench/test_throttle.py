@@ -56,12 +56,16 @@ def _can_throttle(path: Path) -> bool:
     return os.geteuid() == 0 and os.access(mount, os.W_OK)
 
 
-def test_reads_in_the_throttled_group_are_held_to_the_rate_and_the_group_goes_afterwards(tmp_path: Path) -> None:
+def test_reads_in_the_throttled_group_are_held_to_the_rate_and_the_group_goes_afterwards(
+    tmp_path: Path,
+) -> None:
     if not _can_throttle(tmp_path):
         pytest.skip("needs root, a cgroup v1 blkio hierarchy and a block device under the temp folder")
     path = tmp_path / "data.bin"
     path.write_bytes(os.urandom(FILE_BYTES))
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     stale = blkio_mount() / f"mt-bench-{gone.stdout.strip()}"  # as a killed run leaves it
     stale.mkdir()
     out = subprocess.run(

@@ -22,6 +22,7 @@ from mt_assets.defs.offline_cache import ASSET_KEY as OFFLINE_CACHE
 from mt_assets.defs.renders import PARTITIONS, RENDERS_KEY
 from mt_assets.defs.resources import VolumeResource
 from mt_assets.manifest import load_profile
+from mt_assets.render.queue import JobQueue
 from mt_assets.render.samples import write_face_image, write_speech
 from mt_assets_tests.defs.conftest import materialized_tiny
 
@@ -52,8 +53,13 @@ class RenderEnv:
             doc["cond_image"] = f"volume:media/{doc['cond_image']}"
             doc["cond_audio"] = {k: f"volume:media/{v}" for k, v in doc["cond_audio"].items()}  # type: ignore[union-attr]
         media = where if folder else self.root / "media"
-        write_face_image(media / "face.png", 96, 64)
-        write_speech(media / "speech.wav", 1.0)
+        # Renamed into place: media/ beside jobs/ is shared, and a sensor may be decoding it right now.
+        for name, write in (
+            ("face.png", lambda p: write_face_image(p, 96, 64)),
+            ("speech.wav", lambda p: write_speech(p, 1.0)),
+        ):
+            write(media / f".new-{name}")
+            os.replace(media / f".new-{name}", media / name)
         job.write_text(yaml.safe_dump(doc))
         settled = time.time() - 60  # older than the inbox's settle time: a finished copy
         for p in [job, *media.iterdir()] if folder else [job]:
@@ -213,3 +219,23 @@ def test_the_nightly_schedule_asks_for_queued_jobs_without_a_render(renv) -> Non
         )
     )
     assert not after.run_requests
+
+
+def test_a_job_queued_by_a_tick_whose_result_was_lost_is_asked_for_again_once(renv) -> None:
+    renv.drop("hotel")
+    JobQueue(renv.root).scan_inbox()  # a tick accepted it, and its result never reached the daemon
+    [request] = [r for r in renv.tick().run_requests or [] if r.partition_key == "hotel"]
+    assert "hotel" in renv.instance.get_dynamic_partitions(PARTITIONS.name)
+
+    # The daemon made a run under that key: the next ticks leave the job to it.
+    job = renv.defs.resolve_implicit_global_asset_job_def()
+    tags = {"dagster/run_key": request.run_key, "dagster/sensor_name": "render_inbox"}
+    renv.instance.create_run_for_job(job, tags=tags, asset_selection=frozenset([RENDERS_KEY]))
+    assert not [r for r in renv.tick().run_requests or [] if r.partition_key == "hotel"]
+
+    # Queued anew (as a re-drop with `rerender: true` is): a new key, so asked for again.
+    queued = renv.root / "jobs" / "queued" / "hotel.json"
+    os.utime(queued, ns=(queued.stat().st_atime_ns, queued.stat().st_mtime_ns + 1))
+    [again] = [r for r in renv.tick().run_requests or [] if r.partition_key == "hotel"]
+    assert again.run_key != request.run_key
+    assert JobQueue(renv.root).withdraw("hotel")

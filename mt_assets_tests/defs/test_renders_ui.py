@@ -242,10 +242,6 @@ def renders_ui(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     with dg.DagsterInstance.from_config(str(home)) as instance:
         env = RenderEnv(root, instance, defs)
         materialize_models(defs, instance)
-        for job_id in JOB_IDS:
-            env.drop(job_id)
-        assert sorted(r.partition_key for r in env.tick().run_requests or []) == sorted(JOB_IDS)
-        assert set(instance.get_dynamic_partitions(PARTITIONS.name)) == set(JOB_IDS)
         variables = {
             "MT_PROFILE": "tiny",
             "MT_VOLUME": str(root),
@@ -258,6 +254,13 @@ def renders_ui(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             # Only what a test launches runs: the automation sensor would start offline_cache runs of
             # its own when a test changes a model file's version (the same toggle as in the UI).
             ui.stop_sensor("volume_automation")
+            # The jobs are accepted by a tick here, and their runs launched by the tests from the UI;
+            # the daemon's own tick would ask for runs of queued jobs that have none.
+            ui.stop_sensor("render_inbox")
+            for job_id in JOB_IDS:
+                env.drop(job_id)
+            assert sorted(r.partition_key for r in env.tick().run_requests or []) == sorted(JOB_IDS)
+            assert set(instance.get_dynamic_partitions(PARTITIONS.name)) == set(JOB_IDS)
             ui.graphql("mutation { setNuxSeen }")  # the one-time community dialog would cover the page
             yield ui
 

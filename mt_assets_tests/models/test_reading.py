@@ -26,6 +26,7 @@ from mt_assets.models.reading import (
     warm_tensors,
     will_copy,
 )
+from mt_assets.volume.direct import filesystem_type
 
 
 def _odd_tensors() -> dict[str, torch.Tensor]:
@@ -128,18 +129,8 @@ def test_evict_drops_a_read_file_from_the_page_cache_and_it_still_reads(tmp_path
     assert evict(path) is True
     cached = resident_fraction(path)
     if cached is not None:  # mincore answered: the pages are gone (tmpfs keeps them: skip that case)
-        assert cached < 0.5 or _on_tmpfs(path)
+        assert cached < 0.5 or filesystem_type(path) == "tmpfs"
     assert _same_bits(read_safetensors(path, "sequential")["x"], tensors["x"])
-
-
-def _on_tmpfs(path: Path) -> bool:
-    mounts = Path("/proc/mounts").read_text().splitlines() if Path("/proc/mounts").exists() else []
-    best = max(
-        (m.split() for m in mounts if str(path).startswith(m.split()[1])),
-        key=lambda m: len(m[1]),
-        default=None,
-    )
-    return best is not None and best[2] == "tmpfs"
 
 
 def test_drop_caches_says_whether_it_could(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,7 +173,7 @@ def test_warming_reads_only_the_file_ranges_behind_the_given_mapped_tensors(
     evict(path)
     state = load_pth(path)  # memory-mapped: the data is not read yet
     before = resident_fraction(path)
-    if before is None or _on_tmpfs(path):
+    if before is None or filesystem_type(path) == "tmpfs":
         pytest.skip("the page cache cannot be asked here")
     assert before < 0.1
     assert warm_tensors([state["kept"]], "mmap") == 0  # mmap leaves it to the page faults

@@ -352,6 +352,23 @@ def test_after_a_dropped_part_a_retry_resumes_where_the_written_parts_end(stored
     ]
 
 
+def test_the_part_in_line_is_written_while_it_arrives_so_a_cut_keeps_its_whole_blocks(stored, volume, proxy):
+    s = stored(10 * MiB)
+    source = S3Source.from_uri(s.uri, endpoint_url=proxy.url, chunk_size=4 * MiB, max_concurrency=2)
+    proxy.drop_after(MiB + MiB // 2, range_start=4 * MiB)  # 1.5 MiB into the second part
+    with pytest.raises(TransientSourceError):
+        with volume.writing(s.file.target, s.expected, resume=True) as w:
+            source.fetch(s.file, w, lambda n: None)
+
+    proxy.clear()
+    with volume.writing(s.file.target, s.expected, resume=True) as w:
+        assert w.resume_from == 5 * MiB  # the first part and the second's first whole 1 MiB block
+        source.fetch(s.file, w, lambda n: None)
+        w.commit()
+    assert (volume.root / s.file.target).read_bytes() == s.data
+    assert sorted(g.range for g in proxy.gets()) == ["bytes=5242880-9437183", "bytes=9437184-10485759"]
+
+
 def test_http_500_once_is_retried_by_botocore(stored, volume, proxy):
     s = stored(50_000)
     source = S3Source.from_uri(s.uri, endpoint_url=proxy.url)

@@ -22,6 +22,7 @@ from mt_assets.volume import (
     WriterBusy,
     WriterLock,
 )
+from mt_assets_tests.conftest import small_tmpfs
 
 TARGET = "models/comp/big.bin"
 
@@ -110,15 +111,7 @@ def test_volume_must_be_a_directory(tmp_path: Path) -> None:
 
 
 def test_full_disk_leaves_nothing_behind(tmp_path: Path) -> None:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
-    ).returncode:
-        pytest.skip(
-            "cannot mount a small tmpfs here (needs root); the full-disk path is untested on this machine"
-        )
-    try:
+    with small_tmpfs(tmp_path / "small", "1m") as mount:
         vol = LocalVolume(mount)
         with pytest.raises(VolumeFullError, match=r"^\[Errno 28\] models/comp/big.bin: the volume is full"):
             with vol.writing(TARGET) as w:
@@ -127,8 +120,6 @@ def test_full_disk_leaves_nothing_behind(tmp_path: Path) -> None:
                 w.commit()
         assert not (mount / TARGET).exists()
         assert list((mount / ".mt" / "staging").iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_sigkill_mid_write_leaves_no_file_and_the_next_writer_proceeds_after_the_stale_timeout(
