@@ -8,7 +8,9 @@ worker loads the DiT, T5 and CLIP (VAE and wav2vec2 stay float32). Per unit and 
 min, max, p95 seconds, bytes, GB/s; the DiT load's peak RSS and transient memory (peak RSS minus
 the RSS before it minus the DiT's parameters, which all stay in host memory on the CPU). Beside them,
 in the same run, the raw-read limit: the same files, evicted, read with large blocks one after
-another and with 4 threads at once; the faster is the limit.
+another and with 4 threads at once; the faster is the limit. And `fresh memory`: how long a new
+process takes to allocate and write as many bytes as the DiT keeps, the other cost of a CPU load (on
+a VM whose host backs memory lazily it can exceed the read).
 
 Default volume: the medium mirror (~2.8 GB, `build_tiny_mirror(scale="medium")`), built once under
 ./var/bench/medium (models/ + medium.yaml) and reused. `--volume PATH --manifest FILE` measures any
@@ -258,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             "loads": result.loads.to_dict(orient="records"),
             "raw": result.raw.to_dict(orient="records"),
             "largest_file": result.largest_file,
+            "fresh_memory": result.fresh,
             "best_strategy": best,
             "cold_start_ratio": ratio,
             "peak_rss_ratio": peak,
@@ -292,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         console.print(
             f"  DiT transient memory ({best}) {peak:.2f}x its largest file ({result.largest_file / 1e6:.0f} MB); "
             f"goal <= {PEAK_RSS_GOAL} {met}"
+        )
+    if result.fresh is not None:
+        fresh = result.fresh
+        console.print(
+            f"  fresh memory: a new process allocates and writes the DiT's kept {fresh['bytes'] / 1e9:.2f} GB "
+            f"in {fresh['seconds']:.2f} s ({fresh['gb_per_s']:.2f} GB/s), a cost of a CPU load beside its reads"
         )
     if repack is not None:
         console.print(

@@ -21,6 +21,8 @@ Frames (pandas):
                       transient (transformer only), resident_before (page-cache fraction after
                       evict), files (what the unit read, relative to the volume)
     raw_read_limit()  one row per mode: seconds, bytes, gb_per_s
+    fresh_memory()    seconds for a fresh process to allocate and write the DiT's kept bytes (a CPU
+                      load's other cost beside the reads: on some VMs new memory is slower than the disk)
     summarize()       one row per (strategy, unit) and a `total` per strategy: runs, median, min,
                       max, p50, p95 seconds, bytes, gb_per_s (bytes / median seconds)
     first_steps()     one row per (mode, run) of a cold start to the first denoising step of a small
@@ -70,6 +72,7 @@ class ColdStart:
     raw: pd.DataFrame
     summary: pd.DataFrame
     largest_file: int  # bytes of the DiT's largest safetensors file (shard or adapter)
+    fresh: dict[str, float] | None = None  # fresh_memory() of the DiT's kept bytes, when it was loaded
 
     @property
     def limit_seconds(self) -> float:
@@ -212,6 +215,7 @@ def cold_loads(
                         "bytes": m["bytes"], "rss_before": m["rss_before"], "peak_rss": m["peak_rss"],
                         "transient": transient, "resident_before": resident,
                         "rss_after_imports": out["rss_after_imports"], "hwm_reset": out["hwm_reset"],
+                        "kept_bytes": out.get("dit_kept_bytes") if unit == "transformer" else None,
                         "files": tuple(m["files"]),
                     })  # fmt: skip
                 if on_run is not None:
@@ -326,6 +330,35 @@ def raw_read_limit(
     return pd.DataFrame(rows)
 
 
+# Allocates and writes n bytes of new anonymous memory in a fresh process, as a CPU load's cast does
+# for the weights it keeps; prints the seconds. No numpy or torch: their import would be the measure.
+_FRESH_MEMORY = (
+    "import ctypes, mmap, sys, time\n"
+    "n = int(sys.argv[1]); started = time.perf_counter(); m = mmap.mmap(-1, n)\n"
+    "ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(m)), 1, n)\n"
+    "print(time.perf_counter() - started)"
+)
+
+
+def fresh_memory(nbytes: int, *, repeats: int = 1) -> dict[str, float]:
+    """How fast this machine gives a fresh process new memory: `nbytes` allocated and written,
+    median of `repeats` processes. A CPU load pays this for every weight it keeps, beside the reads;
+    on a VM whose host backs guest memory lazily (free page reporting) it can be slower than the disk."""
+    samples = []
+    for _ in range(max(1, repeats)):
+        done = subprocess.run(
+            [sys.executable, "-c", _FRESH_MEMORY, str(nbytes)], capture_output=True, text=True, timeout=300
+        )
+        if done.returncode != 0:
+            raise BenchError(
+                f"fresh memory of {nbytes} bytes: exit {done.returncode}: {done.stderr.strip()[-300:]}"
+            )
+        samples.append(float(done.stdout.strip()))
+    median = float(pd.Series(samples).median())
+    return {"bytes": nbytes, "seconds": median, "min_seconds": min(samples), "max_seconds": max(samples),
+            "gb_per_s": nbytes / median / 1e9}  # fmt: skip
+
+
 def summarize(loads: pd.DataFrame) -> pd.DataFrame:
     """Per (strategy, unit), and a `total` per strategy (the sum of a run's units): the seconds' spread."""
     per_run = loads.groupby(["strategy", "run"], sort=False, as_index=False)[["seconds", "bytes"]].sum()
@@ -362,4 +395,6 @@ def measure(
     )
     raw = raw_read_limit(files_read(volume, loads), repeats=runs)
     largest = largest_dit_file(volume, loads)
-    return ColdStart(loads=loads, raw=raw, summary=summarize(loads), largest_file=largest)
+    kept = loads["kept_bytes"].dropna()
+    fresh = fresh_memory(int(kept.max()), repeats=runs) if not kept.empty else None
+    return ColdStart(loads=loads, raw=raw, summary=summarize(loads), largest_file=largest, fresh=fresh)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from mt_assets.bench import ColdStart, cold_loads, first_steps, load_files, raw_read_limit, summarize
+from mt_assets.bench.cold_start import fresh_memory
 from mt_assets.bench.report import build_report, regressions, storage_frame, write_report
 from mt_assets.manifest import load_profile
 from mt_assets.models.pipeline import UNITS
@@ -37,6 +38,13 @@ def test_raw_read_reads_every_byte_sequentially_and_in_parallel(tmp_path: Path) 
     assert ((raw["min_seconds"] <= raw["seconds"]) & (raw["seconds"] <= raw["max_seconds"])).all()
 
 
+def test_fresh_memory_is_timed_in_new_processes() -> None:
+    fresh = fresh_memory(64 * 1024 * 1024, repeats=2)
+    assert fresh["bytes"] == 64 * 1024 * 1024
+    assert 0 < fresh["min_seconds"] <= fresh["seconds"] <= fresh["max_seconds"]
+    assert fresh["gb_per_s"] == pytest.approx(fresh["bytes"] / fresh["seconds"] / 1e9)
+
+
 def test_summary_gives_the_spread_per_unit_and_a_total_per_run() -> None:
     loads = pd.DataFrame([
         {"strategy": "mmap", "run": r, "unit": u, "seconds": s, "bytes": b}
@@ -60,6 +68,7 @@ def test_a_cold_load_runs_in_a_fresh_process_with_the_files_evicted(volume: Loca
     assert dit["peak_rss"] >= dit["rss_before"] > 100e6  # torch is imported: RSS is measured in the child
     expected = sum(p.stat().st_size for p in load_files(volume, manifest, ["transformer"]))
     assert dit["bytes"] == expected and dit["transient"] is not None
+    assert dit["kept_bytes"] > 0 and loads[loads["unit"] != "transformer"]["kept_bytes"].isna().all()
     assert all(f.startswith("models/") for f in dit["files"])  # no repack on this volume: the originals
     raw = raw_read_limit(load_files(volume, manifest, list(UNITS)))
     cold = ColdStart(loads, raw, summarize(loads), largest_file=1)
