@@ -25,6 +25,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from mt_assets.volume.mounts import mounts
+
 GROUP_PREFIX = "mt-bench-"
 SYS_DEV_BLOCK = Path("/sys/dev/block")
 
@@ -51,12 +53,9 @@ def block_device(path: str | Path) -> str:
 
 def blkio_mount() -> Path:
     """Where the cgroup v1 blkio hierarchy is mounted (from /proc/self/mountinfo)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[sep + 1] == "cgroup" and "blkio" in fields[sep + 3].split(","):
-                return Path(fields[4])
+    for mount in mounts():
+        if mount.fstype == "cgroup" and "blkio" in mount.super_options:
+            return Path(mount.point)
     raise ThrottleError(
         "no cgroup v1 blkio hierarchy is mounted (cgroup v2's io.max is not handled), so reads cannot "
         "be throttled here"

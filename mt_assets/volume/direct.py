@@ -23,8 +23,9 @@ import ctypes
 import errno
 import mmap
 import os
-import re
 from pathlib import Path
+
+from mt_assets.volume.mounts import filesystem_type
 
 ALIGNMENT = 4096
 ENV = "MT_DIRECT_WRITES"
@@ -55,27 +56,6 @@ def mode() -> str:
     if value not in MODES:
         raise ValueError(f"{ENV}={value!r}: expected one of {', '.join(MODES)}")
     return value
-
-
-def filesystem_type(path: Path) -> str | None:
-    """The type of the filesystem holding `path` (the longest mount point above it), from mountinfo."""
-    target = os.path.realpath(path)
-    best, fstype = "", None
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        # "<id> <parent> <dev> <root> <mount point> <options> [optional...] - <fstype> <source> <super>"
-        fields, _, rest = line.partition(" - ")
-        parts = fields.split(" ")
-        if len(parts) < 5 or not rest:
-            continue
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])  # \040: a space
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
-            best, fstype = point, rest.split(" ")[0]
-    return fstype
 
 
 def open_direct(path: Path) -> int | None:

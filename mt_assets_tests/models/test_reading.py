@@ -26,7 +26,7 @@ from mt_assets.models.reading import (
     warm_tensors,
     will_copy,
 )
-from mt_assets.volume.direct import filesystem_type
+from mt_assets.volume.mounts import filesystem_type
 
 
 def _odd_tensors() -> dict[str, torch.Tensor]:
