@@ -130,8 +130,9 @@ class AtomicWriter:
         self._hasher.update(data)
 
     def _write_direct(self, data: bytes | bytearray | memoryview) -> int:
-        """Bytes of `data` written with O_DIRECT at the current end: all of it, or 0 when it does
-        not fit the alignment rules or the filesystem refuses (then never again for this file)."""
+        """How many bytes of `data` went out with O_DIRECT at the current end: all of them, fewer on
+        a short write (the caller writes the rest buffered), or 0 when `data` does not fit the
+        alignment rules or the filesystem refuses (then never again for this file)."""
         assert self._file is not None and self._direct_fd is not None
         offset = self._hasher.size
         if not direct.fits(data, offset):

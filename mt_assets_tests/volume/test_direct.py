@@ -12,7 +12,8 @@ import pytest
 
 from mt_assets.models.reading import resident_fraction
 from mt_assets.volume import Expected, LocalVolume, VolumeFullError
-from mt_assets.volume.direct import ALIGNMENT, ENV, aligned_buffer, filesystem_type, fits, open_direct
+from mt_assets.volume.direct import ALIGNMENT, ENV, aligned_buffer, fits, open_direct
+from mt_assets.volume.mounts import filesystem_type
 from mt_assets_tests.conftest import small_tmpfs
 
 MiB = 1 << 20
@@ -36,15 +37,23 @@ def aligned_blocks(count: int, size: int = MiB) -> list[memoryview]:
     return [view[i * size : (i + 1) * size] for i in range(count)]
 
 
+def skip_unless_direct(folder: Path) -> None:
+    """Skip the test where the filesystem of `folder` refuses O_DIRECT (MT_DIRECT_WRITES=on set)."""
+    probe = folder / ".probe"
+    probe.touch()
+    try:
+        fd = open_direct(probe)
+    finally:
+        probe.unlink()
+    if fd is None:
+        pytest.skip(f"{filesystem_type(folder)} at {folder} refuses O_DIRECT")
+    os.close(fd)
+
+
 @pytest.fixture
 def direct_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv(ENV, "on")
-    probe = tmp_path / "probe"
-    probe.touch()
-    fd = open_direct(probe)
-    if fd is None:
-        pytest.skip(f"{filesystem_type(tmp_path)} at {tmp_path} refuses O_DIRECT")
-    os.close(fd)
+    skip_unless_direct(tmp_path)
     yield tmp_path
 
 
@@ -135,13 +144,7 @@ def test_a_full_disk_under_direct_writes_leaves_nothing_behind(
 ) -> None:
     with small_tmpfs(tmp_path / "small", "2m") as mount:
         monkeypatch.setenv(ENV, "on")
-        probe = mount / "probe"
-        probe.touch()
-        fd = open_direct(probe)
-        probe.unlink()
-        if fd is None:
-            pytest.skip("tmpfs refuses O_DIRECT on this kernel")
-        os.close(fd)
+        skip_unless_direct(mount)
         vol = LocalVolume(mount)
         with pytest.raises(VolumeFullError, match=r"models/comp/big.bin: the volume is full"):
             with vol.writing(TARGET) as w:
