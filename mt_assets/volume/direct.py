@@ -2,7 +2,7 @@
 
 Why: a buffered write copies every byte into page-cache pages the kernel must first allocate, and
 on a VM those pages can cost far more than the copy (measured on this machine's Firecracker guest,
-1 GiB written in 1 MiB blocks and hashed: buffered 2-3 s of kernel time, buffered with writeback
+1 GiB written in 1 MiB blocks and hashed: buffered 2.0-3.3 s of kernel time, buffered with writeback
 started every 64 MiB 0.8 s, O_DIRECT 0.1-0.17 s; user time 0.65 s in all three). A provisioned
 file is hashed as it is written and not read back, so caching its pages buys nothing.
 
