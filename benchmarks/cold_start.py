@@ -70,7 +70,7 @@ def medium_volume(cache: Path, console: Console) -> tuple[LocalVolume, Manifest]
     """The cached medium volume (<cache>/models + <cache>/medium.yaml), built the first time."""
     manifest_path = cache / "medium.yaml"
     if not manifest_path.exists():
-        from mt_assets.models.tiny import build_tiny_mirror
+        from mt_assets.tiny.profile import build_tiny_mirror
 
         console.print(f"building the medium mirror in {cache / 'models'} (~2.8 GB, once)")
         started = time.perf_counter()

@@ -390,14 +390,14 @@ def measure_whole_render(size: str, frames: int, steps: int) -> dict[str, object
     import yaml
 
     from mt_assets import provision
+    from mt_assets.jobs.reader import load_job
     from mt_assets.manifest import load_profile
     from mt_assets.models.pipeline import load_pipeline_components
-    from mt_assets.models.tiny import build_tiny_mirror
-    from mt_assets.render.job import load_job
     from mt_assets.render.pipeline import MultiTalkRenderer
     from mt_assets.render.run import render_job
-    from mt_assets.render.samples import write_face_image, write_speech
     from mt_assets.sources import MirrorSource
+    from mt_assets.tiny.profile import build_tiny_mirror
+    from mt_assets.tiny.samples import write_face_image, write_speech
     from mt_assets.volume import LocalVolume
 
     with tempfile.TemporaryDirectory(prefix="mt-bench-render-") as tmp:

@@ -334,12 +334,14 @@ def render(
     """Render a job file (YAML or JSON, MultiTalk's input format) to <out>/<id>/video.mp4 from the volume."""
     import torch
 
+    from mt_assets.jobs.decode import load_job_media
+    from mt_assets.jobs.outputs import OutputExists, check_output_free, output_dir
+    from mt_assets.jobs.reader import load_job
+    from mt_assets.jobs.schema import JobError
     from mt_assets.models.pipeline import load_pipeline_components
-    from mt_assets.render.job import JobError, load_job, load_job_media
     from mt_assets.render.pipeline import MultiTalkRenderer, RenderError
-    from mt_assets.render.run import check_output_free, output_dir, render_job
+    from mt_assets.render.run import render_job
     from mt_assets.render.terminal import StepProgress, print_render
-    from mt_assets.render.video import OutputExists
     from mt_assets.terminal import audit_summary
 
     manifest = resolve_manifest(profile, manifest_path)
@@ -406,8 +408,8 @@ def jobs() -> None:
 @_bad_input_exits
 def jobs_submit(job_file: str, volume: str | None) -> None:
     """Check a job file (media decoded) and drop it, with its local media, into <volume>/jobs/inbox/<id>/."""
-    from mt_assets.render.job import JobError
-    from mt_assets.render.queue import JobQueue
+    from mt_assets.jobs.queue import JobQueue
+    from mt_assets.jobs.schema import JobError
 
     vol = resolve_volume(volume)
     try:
@@ -429,7 +431,7 @@ def jobs_list(volume: str | None, as_json: bool) -> None:
 
     from rich.table import Table
 
-    from mt_assets.render.queue import STATES, JobQueue
+    from mt_assets.jobs.queue import STATES, JobQueue
 
     vol = resolve_volume(volume)
     found = JobQueue(vol.root).status()
@@ -472,7 +474,7 @@ def tiny() -> None:
 def tiny_build(directory: str, seed: int, scale: str, update_profile: bool) -> None:
     """Write a mirror of the tiny profile into DIRECTORY (new or empty), plus its pinned manifest."""
     from mt_assets.manifest import profile_path
-    from mt_assets.models.tiny import TINY_PROFILE, build_tiny_mirror, tiny_profile_yaml
+    from mt_assets.tiny.profile import TINY_PROFILE, build_tiny_mirror, tiny_profile_yaml
 
     if update_profile and scale != "tiny":
         click.echo(

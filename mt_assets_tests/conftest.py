@@ -121,7 +121,7 @@ def flip_bit_keep_mtime(path: Path, offset: int = 0) -> None:
 @pytest.fixture(scope="session")
 def tiny_mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny profile's mirror, built once per test session (about 5 MB, a few seconds)."""
-    from mt_assets.models.tiny import build_tiny_mirror
+    from mt_assets.tiny.profile import build_tiny_mirror
 
     root = tmp_path_factory.mktemp("tiny") / "mirror"
     build_tiny_mirror(root)

@@ -49,14 +49,16 @@ def main(argv: list[str]) -> int:
     import mt_assets.models.audio
     import mt_assets.models.clip_vision
     import mt_assets.models.dit
+    import mt_assets.models.dit_loading
     import mt_assets.models.text_encoder
     import mt_assets.models.tokenizers
     import mt_assets.models.vae  # noqa: F401
+    from mt_assets.jobs.decode import load_job_media
+    from mt_assets.jobs.schema import parse_job
     from mt_assets.manifest import load_manifest
     from mt_assets.models.pipeline import load_pipeline_components
-    from mt_assets.render.job import load_job_media, parse_job
     from mt_assets.render.pipeline import MultiTalkRenderer
-    from mt_assets.render.samples import write_face_image, write_speech
+    from mt_assets.tiny.samples import write_face_image, write_speech
     from mt_assets.volume import LocalVolume
 
     manifest = load_manifest(manifest_path)

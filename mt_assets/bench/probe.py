@@ -55,6 +55,7 @@ def main(argv: list[str]) -> int:
     import mt_assets.models.audio
     import mt_assets.models.clip_vision
     import mt_assets.models.dit
+    import mt_assets.models.dit_loading
     import mt_assets.models.text_encoder
     import mt_assets.models.tokenizers
     import mt_assets.models.vae  # noqa: F401

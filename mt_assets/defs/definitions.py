@@ -3,7 +3,7 @@
 MT_PROFILE / MT_MANIFEST   which manifest (a shipped profile name, or a YAML file)
 MT_VOLUME, MT_SOURCE       the volume folder and where missing files come from
 MT_RENDER_BACKEND          local | runpod: where renders run, and so their pool (gpu | runpod);
-                           runpod reads MT_RUNPOD_* and MT_OUTPUT_S3 (defs/renders.py, RunPodResource)
+                           runpod reads MT_RUNPOD_* and MT_OUTPUT_S3 (defs/renders_runpod.py, RunPodResource)
 """
 
 from __future__ import annotations
@@ -20,13 +20,9 @@ from mt_assets.defs.integrity import build_integrity_job, build_integrity_schedu
 from mt_assets.defs.keys import check_unique_keys
 from mt_assets.defs.model_files import build_file_checks, build_model_files_asset
 from mt_assets.defs.offline_cache import build_offline_cache_assets
-from mt_assets.defs.renders import (
-    RenderResource,
-    RunPodResource,
-    build_inbox_sensor,
-    build_nightly_renders_schedule,
-    build_renders_asset,
-)
+from mt_assets.defs.render_inbox import build_inbox_sensor, build_nightly_renders_schedule
+from mt_assets.defs.renders import BACKENDS, RenderResource, build_renders_asset
+from mt_assets.defs.renders_runpod import RunPodResource, build_runpod_renders_asset
 from mt_assets.defs.repacks import build_repack_defs
 from mt_assets.defs.resources import SourceResource, VolumeResource
 from mt_assets.manifest import Manifest, load_manifest, load_profile
@@ -48,7 +44,10 @@ def build_definitions(
     offline = build_offline_cache_assets(manifest)  # with its check `offline_verified`
     # Renders need the offline proof upstream: a manifest without the worker's load units has none.
     backend = settings.render_backend
-    renders = [build_renders_asset(manifest, backend)] if offline else []
+    if backend not in BACKENDS:
+        raise ValueError(f"MT_RENDER_BACKEND: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    build = build_runpod_renders_asset if backend == "runpod" else build_renders_asset
+    renders = [build(manifest)] if offline else []
     # The endpoint's settings from the environment (tests pass their own "runpod" in `resources`).
     runpod = {"runpod": RunPodResource.from_env()} if renders and backend == "runpod" else {}
     return dg.Definitions(

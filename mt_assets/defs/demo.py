@@ -26,10 +26,10 @@ from mt_assets.config import Settings
 from mt_assets.defs.definitions import build_definitions, manifest_from_env, model_assets
 from mt_assets.defs.renders import RENDERS_KEY
 from mt_assets.defs.resources import VolumeResource
+from mt_assets.jobs.queue import SETTLE_SECONDS, JobQueue
 from mt_assets.manifest import load_profile
-from mt_assets.models.tiny import TINY_PROFILE, build_tiny_mirror, stale_tiny_files
-from mt_assets.render.queue import SETTLE_SECONDS, JobQueue
-from mt_assets.render.samples import write_face_image, write_speech
+from mt_assets.tiny.profile import TINY_PROFILE, build_tiny_mirror, stale_tiny_files
+from mt_assets.tiny.samples import write_face_image, write_speech
 from mt_assets.units import human_bytes
 
 

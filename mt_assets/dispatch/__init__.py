@@ -1,10 +1,11 @@
 """Renders dispatched to a RunPod serverless endpoint whose workers run `python -m mt_assets.worker`.
 
     runpod.py     the endpoint's HTTP API: /run, /status (with backoff and 429 handling), /cancel, /health
+    outcomes.py   what a final status means: retry or not, jobs/failed/ or still queued
     worker_io.py  the job input a worker is sent (media as volume: or s3:// references) and the output
                   it returns (video on the volume or in S3, its sha256)
 
-Core: no Dagster. The `renders` asset (defs/renders.py, MT_RENDER_BACKEND=runpod) wires it.
+Core: no Dagster. The `renders` asset (defs/renders_runpod.py, MT_RENDER_BACKEND=runpod) wires it; what its outcomes mean is outcomes.py.
 """
 
 from mt_assets.dispatch.runpod import (

@@ -143,7 +143,7 @@ def failure_message(error: Any) -> str:
             return error.strip() or "(no message)"
     if isinstance(doc, Mapping) and "error_message" in doc:
         kind = str(doc.get("error_type") or "")
-        # The SDK sends str(type(err)): "<class 'mt_assets.render.job.JobError'>" -> "JobError".
+        # The SDK sends str(type(err)): "<class 'mt_assets.jobs.schema.JobError'>" -> "JobError".
         kind = kind.removeprefix("<class '").removesuffix("'>").rsplit(".", 1)[-1]
         message = str(doc["error_message"])
         return f"{kind}: {message}" if kind else message

@@ -44,10 +44,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mt_assets.render.media import S3_PREFIX, VOLUME_PREFIX
+from mt_assets.jobs.media import S3_PREFIX, VOLUME_PREFIX
+from mt_assets.jobs.outputs import OUTPUTS_DIR
 
 RETURN_VOLUME, RETURN_S3 = "volume", "s3"
-OUTPUTS_DIR = "outputs"  # as mt_assets.render.run.OUTPUTS_DIR (not imported: that module pulls in torch)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _READ_BLOCK = 1024 * 1024
 

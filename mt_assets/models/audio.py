@@ -40,25 +40,25 @@ own forward whenever no resampling is involved.
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import pyloudnorm
-import scipy.signal
-import soundfile
 import torch
 import torch.nn.functional as F
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from mt_assets.models.checkpoints import CheckpointError, load_strict
 from mt_assets.models.reading import LoadStrategy, read_safetensors
+from mt_assets.waveform import (
+    FPS,
+    SAMPLE_RATE,
+    AudioError,
+    load_waveform,
+    loudness_normalize,
+    num_audio_frames,
+)
 
-SAMPLE_RATE = 16000  # what wav2vec2 was trained on
-FPS = 25  # MultiTalk's audio frame rate, fixed by how the adapter was trained
-TARGET_LUFS = -23.0
 WINDOW_RADIUS = 2  # each video frame sees audio frames f-2..f+2
-LOUDNESS_BLOCK_SECONDS = 0.4  # BS.1770 gating block; pyloudnorm needs at least one
 
 _OLD_WEIGHT_NORM = {
     "encoder.pos_conv_embed.conv.weight_g": "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
@@ -66,10 +66,6 @@ _OLD_WEIGHT_NORM = {
 }
 _PRETRAINING_PREFIX = "wav2vec2."
 _PRETRAINING_HEADS = ("quantizer.", "project_q.", "project_hid.")
-
-
-class AudioError(ValueError):
-    """Audio that cannot feed the model: the message names the file and what was expected."""
 
 
 # --- the wav2vec2 checkpoint ---------------------------------------------------------------
@@ -139,84 +135,7 @@ def _model_keys(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.
     return {_OLD_WEIGHT_NORM.get(key, key): value for key, value in state.items()}
 
 
-# --- waveform ------------------------------------------------------------------------------
-
-
-def load_waveform(
-    source: str | Path | np.ndarray, sr: int = SAMPLE_RATE, *, source_sr: int | None = None
-) -> np.ndarray:
-    """Mono float32 samples at `sr` Hz from a sound file (anything libsndfile decodes) or an array.
-
-    An array is [samples] or [samples, channels] at `source_sr` Hz (default: already at `sr`).
-    Channels are averaged, as librosa.load(mono=True) does. Another rate is resampled with a
-    polyphase Kaiser-windowed filter (scipy's resample_poly), which keeps speech below 8 kHz intact.
-    """
-    if isinstance(source, np.ndarray):
-        name = "audio array"
-        if source.ndim not in (1, 2) or not np.issubdtype(source.dtype, np.floating):
-            raise AudioError(
-                f"{name}: expected float samples shaped [samples] or [samples, channels], "
-                f"got {source.dtype} {list(source.shape)}"
-            )
-        data = source if source.ndim == 2 else source.reshape(-1, 1)
-        rate = sr if source_sr is None else source_sr
-    else:
-        name = str(source)
-        if not Path(source).is_file():
-            raise AudioError(f"audio {name}: no such file")
-        try:
-            # float32 from 16-bit PCM is int16 / 32768: exactly what librosa.load returns.
-            data, rate = soundfile.read(source, dtype="float32", always_2d=True)
-        except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-            raise AudioError(f"audio {name} cannot be decoded as audio: {_first_line(e)}") from None
-    if data.shape[0] == 0:
-        raise AudioError(f"audio {name}: has no samples")
-    wave = (
-        data.astype(np.float32, copy=False).mean(axis=1, dtype=np.float32)
-        if data.shape[1] > 1
-        else data[:, 0]
-    )
-    wave = np.ascontiguousarray(wave, dtype=np.float32)
-    if rate != sr:
-        wave = resample(wave, rate, sr)
-    return wave
-
-
-def resample(wave: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
-    """`wave` from `from_sr` to `to_sr` Hz; output length round(len * to_sr / from_sr)."""
-    ratio = Fraction(int(to_sr), int(from_sr))
-    out = scipy.signal.resample_poly(wave.astype(np.float64), ratio.numerator, ratio.denominator)
-    return out[: round(len(wave) * to_sr / from_sr)].astype(np.float32)
-
-
-def loudness_normalize(
-    wave: np.ndarray, sr: int = SAMPLE_RATE, target: float = TARGET_LUFS, *, source: str = "audio"
-) -> np.ndarray:
-    """`wave` scaled so its BS.1770 integrated loudness is `target` LUFS (float32, may exceed ±1).
-
-    Silence (loudness beyond ±100 LUFS, e.g. -inf) is returned unchanged, as the reference does.
-    """
-    wave = np.asarray(wave, dtype=np.float32)
-    if len(wave) < LOUDNESS_BLOCK_SECONDS * sr:
-        raise AudioError(
-            f"{source}: {len(wave) / sr:.3f} s is shorter than the {LOUDNESS_BLOCK_SECONDS} s "
-            "block loudness is measured over"
-        )
-    loudness = pyloudnorm.Meter(sr).integrated_loudness(wave)
-    if abs(loudness) > 100:
-        return wave
-    gain = 10.0 ** ((target - loudness) / 20.0)
-    # The reference ran under numpy 1, where float32 * float64-scalar stays float32 (the gain is
-    # rounded to float32 first). Doing the same reproduces its waveform bit for bit.
-    return wave * np.float32(gain)
-
-
 # --- wav2vec2 features ---------------------------------------------------------------------
-
-
-def num_audio_frames(num_samples: int, sr: int = SAMPLE_RATE, fps: int | float = FPS) -> int:
-    """How many video frames the audio covers, computed as the reference does: int(seconds * fps)."""
-    return int(num_samples / sr * fps)
 
 
 @torch.no_grad()

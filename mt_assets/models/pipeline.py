@@ -145,7 +145,7 @@ def load_pipeline_components(
     dtype = dtype or torch.float32
     from mt_assets.models.audio import load_wav2vec2
     from mt_assets.models.clip_vision import load_clip_vision
-    from mt_assets.models.dit import load_multitalk_transformer
+    from mt_assets.models.dit_loading import load_multitalk_transformer
     from mt_assets.models.repack import (
         CLIP_FILE_NAME,
         UNIT_REPACK,

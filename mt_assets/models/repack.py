@@ -226,12 +226,9 @@ def repack_transformer(volume: LocalVolume, manifest: Manifest, *, strategy: Any
     """Write repacks/transformer_bf16 from the verified DiT shards and adapter; one source file at a time."""
     import torch
 
-    from mt_assets.models.dit import (
-        ADAPTER_FILE_NAME,
-        build_multitalk_transformer,
-        diffusers_to_reference_key,
-    )
-    from mt_assets.models.dit import INDEX_NAME as WAN_INDEX
+    from mt_assets.models.dit import build_multitalk_transformer
+    from mt_assets.models.dit_loading import ADAPTER_FILE_NAME, diffusers_to_reference_key
+    from mt_assets.models.dit_loading import INDEX_NAME as WAN_INDEX
     from mt_assets.models.reading import iter_safetensors
 
     started = time.perf_counter()

@@ -31,7 +31,7 @@ from typing import Any
 
 # unit -> (module, function) that load_pipeline_components calls for it
 UNIT_LOADERS: dict[str, tuple[str, str]] = {
-    "transformer": ("mt_assets.models.dit", "load_multitalk_transformer"),
+    "transformer": ("mt_assets.models.dit_loading", "load_multitalk_transformer"),
     "t5": ("mt_assets.models.text_encoder", "load_t5_encoder"),
     "t5-tokenizer": ("mt_assets.models.tokenizers", "load_t5_tokenizer"),
     "clip": ("mt_assets.models.clip_vision", "load_clip_vision"),

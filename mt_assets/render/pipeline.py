@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mt_assets.jobs.audio_prep import PreparedAudio
 from mt_assets.models.audio import audio_embedding
 from mt_assets.models.clip_vision import clip_image_features, clip_preprocess
 from mt_assets.models.pipeline import PipelineComponents
@@ -36,7 +37,6 @@ from mt_assets.models.text_encoder import encode_text
 from mt_assets.models.tokenizers import tokenize_prompts
 from mt_assets.models.vae import decode_latent, encode_latent
 from mt_assets.progress import NullProgress, Progress
-from mt_assets.render.audio_prep import PreparedAudio
 from mt_assets.render.colour import match_and_blend_colors
 from mt_assets.render.conditioning import (
     VAE_STRIDE,
@@ -50,7 +50,8 @@ from mt_assets.render.sampler import Guidance, StepRecord, sample, timesteps
 from mt_assets.render.streaming import ClipPlan, StreamPlan, plan_clips
 
 if TYPE_CHECKING:
-    from mt_assets.render.job import JobMedia, RenderJob
+    from mt_assets.jobs.decode import JobMedia
+    from mt_assets.jobs.schema import RenderJob
 
 
 class RenderError(RuntimeError):
@@ -327,7 +328,7 @@ class MultiTalkRenderer:
     ) -> RenderedVideo:
         """Condition, sample, decode. `on_models_ready` is called once every model is in (background
         loads waited for), just before sampling starts."""
-        from mt_assets.render.job import load_job_media
+        from mt_assets.jobs.decode import load_job_media
 
         progress = progress or NullProgress()
         timings = Timings()

@@ -18,15 +18,15 @@ import numpy as np
 import torch
 
 from mt_assets import __version__
+from mt_assets.jobs.audio_prep import pcm16
+from mt_assets.jobs.decode import JobMedia
+from mt_assets.jobs.outputs import check_output_free
+from mt_assets.jobs.schema import RenderJob
 from mt_assets.manifest import Manifest
 from mt_assets.models.pipeline import UNITS
 from mt_assets.progress import Progress
-from mt_assets.render.audio_prep import pcm16
-from mt_assets.render.job import JobMedia, RenderJob
 from mt_assets.render.pipeline import MultiTalkRenderer, RenderedVideo
-from mt_assets.render.video import FPS, OutputExists, RenderOutput, frames_to_uint8, write_render_output
-
-OUTPUTS_DIR = "outputs"
+from mt_assets.render.video import FPS, RenderOutput, frames_to_uint8, write_render_output
 
 
 @dataclass(frozen=True)
@@ -60,20 +60,6 @@ class RenderResult:
             "seconds": self.timings["seconds"],
             "stages": self.timings["stages"],
         }
-
-
-def output_dir(volume_root: Path, out: Path | None = None) -> Path:
-    """`out`, or `<volume>/outputs`."""
-    return out if out is not None else volume_root / OUTPUTS_DIR
-
-
-def check_output_free(job: RenderJob, out_dir: Path) -> None:
-    """Refuse before rendering when the job's output exists and the job does not ask to re-render."""
-    existing = out_dir / job.id
-    if existing.exists() and not job.rerender:
-        raise OutputExists(
-            f"render job {job.source}: output {existing} exists; set 'rerender: true' in the job to replace it"
-        )
 
 
 def model_files(manifest: Manifest) -> list[dict[str, Any]]:

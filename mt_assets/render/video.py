@@ -57,6 +57,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mt_assets.jobs.outputs import OutputExists
+from mt_assets.jobs.schema import JOB_ID, JOB_ID_RULE
 from mt_assets.volume.lock import pid_alive
 
 FPS = 25
@@ -69,12 +71,7 @@ VIDEO_NAME = "video.mp4"
 POSTER_NAME = "poster.png"
 JOB_JSON_NAME = "job.json"
 
-_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _STAGING, _OLD = ".mt-staging", ".mt-old"
-
-
-class OutputExists(FileExistsError):
-    """<out_dir>/<job_id> already holds a render and replace=False."""
 
 
 @dataclass(frozen=True)
@@ -143,8 +140,8 @@ def write_render_output(
 ) -> RenderOutput:
     """Write <out_dir>/<job_id>/{video.mp4, poster.png, job.json} atomically; see the module docstring."""
     out_dir = Path(out_dir)
-    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
-        raise ValueError(f"render output: job_id {job_id!r} must match [A-Za-z0-9_-]{{1,64}}")
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise ValueError(f"render output: job_id {job_id!r} must be {JOB_ID_RULE}")
     if "video" in metadata:
         raise ValueError(f"render output {job_id}: metadata key 'video' is reserved for the mp4's facts")
     json.dumps(metadata)  # not JSON-serialisable -> TypeError now, before minutes of encoding

@@ -27,10 +27,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mt_assets.render.job import JobError, load_job_media
+from mt_assets.jobs.decode import load_job_media
+from mt_assets.jobs.outputs import OutputExists
+from mt_assets.jobs.schema import JobError
 from mt_assets.render.pipeline import RenderError
 from mt_assets.render.run import render_job
-from mt_assets.render.video import OutputExists
 from mt_assets.worker.outputs import OutputError, deliver, finished_output
 from mt_assets.worker.progress import Notify, StepUpdates, notifier
 from mt_assets.worker.redact import redact

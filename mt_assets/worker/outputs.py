@@ -33,8 +33,8 @@ from typing import Any
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
-from mt_assets.render.job import JobError, RenderJob
-from mt_assets.render.media import endpoint_shown, s3_client
+from mt_assets.jobs.media import endpoint_shown, s3_client
+from mt_assets.jobs.schema import JobError, RenderJob
 from mt_assets.render.video import FPS, JOB_JSON_NAME, POSTER_NAME, VIDEO_NAME
 from mt_assets.sources.s3 import parse_s3_uri
 

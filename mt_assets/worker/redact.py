@@ -11,7 +11,7 @@ worker (`RedactingFilter`). It replaces
     user:password@ in any URL                     by '***@'
     the payload of a data: URI                    by '…'
 
-Messages are built from `shown_ref` (mt_assets.render.media) in the first place; this is the
+Messages are built from `shown_ref` (mt_assets.jobs.media) in the first place; this is the
 second line, for text that comes from libraries.
 """
 

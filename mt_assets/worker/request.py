@@ -1,7 +1,7 @@
 """A RunPod job's input read as a render job, and its remote media fetched.
 
 RunPod hands the handler `{"id": <RunPod job id>, "input": {...}}`. The input is a render job in the
-format of mt_assets.render.job (MultiTalk's input JSON plus our settings) with one more field, for
+format of mt_assets.jobs.schema (MultiTalk's input JSON plus our settings) with one more field, for
 the worker only:
 
     return_video   s3 | volume | base64: where the mp4 goes (outputs.py). Default: s3 when
@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mt_assets.render.job import SPEAKERS, JobError, RenderJob, parse_job
-from mt_assets.render.media import (
+from mt_assets.jobs.media import (
     HTTPS_TIMEOUT,
     MAX_DOWNLOAD_BYTES,
     MediaError,
@@ -46,6 +45,7 @@ from mt_assets.render.media import (
     remote_suffix,
     shown_ref,
 )
+from mt_assets.jobs.schema import SPEAKERS, JobError, RenderJob, parse_job
 
 RETURN_VIDEO = ("s3", "volume", "base64")
 WORKER_FIELDS = ("return_video", "output_s3")

@@ -57,7 +57,7 @@ class Worker:
 
     @property
     def outputs(self) -> Path:
-        from mt_assets.render.run import output_dir
+        from mt_assets.jobs.outputs import output_dir
 
         return output_dir(self.volume.root)
 

@@ -21,9 +21,9 @@ from mt_assets.defs.keys import file_key
 from mt_assets.defs.offline_cache import ASSET_KEY as OFFLINE_CACHE
 from mt_assets.defs.renders import PARTITIONS, RENDERS_KEY
 from mt_assets.defs.resources import VolumeResource
+from mt_assets.jobs.queue import JobQueue
 from mt_assets.manifest import load_profile
-from mt_assets.render.queue import JobQueue
-from mt_assets.render.samples import write_face_image, write_speech
+from mt_assets.tiny.samples import write_face_image, write_speech
 from mt_assets_tests.defs.conftest import materialized_tiny
 
 JOB = {"prompt": "A person talks.", "size": "64x48", "frames": 13, "steps": 2}

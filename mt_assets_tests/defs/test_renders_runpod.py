@@ -33,18 +33,19 @@ from mt_assets.defs import build_definitions
 from mt_assets.defs.keys import file_key
 from mt_assets.defs.offline_cache import ASSET_KEY as OFFLINE_CACHE
 from mt_assets.defs.offline_cache import CHECK_NAME, MODEL_VERSIONS
-from mt_assets.defs.renders import PARTITIONS, RENDERS_KEY, RUNPOD_POOL, RunPodResource
+from mt_assets.defs.renders import PARTITIONS, RENDERS_KEY, RUNPOD_POOL
+from mt_assets.defs.renders_runpod import RunPodResource
 from mt_assets.defs.resources import SourceResource, VolumeResource
+from mt_assets.jobs.queue import JobQueue
 from mt_assets.manifest import Manifest, load_profile
-from mt_assets.render.queue import JobQueue
-from mt_assets.render.samples import write_face_image, write_speech
+from mt_assets.tiny.samples import write_face_image, write_speech
 from mt_assets_tests.runpod_endpoint import ENDPOINT_ID, Endpoint, Script, runpod_endpoint
 
 KEY = "rpa_DAGSTER_TEST_KEY_7c0ffee5a1d"
 REPO = Path(__file__).resolve().parents[2]
 SDK_ERROR = json.dumps(
     {
-        "error_type": "<class 'mt_assets.render.job.JobError'>",
+        "error_type": "<class 'mt_assets.jobs.schema.JobError'>",
         "error_message": "render job a1: field 'cond_audio': 0.200 s of audio gives 5 audio frames",
         "error_traceback": 'Traceback (most recent call last):\n  File "handler.py", line 9\nJobError: ...',
         "hostname": "worker-1",

@@ -17,10 +17,11 @@ import pytest
 
 from mt_assets.config import Settings
 from mt_assets.defs import build_definitions
-from mt_assets.defs.renders import PARTITIONS, RENDERS_KEY, RunPodResource
+from mt_assets.defs.renders import PARTITIONS, RENDERS_KEY
+from mt_assets.defs.renders_runpod import RunPodResource
 from mt_assets.defs.resources import SourceResource, VolumeResource
+from mt_assets.jobs.queue import JobQueue
 from mt_assets.manifest import load_profile
-from mt_assets.render.queue import JobQueue
 from mt_assets_tests.defs.test_renders_runpod import queue_job, record_offline_proof
 from mt_assets_tests.worker.conftest import copy_volume, video_frames, worker_env
 from mt_assets_tests.worker.runpod_api import LocalApi, local_api

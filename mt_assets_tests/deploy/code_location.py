@@ -6,7 +6,7 @@ import dagster as dg
 
 from mt_assets.defs.definitions import build_definitions, manifest_from_env
 from mt_assets.defs.drift_sensor import build_drift_sensor
-from mt_assets.defs.renders import build_inbox_sensor
+from mt_assets.defs.render_inbox import build_inbox_sensor
 
 SENSOR_SECONDS = 2
 

@@ -15,8 +15,8 @@ import dagster as dg
 import pytest
 
 from mt_assets.defs.keys import file_key
+from mt_assets.jobs.queue import JobQueue
 from mt_assets.manifest import load_profile
-from mt_assets.render.queue import JobQueue
 from mt_assets_tests.defs.test_renders import RenderEnv
 from mt_assets_tests.deploy.conftest import MAX_RUNTIME, ControlPlane, alive, kill_group
 

@@ -189,7 +189,7 @@ def test_the_sdk_local_api_shape_post_only_at_the_root_works_without_an_endpoint
 def test_failure_message_reads_the_sdks_error_json_or_the_handlers_text() -> None:
     sdk = json.dumps(
         {
-            "error_type": "<class 'mt_assets.render.job.JobError'>",
+            "error_type": "<class 'mt_assets.jobs.schema.JobError'>",
             "error_message": "render job a1: field 'cond_image': no such file",
             "error_traceback": "Traceback (most recent call last): ...",
             "hostname": "worker-1",

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from mt_assets.dispatch import WorkerIOError, check_video, parse_worker_output, progress_text, worker_input
-from mt_assets.render.job import parse_job
-from mt_assets.render.queue import JobQueue
-from mt_assets.render.samples import write_face_image, write_speech
+from mt_assets.jobs.queue import JobQueue
+from mt_assets.jobs.schema import parse_job
+from mt_assets.tiny.samples import write_face_image, write_speech
 
 SHA = "ab" * 32
 

@@ -14,18 +14,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mt_assets.models.audio import (
-    AudioError,
     audio_embedding,
     audio_features,
     extract_features,
     load_wav2vec2,
-    load_waveform,
-    loudness_normalize,
     window_audio,
     window_indices,
 )
 from mt_assets.models.checkpoints import CheckpointError
-from mt_assets.models.tiny_wav2vec2 import write_tiny_wav2vec2
+from mt_assets.tiny.wav2vec2 import write_tiny_wav2vec2
+from mt_assets.waveform import AudioError, load_waveform, loudness_normalize
 
 SR = 16000
 FILES = ("config.json", "preprocessor_config.json", "model.safetensors")

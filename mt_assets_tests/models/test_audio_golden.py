@@ -19,10 +19,9 @@ from mt_assets.models.audio import (
     audio_features,
     extract_features,
     load_wav2vec2,
-    load_waveform,
-    loudness_normalize,
     window_audio,
 )
+from mt_assets.waveform import load_waveform, loudness_normalize
 
 GOLDEN_DIR = Path(
     os.environ.get("MT_GOLDEN_DIR") or Path(__file__).parents[3] / "shared/golden/multitalk-tiny"

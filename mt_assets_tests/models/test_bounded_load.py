@@ -17,23 +17,22 @@ from torch import nn
 
 from mt_assets.manifest import load_profile
 from mt_assets.models.checkpoints import load_strict
-from mt_assets.models.dit import (
+from mt_assets.models.dit import MultiTalkTransformer3DModel, build_multitalk_transformer
+from mt_assets.models.dit_loading import (
     INDEX_NAME,
-    MultiTalkTransformer3DModel,
-    build_multitalk_transformer,
     diffusers_to_reference_key,
     load_multitalk_transformer,
     reference_to_diffusers_state,
 )
 from mt_assets.models.pipeline import UNITS, load_pipeline_components
 from mt_assets.models.reading import STRATEGIES
-from mt_assets.models.tiny import build_tiny_mirror, medium_scale, scale_bytes
-from mt_assets.models.tiny_dit import (
+from mt_assets.tiny.dit import (
     TINY_DIT_CONFIG,
     tiny_reference_state,
     write_original_format,
     write_tiny_dit,
 )
+from mt_assets.tiny.profile import build_tiny_mirror, medium_scale, scale_bytes
 from mt_assets.volume import LocalVolume
 from mt_assets_tests.conftest import run_cli
 
@@ -142,7 +141,7 @@ def test_bf16_load_casts_like_all_at_once_and_keeps_fp32_modules_at_the_files_va
 _MEASURE = """
 import json, sys
 import torch
-from mt_assets.models.dit import load_multitalk_transformer
+from mt_assets.models.dit_loading import load_multitalk_transformer
 
 def status(field):
     for line in open("/proc/self/status"):

@@ -19,7 +19,7 @@ from mt_assets.models.clip_vision import (
     wan_clip_textual_shapes,
     wan_clip_visual_shapes,
 )
-from mt_assets.models.tiny_wan_parts import TINY_CLIP_VISUAL, write_tiny_clip
+from mt_assets.tiny.wan_parts import TINY_CLIP_VISUAL, write_tiny_clip
 
 
 @pytest.fixture(scope="module")

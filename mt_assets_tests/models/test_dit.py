@@ -13,15 +13,13 @@ from safetensors.torch import load_file, save_file
 
 from mt_assets.models.checkpoints import CheckpointError
 from mt_assets.models.dit import (
-    INDEX_NAME,
     MultiTalkTransformer3DModel,
     build_multitalk_transformer,
-    diffusers_to_reference_key,
     is_adapter_key,
-    load_multitalk_transformer,
     parse_wan_config,
 )
-from mt_assets.models.tiny_dit import TINY_DIT_CONFIG, tiny_reference_state, write_tiny_dit
+from mt_assets.models.dit_loading import INDEX_NAME, diffusers_to_reference_key, load_multitalk_transformer
+from mt_assets.tiny.dit import TINY_DIT_CONFIG, tiny_reference_state, write_tiny_dit
 
 # Wan-AI/Wan2.1-I2V-14B-480P config.json
 WAN_480P_CONFIG = {

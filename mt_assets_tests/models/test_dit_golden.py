@@ -15,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mt_assets.models.dit import MultiTalkTransformer3DModel, load_multitalk_transformer
-from mt_assets.models.tiny_dit import write_original_format
+from mt_assets.models.dit import MultiTalkTransformer3DModel
+from mt_assets.models.dit_loading import load_multitalk_transformer
+from mt_assets.tiny.dit import write_original_format
 
 GOLDEN_DIR = Path(os.environ.get("MT_GOLDEN_DIR", Path(__file__).parents[3] / "shared/golden/multitalk-tiny"))
 ATOL = 1e-4  # the reference's fp32 noise floor is 1.7e-6; with the fixes in dit.py we measure 0

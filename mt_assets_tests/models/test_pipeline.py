@@ -116,7 +116,7 @@ def test_a_background_unit_starts_once_the_others_are_in_and_gives_the_same_weig
 ) -> None:
     import threading
 
-    import mt_assets.models.dit as dit
+    import mt_assets.models.dit_loading as dit
 
     release = threading.Event()
     real_load = dit.load_multitalk_transformer

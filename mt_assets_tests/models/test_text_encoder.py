@@ -17,8 +17,8 @@ from mt_assets.models.text_encoder import (
     t5_config_from_state,
     wan_t5_shapes,
 )
-from mt_assets.models.tiny_wan_parts import TINY_T5, write_tiny_t5, write_tiny_tokenizers
 from mt_assets.models.tokenizers import T5_TOKENIZER_DIR, load_t5_tokenizer, tokenize_prompts
+from mt_assets.tiny.wan_parts import TINY_T5, write_tiny_t5, write_tiny_tokenizers
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from mt_assets.models.tiny_wan_parts import TINY_CLIP_TEXTUAL, TINY_T5, write_tiny_tokenizers
 from mt_assets.models.tokenizers import (
     CLIP_TOKENIZER_DIR,
     CLIP_TOKENIZER_FILES,
@@ -19,6 +18,7 @@ from mt_assets.models.tokenizers import (
     load_t5_tokenizer,
     tokenize_prompts,
 )
+from mt_assets.tiny.wan_parts import TINY_CLIP_TEXTUAL, TINY_T5, write_tiny_tokenizers
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import torch
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
 from mt_assets.models.checkpoints import CheckpointError
-from mt_assets.models.tiny_wan_parts import TINY_VAE, write_tiny_vae
 from mt_assets.models.vae import (
     VAE_FILE,
     WanVAESizes,
@@ -18,6 +17,7 @@ from mt_assets.models.vae import (
     vae_sizes_from_state,
     wan_vae_keys,
 )
+from mt_assets.tiny.wan_parts import TINY_VAE, write_tiny_vae
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mt_assets.models.dit import MultiTalkTransformer3DModel, load_multitalk_transformer
-from mt_assets.models.tiny_dit import write_original_format
+from mt_assets.models.dit import MultiTalkTransformer3DModel
+from mt_assets.models.dit_loading import load_multitalk_transformer
 from mt_assets.models.vae import load_vae
+from mt_assets.tiny.dit import write_original_format
 from mt_assets_tests.golden import DIT_GOLDEN_DIR, PIPELINE_GOLDEN_DIR
 
 

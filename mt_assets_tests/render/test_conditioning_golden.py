@@ -64,6 +64,6 @@ def test_720_buckets_and_explicit_sizes() -> None:
 
 
 def test_the_default_negative_prompt_is_the_one_generate_used(pipeline_golden_json) -> None:
-    from mt_assets.render.job import DEFAULT_NEGATIVE_PROMPT
+    from mt_assets.jobs.schema import DEFAULT_NEGATIVE_PROMPT
 
     assert pipeline_golden_json["negative_prompt_used"] == DEFAULT_NEGATIVE_PROMPT

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import yaml
 
+from mt_assets.jobs.outputs import OutputExists
+from mt_assets.jobs.reader import load_job
 from mt_assets.manifest import load_profile
 from mt_assets.models.pipeline import load_pipeline_components
-from mt_assets.render.job import load_job
 from mt_assets.render.pipeline import MultiTalkRenderer
 from mt_assets.render.run import render_job
-from mt_assets.render.samples import write_face_image, write_speech
-from mt_assets.render.video import OutputExists
+from mt_assets.tiny.samples import write_face_image, write_speech
 from mt_assets.volume import LocalVolume
 from mt_assets_tests.conftest import CLI, run_cli
 

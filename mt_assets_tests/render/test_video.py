@@ -17,11 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
+from mt_assets.jobs.outputs import OutputExists
 from mt_assets.render import video as video_mod
 from mt_assets.render.video import (
     FPS,
     STALE_SECONDS,
-    OutputExists,
     RenderOutput,
     cleanup_stale,
     frames_to_uint8,

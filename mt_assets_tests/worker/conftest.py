@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import pytest
 
-from mt_assets.render.samples import write_face_image, write_speech
+from mt_assets.tiny.samples import write_face_image, write_speech
 
 # Small enough for 2 shared CPU cores, large enough that every stage runs: 5 latent frames, 4 steps.
 TINY_JOB: dict[str, object] = {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mt_assets.render.job import JobError
+from mt_assets.jobs.schema import JobError
 from mt_assets.worker.redact import redact
 from mt_assets.worker.request import fetch_media, job_id_from_runpod, parse_request
 from mt_assets_tests.worker.conftest import tiny_job

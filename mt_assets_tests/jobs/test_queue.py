@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from mt_assets.render import queue as queue_module
-from mt_assets.render.job import JobError, load_job, load_job_media
-from mt_assets.render.queue import (
+from mt_assets.jobs import queue as queue_module
+from mt_assets.jobs.decode import load_job_media
+from mt_assets.jobs.queue import (
     JOBS_DIR,
     STATES,
     JobBusy,
@@ -26,7 +26,9 @@ from mt_assets.render.queue import (
     JobQueue,
     ScanResult,
 )
-from mt_assets.render.samples import write_face_image, write_speech
+from mt_assets.jobs.reader import load_job
+from mt_assets.jobs.schema import JobError
+from mt_assets.tiny.samples import write_face_image, write_speech
 from mt_assets_tests.conftest import run_cli
 
 
@@ -404,7 +406,7 @@ def test_marker_of_a_dead_local_pid_counts_as_not_rendering(queue: JobQueue) -> 
     code = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from mt_assets.render.queue import JobQueue\n"
+        "from mt_assets.jobs.queue import JobQueue\n"
         "with JobQueue(Path(sys.argv[1])).rendering('a1'):\n"
         "    os._exit(0)\n"
     )

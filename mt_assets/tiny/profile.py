@@ -73,9 +73,9 @@ class MirrorScale:
 
 def tiny_scale() -> MirrorScale:
     """The shipped tiny profile's sizes (changing them changes profiles/tiny.yaml)."""
-    from mt_assets.models.tiny_dit import TINY_DIT_CONFIG
-    from mt_assets.models.tiny_wan_parts import TINY_CLIP_TEXTUAL, TINY_CLIP_VISUAL, TINY_T5, TINY_VAE
-    from mt_assets.models.tiny_wav2vec2 import CONFIG
+    from mt_assets.tiny.dit import TINY_DIT_CONFIG
+    from mt_assets.tiny.wan_parts import TINY_CLIP_TEXTUAL, TINY_CLIP_VISUAL, TINY_T5, TINY_VAE
+    from mt_assets.tiny.wav2vec2 import CONFIG
 
     vae = {f: getattr(TINY_VAE, f) for f in ("base_dim", "z_dim", "dim_mult", "num_res_blocks")}
     return MirrorScale(
@@ -93,8 +93,8 @@ def tiny_scale() -> MirrorScale:
 def medium_scale(divisor: int = 1) -> MirrorScale:
     """The benchmark-sized mirror (divisor 1: ~2.8 GB), or the same shapes with every width divided
     by `divisor` (same layer counts, shards and file set; 8 gives ~40 MB, a smoke-test size)."""
-    from mt_assets.models.tiny_dit import TINY_DIT_CONFIG
-    from mt_assets.models.tiny_wav2vec2 import CONFIG
+    from mt_assets.tiny.dit import TINY_DIT_CONFIG
+    from mt_assets.tiny.wav2vec2 import CONFIG
 
     def w(n: int) -> int:
         return max(1, n // divisor)
@@ -177,14 +177,14 @@ def build_tiny_mirror(root: str | Path, *, seed: int = 0, scale: str | MirrorSca
     or a MirrorScale. Built in a temporary folder beside `root` and renamed into place, so an
     interrupted build leaves no half mirror behind.
     """
-    from mt_assets.models.tiny_dit import write_tiny_dit
-    from mt_assets.models.tiny_wan_parts import (
+    from mt_assets.tiny.dit import write_tiny_dit
+    from mt_assets.tiny.wan_parts import (
         write_tiny_clip,
         write_tiny_t5,
         write_tiny_tokenizers,
         write_tiny_vae,
     )
-    from mt_assets.models.tiny_wav2vec2 import write_tiny_wav2vec2
+    from mt_assets.tiny.wav2vec2 import write_tiny_wav2vec2
 
     sizes = _resolve_scale(scale)
     root = Path(root)
@@ -226,10 +226,11 @@ def scale_bytes(scale: str | MirrorScale) -> dict[str, int]:
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     from mt_assets.models.clip_vision import wan_clip_textual_shapes, wan_clip_visual_shapes
-    from mt_assets.models.dit import build_multitalk_transformer, is_adapter_key, reference_key_shapes
+    from mt_assets.models.dit import build_multitalk_transformer, is_adapter_key
+    from mt_assets.models.dit_loading import reference_key_shapes
     from mt_assets.models.text_encoder import wan_t5_shapes
-    from mt_assets.models.tiny_dit import shard_split
     from mt_assets.models.vae import wan_vae_keys
+    from mt_assets.tiny.dit import shard_split
 
     sizes = _resolve_scale(scale)
 

@@ -42,7 +42,6 @@ import contextlib
 import filecmp
 import json
 import os
-import re
 import secrets
 import shutil
 import time
@@ -51,26 +50,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mt_assets.render.job import JobError, RenderJob, load_job, parse_job
-from mt_assets.render.media import S3_PREFIX, VOLUME_PREFIX
+from mt_assets.jobs.media import S3_PREFIX, VOLUME_PREFIX
+from mt_assets.jobs.outputs import OUTPUTS_DIR
+from mt_assets.jobs.reader import FOLDER_JOB_NAMES, JOB_SUFFIXES, load_job, read_job_document, read_job_entry
+from mt_assets.jobs.schema import JOB_ID, JOB_ID_RULE, JobError, RenderJob, parse_job
 from mt_assets.volume.lock import LockOwner, WriterLock
 
 JOBS_DIR = "jobs"
 MEDIA_DIR = "media"
-OUTPUTS_DIR = "outputs"  # as mt_assets.render.run.OUTPUTS_DIR (not imported: that module pulls in torch)
 STATES = ("inbox", "queued", "rendering", "done", "failed", "rejected")
 # Inbox entries modified more recently than this are left for the next scan (a half-copied folder is never taken).
 SETTLE_SECONDS = 5.0
 RENDERING_STALE_SECONDS = 120.0  # a rendering marker whose heartbeat is older than this is dead
-JOB_SUFFIXES = (".yaml", ".yml", ".json")
-FOLDER_JOB_NAMES = tuple(f"job{suffix}" for suffix in JOB_SUFFIXES)
 ERROR_SUFFIX = ".error.txt"
 OUTPUT_SUFFIX = ".output.txt"
 CLAIM_PREFIX = ".claimed-"
 SUBMIT_PREFIX = ".submit-"
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # as job.py's id rule
 
 
 class JobNotFound(LookupError):
@@ -200,39 +195,7 @@ class JobQueue:
         source = f"{JOBS_DIR}/inbox/{entry.name}"
         if claimed.is_symlink():
             raise JobError(source, None, "is a symlink: drop the job file or folder itself")
-        if claimed.is_dir():
-            job_files = sorted(p.name for p in claimed.iterdir() if p.name in FOLDER_JOB_NAMES)
-            if len(job_files) != 1:
-                found = ", ".join(job_files) if job_files else _job_like_names(claimed)
-                raise JobError(
-                    source,
-                    None,
-                    f"a job folder holds exactly one of {', '.join(FOLDER_JOB_NAMES)} and its media; "
-                    f"found {found or 'none'}",
-                )
-            source = f"{source}/{job_files[0]}"
-            doc = _read_doc(claimed / job_files[0], source)
-            if "id" not in doc:
-                if not _ID.fullmatch(entry.name):
-                    raise JobError(
-                        source,
-                        "id",
-                        f"not given, and the folder name {entry.name!r} is not a valid id (1 to 64 "
-                        "characters of A-Z, a-z, 0-9, '_' and '-'): set id",
-                    )
-                doc = {"id": entry.name, **doc}
-            base_dir = claimed
-        elif claimed.suffix.lower() in JOB_SUFFIXES:
-            doc = _read_doc(claimed, source)
-            base_dir = claimed.parent
-        else:
-            raise JobError(
-                source,
-                None,
-                f"not a render job: expected a {', '.join(JOB_SUFFIXES)} file, or a folder holding one "
-                f"of {', '.join(FOLDER_JOB_NAMES)} and its media",
-            )
-
+        doc, base_dir, source = read_job_entry(claimed, source, name=entry.name)
         job = parse_job(doc, source=source, base_dir=base_dir, volume_root=self.root)
         self._check_free(job, source)
         queued = self.folder("queued") / f"{job.id}.json"
@@ -525,27 +488,10 @@ class JobQueue:
 
 
 def _check_id(job_id: str) -> None:
-    if not isinstance(job_id, str) or not _ID.fullmatch(job_id):
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
         raise JobNotFound(
-            f"render job {job_id!r}: not a job id (1 to 64 characters of A-Z, a-z, 0-9, '_' and '-')"
+            f"render job {job_id!r}: not a job id ({JOB_ID_RULE})"
         )
-
-
-def _read_doc(path: Path, source: str) -> dict[str, Any]:
-    """The job document of a .yaml/.yml/.json file, as load_job reads it; JobError naming `source`."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise JobError(source, None, f"cannot be read: {e}") from None
-    try:
-        doc = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as e:
-        raise JobError(source, None, f"is not valid JSON: {e}") from None
-    except yaml.YAMLError as e:
-        raise JobError(source, None, f"is not valid YAML: {' '.join(str(e).split())}") from None
-    if not isinstance(doc, Mapping):
-        raise JobError(source, None, f"expected a mapping of fields, got {type(doc).__name__}")
-    return dict(doc)
 
 
 def _peek_id(entry: Path) -> str:
@@ -556,7 +502,7 @@ def _peek_id(entry: Path) -> str:
         job_file = next((entry / n for n in FOLDER_JOB_NAMES if (entry / n).is_file()), entry)
     if job_file.is_file() and job_file.suffix.lower() in JOB_SUFFIXES:
         with contextlib.suppress(JobError):
-            value = _read_doc(job_file, str(job_file)).get("id")
+            value = read_job_document(job_file).get("id")
             if isinstance(value, str) and value:
                 return value
     return default
@@ -564,11 +510,6 @@ def _peek_id(entry: Path) -> str:
 
 def _looks_like_job(entry: Path) -> bool:
     return entry.is_dir() or entry.suffix.lower() in JOB_SUFFIXES
-
-
-def _job_like_names(folder: Path) -> str:
-    names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in JOB_SUFFIXES)
-    return f"none ({', '.join(names)}: rename the job file job{Path(names[0]).suffix})" if names else ""
 
 
 def _strip_job_suffix(name: str) -> str:

@@ -68,9 +68,9 @@ import PIL.ImageOps
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from mt_assets.models.audio import SAMPLE_RATE, AudioError, load_waveform
 from mt_assets.sources.base import SourceError
 from mt_assets.sources.s3 import parse_s3_uri
+from mt_assets.waveform import SAMPLE_RATE, AudioError, load_waveform
 
 VOLUME_PREFIX = "volume:"
 S3_PREFIX = "s3://"

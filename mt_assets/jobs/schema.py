@@ -50,7 +50,6 @@ to absolute paths or s3:// URIs), so parse_job(job.to_json(), ...) gives the job
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -58,13 +57,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import PIL.Image
-import yaml
-
-from mt_assets.models.audio import FPS, SAMPLE_RATE, AudioError, num_audio_frames
-from mt_assets.render.audio_prep import AUDIO_TYPES, PreparedAudio, prepare_multi, prepare_single
-from mt_assets.render.media import MediaError, load_audio, load_image, resolve_media
+from mt_assets.jobs.audio_prep import AUDIO_TYPES
+from mt_assets.jobs.media import MediaError, resolve_media
 
 # MultiTalk's own negative prompt (`sample_neg_prompt` of wan/configs/wan_multitalk_14B.py), which
 # generate() uses when none is given; Wan's shared config has a Chinese one, which MultiTalk does not use.
@@ -116,7 +110,9 @@ _UNSUPPORTED = {
     "tts_audio": "text-to-speech input is not supported; synthesise the speech first and give it as "
     "cond_audio (a WAV, FLAC, MP3, M4A or video file)",
 }
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The one rule for job ids: they name files and folders on the volume (jobs/*, outputs/<id>/).
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+JOB_ID_RULE = "1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'"
 _WXH = re.compile(r"(\d+)x(\d+)")
 _SILENT = "None"  # the reference's spelling of a silent speaker
 DICT_SOURCE = "<dict>"
@@ -205,50 +201,7 @@ class RenderJob:
         }
 
 
-@dataclass(frozen=True)
-class JobMedia:
-    """A job's decoded media: the conditioning image (RGB, upright) and the prepared speakers."""
-
-    image: PIL.Image.Image
-    audio: PreparedAudio
-
-
-# --- loading and parsing ------------------------------------------------------------------------
-
-
-def load_job(
-    path: str | Path,
-    *,
-    volume_root: Path | None = None,
-    allowed_roots: Sequence[Path] = (),
-    check_media: bool = True,
-) -> RenderJob:
-    """Read a .yaml/.yml/.json job file and validate it (`parse_job`); media relative to its folder."""
-    path = Path(path)
-    source = str(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".json"):
-        raise JobError(source, None, f"expected a .yaml, .yml or .json file, got {path.name!r}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise JobError(source, None, f"cannot be read: {e}") from None
-    try:
-        doc = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as e:
-        raise JobError(source, None, f"is not valid JSON: {e}") from None
-    except yaml.YAMLError as e:
-        raise JobError(source, None, f"is not valid YAML: {' '.join(str(e).split())}") from None
-    if not isinstance(doc, Mapping):
-        raise JobError(source, None, f"expected a mapping of fields, got {_kind(doc)}")
-    return parse_job(
-        doc,
-        source=source,
-        base_dir=path.parent,
-        volume_root=volume_root,
-        allowed_roots=allowed_roots,
-        check_media=check_media,
-    )
+# --- validation ------------------------------------------------------------------------------
 
 
 def parse_job(
@@ -267,7 +220,7 @@ def parse_job(
     reported now rather than at render time. Raises JobError.
     """
     if not isinstance(doc, Mapping):
-        raise JobError(source, None, f"expected a mapping of fields, got {_kind(doc)}")
+        raise JobError(source, None, f"expected a mapping of fields, got {describe_kind(doc)}")
     fields = _Fields(doc, source)
     fields.check_names()
 
@@ -336,65 +289,10 @@ def parse_job(
         source=source,
     )
     if check_media:
+        from mt_assets.jobs.decode import load_job_media  # decode.py reads RenderJob: imported here
+
         load_job_media(job)
     return job
-
-
-def load_job_media(job: RenderJob) -> JobMedia:
-    """Decode the image and audio, prepare the speakers, and check them against the job.
-
-    Raises JobError naming the field: a missing or undecodable image or audio, 'para' speakers of
-    different lengths, audio that does not give MORE audio frames than `frames` (the reference
-    asserts it, in streaming mode for the first clip), and a bbox that misses the image entirely.
-    """
-    try:
-        image = load_image(job.cond_image)
-    except MediaError as e:
-        raise JobError(job.source, "cond_image", str(e)) from None
-
-    waves: list[np.ndarray | None] = []
-    for name, ref in zip(SPEAKERS, job.cond_audio, strict=False):
-        try:
-            waves.append(None if ref is None else load_audio(ref))
-        except MediaError as e:
-            raise JobError(job.source, f"cond_audio.{name}", str(e)) from None
-    names = [f"{name} {ref}" for name, ref in zip(SPEAKERS, job.cond_audio, strict=False)]
-    try:
-        if len(waves) == 1:
-            assert waves[0] is not None  # parse_job refuses a silent single speaker
-            audio = prepare_single(waves[0], source=names[0])
-        else:
-            audio = prepare_multi(waves[0], waves[1], job.audio_type, sources=(names[0], names[1]))
-    except AudioError as e:
-        raise JobError(job.source, "cond_audio", str(e)) from None
-
-    if audio.num_frames <= job.frames:
-        # The fewest samples that give frames + 1 audio frames, counted the reference's way
-        # (float arithmetic can make (frames + 1) * 640 samples one frame short).
-        samples = (job.frames + 1) * SAMPLE_RATE // FPS
-        while num_audio_frames(samples) <= job.frames:
-            samples += 1
-        needed = math.ceil(samples * 1000 / SAMPLE_RATE) / 1000
-        combined = " ('add' plays the speakers one after the other)" if job.audio_type == "add" else ""
-        raise JobError(
-            job.source,
-            "cond_audio",
-            f"{', '.join(names)}: {len(audio.mix) / SAMPLE_RATE:.3f} s of audio{combined} gives "
-            f"{audio.num_frames} audio frames at {FPS} fps; frames {job.frames} needs more than "
-            f"{job.frames}, i.e. at least {needed:.3f} s of audio (or fewer frames)",
-        )
-    if job.bbox is not None:
-        for name, (x_min, y_min, x_max, y_max) in zip(SPEAKERS, job.bbox, strict=False):
-            # The reference fills mask[x_min:x_max, y_min:y_max]: rows by x, columns by y.
-            if x_min >= image.height or y_min >= image.width:
-                raise JobError(
-                    job.source,
-                    f"bbox.{name}",
-                    f"[{_num(x_min)}, {_num(y_min)}, {_num(x_max)}, {_num(y_max)}] lies outside the "
-                    f"{image.width}x{image.height} image (x counts rows 0..{image.height}, y columns "
-                    f"0..{image.width}, as in the reference)",
-                )
-    return JobMedia(image=image, audio=audio)
 
 
 # --- field readers ------------------------------------------------------------------------------
@@ -423,15 +321,14 @@ class _Fields:
     def job_id(self) -> str:
         if "id" in self.doc:
             value = self.doc["id"]
-            if not isinstance(value, str) or not _ID.fullmatch(value):
-                raise self.error("id", f"{value!r} must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'")
+            if not isinstance(value, str) or not JOB_ID.fullmatch(value):
+                raise self.error("id", f"{value!r} must be {JOB_ID_RULE}")
             return value
         stem = Path(self.source).stem
-        if not _ID.fullmatch(stem):
+        if not JOB_ID.fullmatch(stem):
             raise self.error(
                 "id",
-                f"not given, and the job's name {stem!r} is not a valid id (1 to 64 characters of "
-                "A-Z, a-z, 0-9, '_' and '-'): set id",
+                f"not given, and the job's name {stem!r} is not a valid id ({JOB_ID_RULE}): set id",
             )
         return stem
 
@@ -444,7 +341,7 @@ class _Fields:
             return default
         value = self.doc[field]
         if not isinstance(value, str):
-            raise self.error(field, f"must be a string, got {_kind(value)} {value!r}")
+            raise self.error(field, f"must be a string, got {describe_kind(value)} {value!r}")
         if not allow_empty and not value.strip():
             raise self.error(field, f"must not be empty, got {value!r}")
         return value
@@ -460,7 +357,7 @@ class _Fields:
     def integer(self, field: str, low: int, high: int, *, default: int) -> int:
         value = self.doc.get(field, default)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(field, f"must be an integer, got {_kind(value)} {value!r}")
+            raise self.error(field, f"must be an integer, got {describe_kind(value)} {value!r}")
         if not low <= value <= high:
             raise self.error(field, f"{value} is out of range {low}..{high}")
         return value
@@ -468,16 +365,16 @@ class _Fields:
     def number(self, field: str, low: float, high: float, *, default: float, low_open: bool = False) -> float:
         value = self.doc.get(field, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.error(field, f"must be a number, got {_kind(value)} {value!r}")
+            raise self.error(field, f"must be a number, got {describe_kind(value)} {value!r}")
         if value < low or value > high or (low_open and value == low):
             bracket = "(" if low_open else "["
-            raise self.error(field, f"{value} is out of range {bracket}{_num(low)}, {_num(high)}]")
+            raise self.error(field, f"{value} is out of range {bracket}{format_number(low)}, {format_number(high)}]")
         return float(value)
 
     def boolean(self, field: str, *, default: bool) -> bool:
         value = self.doc.get(field, default)
         if not isinstance(value, bool):
-            raise self.error(field, f"must be true or false, got {_kind(value)} {value!r}")
+            raise self.error(field, f"must be true or false, got {describe_kind(value)} {value!r}")
         return value
 
     def size(self) -> str:
@@ -524,7 +421,7 @@ class _Fields:
             elif isinstance(ref, str) and ref.strip():
                 speakers[name] = ref
             else:
-                raise self.error(f"cond_audio.{name}", f"must be a path or URI, got {_kind(ref)} {ref!r}")
+                raise self.error(f"cond_audio.{name}", f"must be a path or URI, got {describe_kind(ref)} {ref!r}")
         if all(ref is None for ref in speakers.values()):
             raise self.error(
                 "cond_audio",
@@ -604,7 +501,7 @@ def _did_you_mean(value: object, choices: Sequence[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _kind(value: object) -> str:
+def describe_kind(value: object) -> str:
     return {
         type(None): "null",
         bool: "a boolean",
@@ -621,5 +518,5 @@ def _names(keys: object) -> str:
     return " and ".join(names) if names else "no speaker"
 
 
-def _num(value: float) -> str:
+def format_number(value: float) -> str:
     return f"{value:g}"

@@ -26,13 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from mt_assets.models.dit import (
-    ADAPTER_FILE_NAME,
-    INDEX_NAME,
-    build_multitalk_transformer,
-    is_adapter_key,
-    reference_key_shapes,
-)
+from mt_assets.models.dit import build_multitalk_transformer, is_adapter_key
+from mt_assets.models.dit_loading import ADAPTER_FILE_NAME, INDEX_NAME, reference_key_shapes
 
 TINY_DIT_CONFIG: dict[str, Any] = {
     "_class_name": "WanModel",

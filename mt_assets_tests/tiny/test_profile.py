@@ -8,7 +8,7 @@ import pytest
 
 from mt_assets.audit import audit
 from mt_assets.manifest import load_profile, profile_path
-from mt_assets.models.tiny import build_tiny_mirror, stale_tiny_files, tiny_manifest, tiny_profile_yaml
+from mt_assets.tiny.profile import build_tiny_mirror, stale_tiny_files, tiny_manifest, tiny_profile_yaml
 from mt_assets.volume import LocalVolume
 from mt_assets_tests.conftest import run_cli
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mt_assets.models.audio import SAMPLE_RATE, AudioError, loudness_normalize, num_audio_frames
+from mt_assets.waveform import SAMPLE_RATE, AudioError, loudness_normalize, num_audio_frames
 
 AUDIO_TYPES = ("para", "add")
 

@@ -14,8 +14,8 @@ import pytest
 import soundfile
 from safetensors.numpy import load_file
 
-from mt_assets.models.audio import AudioError, load_waveform
-from mt_assets.render.audio_prep import PreparedAudio, pcm16, prepare_multi, prepare_single
+from mt_assets.jobs.audio_prep import PreparedAudio, pcm16, prepare_multi, prepare_single
+from mt_assets.waveform import AudioError, load_waveform
 from mt_assets_tests.golden import PIPELINE_GOLDEN_DIR, requires_pipeline_golden
 
 pytestmark = requires_pipeline_golden

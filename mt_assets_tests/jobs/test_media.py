@@ -21,8 +21,8 @@ import PIL.Image
 import pytest
 import soundfile
 
-from mt_assets.render import media
-from mt_assets.render.media import (
+from mt_assets.jobs import media
+from mt_assets.jobs.media import (
     MediaError,
     download_https,
     fetch_remote,

@@ -12,16 +12,10 @@ import pytest
 import soundfile
 import yaml
 
-from mt_assets.render.job import (
-    DEFAULT_NEGATIVE_PROMPT,
-    Apg,
-    JobError,
-    RenderJob,
-    load_job,
-    load_job_media,
-    parse_job,
-)
-from mt_assets_tests.render.test_media import speech_like
+from mt_assets.jobs.decode import load_job_media
+from mt_assets.jobs.reader import load_job
+from mt_assets.jobs.schema import DEFAULT_NEGATIVE_PROMPT, Apg, JobError, RenderJob, parse_job
+from mt_assets_tests.jobs.test_media import speech_like
 
 
 @pytest.fixture
