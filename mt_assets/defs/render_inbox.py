@@ -51,6 +51,10 @@ def build_inbox_sensor(minimum_interval_seconds: int = 30) -> dg.SensorDefinitio
     def render_inbox(context: dg.SensorEvaluationContext, volume: VolumeResource) -> dg.SensorResult:
         queue = JobQueue(volume.open().root)
         scan = queue.scan_inbox()
+        if scan.recovered:
+            context.log.warning(
+                f"recovered {len(scan.recovered)} claim(s) left by a scanner that stopped: {', '.join(scan.recovered)}"
+            )
         for r in scan.rejected:
             context.log.warning(f"rejected {r.name}: {r.error}")
         accepted = [a.id for a in scan.accepted]

@@ -5,7 +5,10 @@
       inbox/<name>/                  a dropped job folder: exactly one job.yaml|job.yml|job.json and its
                                      media (relative paths are relative to the folder; the job's id
                                      defaults to the folder's name)
-      inbox/.<anything>              ignored: staging (`.submit-*`) and entries being accepted (`.claimed-*`)
+      inbox/.<anything>              ignored: staging (`.submit-*`) and entries being accepted
+                                     (`.claimed-<hex>-<name>`); a claim untouched for longer than the
+                                     lease (15 min) was left by a scanner that stopped: the next scan
+                                     puts it back as <name> and takes it
       queued/<id>.json               an accepted job: every effective setting (RenderJob.to_json), its
                                      media as `volume:` or `s3://` references only
       media/<id>/<name>              the local media of accepted jobs, copied at acceptance (names kept;
@@ -33,20 +36,39 @@ become `volume:` references, s3:// stays. Media are copied before queued/<id>.js
 inbox entry is removed last. An id that is queued or rendering already is rejected, and so is a done
 id unless the job says `rerender: true`; its done (or failed) entry is replaced when it completes.
 
+A rename keeps the dropped entry's mtime, so only touches tell a live claim from one whose scanner
+died: the scanner touches its claimed entry (the entry's own mtime; a folder's, not its files') when
+it claims it and while it copies media, at least every CLAIM_TOUCH_SECONDS and four times per lease.
+A `.claimed-*` entry untouched for longer than `claim_lease_seconds` (CLAIM_LEASE_SECONDS, 15 min;
+give every scanner of a volume the same lease) was left by a scanner that stopped mid-accept, and
+scan_inbox puts it back before it lists the inbox. It renames the claim to a claimed name of its own
+(of two recoverers exactly one finds it, the other gets FileNotFoundError and leaves it), gives it
+back if it was touched meanwhile (its scanner is alive), touches it, and renames it into the inbox as
+<name>, or as <stem>-recovered-<n><suffix> when a new drop has taken <name>. That rename never
+replaces an entry nor merges into one: renameat2(RENAME_NOREPLACE); where the filesystem lacks it a
+hard link, and for a folder an existence check then a rename (a small window). The same scan takes
+the recovered entry without waiting for it to settle (it had settled before it was first claimed),
+and ScanResult.recovered names it. A scanner that finds its own claim gone (taken over after it
+stalled for longer than the lease) gives the entry up. `.claimed-*` entries are never deleted.
+
 This module is plain Python: the Dagster inbox sensor and the CLI (`mt-assets jobs`) call it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import filecmp
+import functools
 import json
 import os
+import re
 import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +87,12 @@ RENDERING_STALE_SECONDS = 120.0  # a rendering marker whose heartbeat is older t
 ERROR_SUFFIX = ".error.txt"
 OUTPUT_SUFFIX = ".output.txt"
 CLAIM_PREFIX = ".claimed-"
+# `.claimed-<hex>-<name>`: an inbox entry being accepted, and the name it was dropped under.
+CLAIMED_NAME = re.compile(r"\.claimed-[0-9a-f]+-(?P<name>[^.].*)", re.DOTALL)
+# A claim (an inbox entry being accepted) untouched for longer than this was left by a scanner that stopped.
+CLAIM_LEASE_SECONDS = 900.0
+CLAIM_TOUCH_SECONDS = 10.0  # a scanner touches its claim at least this often (and 4 times per lease)
+COPY_CHUNK_BYTES = 1 << 20  # media are copied in chunks of this size, the claim touched between them
 SUBMIT_PREFIX = ".submit-"
 
 
@@ -95,6 +123,9 @@ class ScanResult:
     accepted: list[Accepted]
     rejected: list[Rejected]
     waiting: list[str]  # inbox entries not settled yet: taken by a later scan
+    # Claims left by a scanner that stopped, put back into the inbox (the names they got there) and
+    # taken by this scan like any other entry.
+    recovered: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -126,10 +157,12 @@ class JobQueue:
         *,
         settle_seconds: float = SETTLE_SECONDS,
         rendering_stale_after: float = RENDERING_STALE_SECONDS,
+        claim_lease_seconds: float = CLAIM_LEASE_SECONDS,
     ) -> None:
         self.root = Path(volume_root).resolve()
         self.settle_seconds = settle_seconds
         self.rendering_stale_after = rendering_stale_after
+        self.claim_lease_seconds = claim_lease_seconds
         self.jobs = self.root / JOBS_DIR
         for name in (*STATES, MEDIA_DIR):
             (self.jobs / name).mkdir(parents=True, exist_ok=True)
@@ -145,9 +178,13 @@ class JobQueue:
     # -- the inbox -----------------------------------------------------------------------------
 
     def scan_inbox(self, *, now: float | None = None) -> ScanResult:
-        """Accept or reject every settled inbox entry; oldest first, job files and folders before the rest."""
+        """Accept or reject every settled inbox entry; oldest first, job files and folders before the rest.
+
+        Claims left by a scanner that stopped (untouched for `claim_lease_seconds`) are put back first.
+        """
         now = time.time() if now is None else now
         inbox = self.folder("inbox")
+        recovered = self._recover_claims(now)
         accepted: list[Accepted] = []
         rejected: list[Rejected] = []
         waiting: list[str] = []
@@ -158,7 +195,9 @@ class JobQueue:
             newest = _newest_mtime(entry)
             if newest is None:
                 continue  # gone meanwhile: another scanner took it
-            if now - newest < self.settle_seconds:
+            # A recovered entry had settled before it was first claimed; its mtime is our touch.
+            settled = entry.name in recovered and recovered[entry.name] == _identity(entry)
+            if now - newest < self.settle_seconds and not settled:
                 waiting.append(entry.name)
                 continue
             entries.append((not _looks_like_job(entry), newest, entry.name))
@@ -168,7 +207,9 @@ class JobQueue:
                 accepted.append(outcome)
             elif isinstance(outcome, Rejected):
                 rejected.append(outcome)
-        return ScanResult(accepted=accepted, rejected=rejected, waiting=sorted(waiting))
+        return ScanResult(
+            accepted=accepted, rejected=rejected, waiting=sorted(waiting), recovered=sorted(recovered)
+        )
 
     def _take(self, entry: Path) -> Accepted | Rejected | None:
         """Claim one entry and accept or reject it; None when another scanner claimed it first."""
@@ -177,13 +218,17 @@ class JobQueue:
             os.rename(entry, claimed)
         except FileNotFoundError:
             return None
+        claim = _Claim(claimed, every=min(CLAIM_TOUCH_SECONDS, self.claim_lease_seconds / 4))
         try:
             try:
-                return self._accept(entry, claimed)
+                claim.touch()  # the rename kept the drop's mtime: without this the claim looks dead
+                return self._accept(entry, claim)
             except JobError as e:
                 # Messages name the entry as dropped, not its claimed name.
                 message = str(e).replace(str(claimed), str(entry))
                 return self._reject(entry.name, claimed, message)
+        except _ClaimLost:
+            return None  # taken over after this scanner stalled for longer than the lease
         except BaseException:
             # Not the job's fault (a full disk, a bug): put the entry back for the next scan.
             with contextlib.suppress(OSError):
@@ -191,7 +236,8 @@ class JobQueue:
                     os.rename(claimed, entry)
             raise
 
-    def _accept(self, entry: Path, claimed: Path) -> Accepted:
+    def _accept(self, entry: Path, claim: _Claim) -> Accepted:
+        claimed = claim.path
         source = f"{JOBS_DIR}/inbox/{entry.name}"
         if claimed.is_symlink():
             raise JobError(source, None, "is a symlink: drop the job file or folder itself")
@@ -199,7 +245,8 @@ class JobQueue:
         job = parse_job(doc, source=source, base_dir=base_dir, volume_root=self.root)
         self._check_free(job, source)
         queued = self.folder("queued") / f"{job.id}.json"
-        placed = self._place_media(job, lambda path: self._copy_to_media(path, job.id))
+        placed = self._place_media(job, lambda path: self._copy_to_media(path, job.id, claim))
+        claim.touch()  # still ours: _ClaimLost, before anything is queued, if another scanner took it over
         if not _publish_json(placed, queued):
             raise JobError(source, "id", f"{job.id!r} is already queued ({self._shown(queued)})")
         _remove(claimed)
@@ -228,9 +275,63 @@ class JobQueue:
                 f.write(message + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-            os.rename(claimed, dest)
+            try:
+                os.rename(claimed, dest)
+            except FileNotFoundError:
+                # Taken over after this scanner stalled for longer than the lease: the taker judges it.
+                (rejected / f"{candidate}{ERROR_SUFFIX}").unlink(missing_ok=True)
+                raise _ClaimLost(claimed) from None
             return Rejected(name=name, error=message, path=dest)
         raise OSError(f"{rejected}: no free name for the rejected entry {name!r}")
+
+    def _recover_claims(self, now: float) -> dict[str, tuple[int, int] | None]:
+        """Put every claim untouched for longer than the lease back into the inbox.
+
+        The names the entries got there, each with the (device, inode) it was put back as.
+        """
+        recovered: dict[str, tuple[int, int] | None] = {}
+        for claimed in self.folder("inbox").iterdir():
+            match = CLAIMED_NAME.fullmatch(claimed.name)
+            touched = _mtime(claimed) if match else None
+            if match and touched is not None and now - touched > self.claim_lease_seconds:
+                name = self._recover(claimed, match["name"], now)
+                if name is not None:
+                    recovered[name] = _identity(self.folder("inbox") / name)
+        return recovered
+
+    def _recover(self, claimed: Path, name: str, now: float) -> str | None:
+        """Move a stale claim back into the inbox as `name`, else a free name; None if another scanner has it."""
+        mine = claimed.with_name(f"{CLAIM_PREFIX}{secrets.token_hex(6)}-{name}")
+        try:
+            os.rename(claimed, mine)  # of two recoverers, exactly one still finds the claim
+        except FileNotFoundError:
+            return None
+        touched = _mtime(mine)
+        if touched is None:
+            return None
+        if now - touched <= self.claim_lease_seconds:
+            # Its scanner touched it between our look and our rename: alive. Give it back; if the scanner
+            # noticed the gap it gave the entry up, and the claim is recovered once its lease runs out.
+            with contextlib.suppress(OSError):
+                os.rename(mine, claimed)
+            return None
+        try:
+            _Claim(mine, every=0).touch()  # ours now: recoverers that look from here on leave it alone
+        except _ClaimLost:
+            return None
+        inbox = self.folder("inbox")
+        is_dir = mine.is_dir() and not mine.is_symlink()
+        stem, suffix = (name, "") if is_dir else os.path.splitext(name)
+        for n in range(10_000):
+            target = name if n == 0 else f"{stem}-recovered-{n}{suffix}"
+            try:
+                _rename_noreplace(mine, inbox / target)
+            except FileExistsError:
+                continue  # a new drop of the same name: never replaced, never merged into
+            except FileNotFoundError:
+                return None  # another scanner took our claim over meanwhile
+            return target
+        return None  # left claimed: recovered by a later scan once names are free
 
     def _check_free(self, job: RenderJob, source: str) -> None:
         """JobError (field 'id') when the id is queued or rendering, or done without `rerender: true`."""
@@ -270,10 +371,12 @@ class JobQueue:
         doc["cond_audio"] = {name: place(ref) for name, ref in doc["cond_audio"].items()}
         return doc
 
-    def _copy_to_media(self, path: Path, job_id: str) -> str:
+    def _copy_to_media(self, path: Path, job_id: str, claim: _Claim) -> str:
+        claim.touch()
         folder = self.jobs / MEDIA_DIR / job_id
         folder.mkdir(parents=True, exist_ok=True)
-        return f"{VOLUME_PREFIX}{JOBS_DIR}/{MEDIA_DIR}/{job_id}/{_copy_unique(path, folder)}"
+        name = _copy_unique(path, folder, on_chunk=claim.keep)
+        return f"{VOLUME_PREFIX}{JOBS_DIR}/{MEDIA_DIR}/{job_id}/{name}"
 
     # -- accepted jobs -------------------------------------------------------------------------
 
@@ -373,8 +476,19 @@ class JobQueue:
     def status(self) -> list[JobStatus]:
         """Every job in every state (a re-render may be listed twice: done, and queued again)."""
         found: list[JobStatus] = []
+        now = time.time()
         for entry in self.folder("inbox").iterdir():
             if entry.name.startswith("."):
+                match = CLAIMED_NAME.fullmatch(entry.name)
+                touched = _mtime(entry) if match else None
+                if match and touched is not None and now - touched > self.claim_lease_seconds:
+                    error = (
+                        f"stale claim: a scanner stopped while accepting it (untouched for "
+                        f"{now - touched:.0f} s, lease {self.claim_lease_seconds:g} s); the next scan "
+                        f"puts it back into the inbox as {match['name']} (if that name is free)"
+                    )
+                    job_id = _peek_id(entry, name=match["name"])
+                    found.append(JobStatus(job_id, "inbox", entry, None, error, touched))
                 continue
             newest = _newest_mtime(entry)
             if newest is not None:
@@ -494,9 +608,10 @@ def _check_id(job_id: str) -> None:
         )
 
 
-def _peek_id(entry: Path) -> str:
+def _peek_id(entry: Path, name: str | None = None) -> str:
     """The id an inbox entry will most likely get: its `id` field, else its name (no validation)."""
-    default = entry.name if entry.is_dir() else _strip_job_suffix(entry.name)
+    name = entry.name if name is None else name
+    default = name if entry.is_dir() else _strip_job_suffix(name)
     job_file = entry
     if entry.is_dir():
         job_file = next((entry / n for n in FOLDER_JOB_NAMES if (entry / n).is_file()), entry)
@@ -517,6 +632,15 @@ def _strip_job_suffix(name: str) -> str:
         if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the entry itself, or None when it is gone."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _mtime(path: Path) -> float | None:
@@ -548,14 +672,80 @@ def _read_or_none(path: Path) -> str | None:
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        with contextlib.suppress(FileNotFoundError):  # taken over meanwhile: its id is queued now
+            shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
+class _ClaimLost(Exception):
+    """This scanner's claim is gone: another scanner took it over after the lease ran out."""
+
+
+class _Claim:
+    """An inbox entry this scanner renamed to `.claimed-*`, touched so that other scanners see it alive."""
+
+    def __init__(self, path: Path, every: float) -> None:
+        self.path = path
+        self.every = every
+        self.touched = -float("inf")
+
+    def touch(self) -> None:
+        """Set the entry's own mtime to now (not a symlink's target); _ClaimLost when it is gone."""
+        try:
+            os.utime(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            raise _ClaimLost(self.path) from None
+        except PermissionError:
+            pass  # another user's file, not ours to touch: still there, so still ours
+        self.touched = time.monotonic()
+
+    def keep(self) -> None:
+        """Touch the entry if the last touch is `every` seconds old (called as media are copied)."""
+        if time.monotonic() - self.touched >= self.every:
+            self.touch()
+
+
+_RENAME_NOREPLACE = 1  # linux/fs.h
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """libc's renameat2 (Linux, glibc 2.28+), or None."""
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except OSError:
+        return None
+
+
+def _rename_noreplace(source: Path, target: Path) -> None:
+    """Rename `source` to `target` unless `target` exists (FileExistsError; FileNotFoundError: no `source`).
+
+    renameat2(RENAME_NOREPLACE) where the filesystem has it; else a hard link, which refuses an existing
+    name atomically; for a folder (or where links are not supported) an existence check and a rename,
+    with a small window. A folder is never renamed onto a folder that has files: rename refuses that.
+    """
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), str(source), None, str(target))
+    if source.is_symlink() or not source.is_dir():
+        try:
+            os.link(source, target, follow_symlinks=False)
+        except (FileExistsError, FileNotFoundError):
+            raise
+        except OSError:
+            pass  # no hard links on this filesystem
+        else:
+            source.unlink(missing_ok=True)
+            return
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    os.rename(source, target)
 
 
 def _temp_beside(final: Path) -> Path:
@@ -610,10 +800,22 @@ def _publish_json(doc: Mapping[str, Any], final: Path) -> bool:
     return _publish(temp, final)
 
 
-def _copy_unique(path: Path, folder: Path) -> str:
+def _copy_file(source: Path, target: Path, on_chunk: Callable[[], None] | None = None) -> None:
+    """Copy the bytes of `source` to a new file `target` and fsync it; `on_chunk()` after each chunk."""
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        while chunk := src.read(COPY_CHUNK_BYTES):
+            dst.write(chunk)
+            if on_chunk is not None:
+                on_chunk()
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+def _copy_unique(path: Path, folder: Path, on_chunk: Callable[[], None] | None = None) -> str:
     """Copy `path` into `folder` under its own name, or <stem>-2<suffix>, ... when a different file has it.
 
     A file with the same bytes already there is used as it is. Returns the name in `folder`.
+    `on_chunk()` is called as bytes are copied (a claim's touch).
     """
     stem, suffix = path.stem, path.suffix
     for n in range(1, 10_000):
@@ -625,8 +827,7 @@ def _copy_unique(path: Path, folder: Path) -> str:
             continue
         temp = _temp_beside(final)
         try:
-            shutil.copyfile(path, temp)
-            _fsync_file(temp)
+            _copy_file(path, temp, on_chunk)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import yaml
 from mt_assets.jobs import queue as queue_module
 from mt_assets.jobs.decode import load_job_media
 from mt_assets.jobs.queue import (
+    CLAIM_LEASE_SECONDS,
     JOBS_DIR,
     STATES,
     JobBusy,
@@ -280,7 +282,7 @@ def test_a_failure_that_is_not_the_jobs_fault_puts_the_entry_back(
 ) -> None:
     drop_folder(queue, "b2", job_doc())
 
-    def disk_full(path: Path, folder: Path) -> str:
+    def disk_full(path: Path, folder: Path, **_: Any) -> str:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(queue_module, "_copy_unique", disk_full)
@@ -374,6 +376,206 @@ def test_concurrent_scanners_in_processes_accept_each_entry_once(volume: Path) -
         accepted = sorted(job_id for f in futures for job_id in f.result(timeout=120))
 
     assert accepted == sorted(ids)
+
+
+# --- claims left by a scanner that stopped -----------------------------------------------------
+
+
+def age(path: Path, seconds: float) -> None:
+    """Set the mtime of `path` and of everything inside it to `seconds` ago."""
+    old = time.time() - seconds
+    for folder, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            os.utime(Path(folder) / name, (old, old))
+    os.utime(path, (old, old))
+
+
+def claimed_entries(queue: JobQueue) -> list[str]:
+    return sorted(p.name for p in queue.folder("inbox").iterdir() if p.name.startswith(".claimed-"))
+
+
+def test_a_scanner_killed_between_claim_and_accept_leaves_a_claim_the_next_scan_recovers(
+    volume: Path,
+) -> None:
+    queue = JobQueue(volume, settle_seconds=0)
+    folder = drop_folder(queue, "b2", job_doc())
+    age(folder, 3600)  # dropped an hour ago: only the scanner's touch keeps its claim alive
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from mt_assets.jobs.queue import JobQueue\n"
+        "def stuck(self, entry, claim):\n"
+        "    print(claim.path.name, flush=True)\n"
+        "    time.sleep(600)\n"
+        "JobQueue._accept = stuck\n"
+        "JobQueue(Path(sys.argv[1]), settle_seconds=0).scan_inbox()\n"
+    )
+    scanner = subprocess.Popen([sys.executable, "-c", code, str(volume)], stdout=subprocess.PIPE, text=True)
+    try:
+        claimed_name = scanner.stdout.readline().strip() if scanner.stdout else ""
+        scanner.send_signal(signal.SIGKILL)  # between the claim and the accept: no clean-up
+        assert scanner.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if scanner.poll() is None:
+            scanner.kill()
+            scanner.wait()
+        if scanner.stdout:
+            scanner.stdout.close()
+    claimed = queue.folder("inbox") / claimed_name
+    assert claimed_name.startswith(".claimed-") and claimed_name.endswith("-b2") and claimed.is_dir()
+    assert abs(claimed.stat().st_mtime - time.time()) < 60  # touched when claimed
+
+    # Within the lease the claim may be a live scanner's: left alone.
+    assert queue.scan_inbox() == ScanResult(accepted=[], rejected=[], waiting=[], recovered=[])
+    assert claimed_entries(queue) == [claimed_name]
+
+    later = queue.scan_inbox(now=time.time() + CLAIM_LEASE_SECONDS + 1)
+
+    assert later.recovered == ["b2"]
+    assert accepted_ids(later) == ["b2"] and later.rejected == [] and later.waiting == []
+    assert (queue.folder("queued") / "b2.json").is_file()
+    assert list(queue.folder("inbox").iterdir()) == []  # the claim is gone, and so is the entry
+    assert queued_doc(queue, "b2")["cond_image"] == "volume:jobs/media/b2/face.png"
+    load_job_media(queue.load("b2"))
+
+
+def test_a_live_slow_claim_that_keeps_touching_is_never_taken_over(
+    volume: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lease = 1.5
+    first = JobQueue(volume, settle_seconds=0, claim_lease_seconds=lease)
+    second = JobQueue(volume, settle_seconds=0, claim_lease_seconds=lease)
+    folder = drop_folder(first, "b2", job_doc())
+    write_speech(folder / "speech.wav", 2.5, seed=1)  # 80 kB
+    age(folder, 3600)
+    # A slow volume: 1 kB chunks, 50 ms each. The claim is touched in the copy loop as on a fast one.
+    monkeypatch.setattr(queue_module, "COPY_CHUNK_BYTES", 1024)
+    copy_file = queue_module._copy_file
+
+    def slow_copy_file(source: Path, target: Path, on_chunk: Any = None) -> None:
+        def chunk() -> None:
+            time.sleep(0.05)
+            if on_chunk is not None:
+                on_chunk()
+
+        copy_file(source, target, chunk)
+
+    monkeypatch.setattr(queue_module, "_copy_file", slow_copy_file)
+    outcomes: list[ScanResult] = []
+    errors: list[BaseException] = []
+
+    def scan_first() -> None:
+        try:
+            outcomes.append(first.scan_inbox())
+        except BaseException as e:
+            errors.append(e)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=scan_first)
+    thread.start()
+    while not claimed_entries(second) and thread.is_alive():
+        time.sleep(0.01)  # the second scanner starts once the first has claimed the entry
+    seen_claimed = 0
+    others: list[ScanResult] = []
+    while thread.is_alive():
+        seen_claimed += bool(claimed_entries(second))
+        others.append(second.scan_inbox())
+        time.sleep(0.05)
+    thread.join()
+    seconds = time.monotonic() - started
+
+    assert errors == []
+    assert seconds > 2 * lease and seen_claimed > 10  # the accept outlived the lease, claimed all along
+    assert all(r == ScanResult(accepted=[], rejected=[], waiting=[], recovered=[]) for r in others)
+    [outcome] = outcomes
+    assert accepted_ids(outcome) == ["b2"] and outcome.recovered == [] and outcome.rejected == []
+    assert first.queued_ids() == ["b2"]
+    assert sorted(p.name for p in (volume / JOBS_DIR / "media" / "b2").iterdir()) == ["face.png", "speech.wav"]
+    assert list(first.folder("inbox").iterdir()) == [] and list(first.folder("rejected").iterdir()) == []
+
+
+def test_a_claim_younger_than_the_lease_is_left_alone_and_an_older_one_shows_as_stale(volume: Path) -> None:
+    queue = JobQueue(volume, settle_seconds=0, claim_lease_seconds=60)
+    claimed = queue.folder("inbox") / ".claimed-0123456789ab-b2"
+    drop_folder(queue, "b2", job_doc()).rename(claimed)  # as a scanner that stopped leaves it
+    age(claimed, 30)
+
+    assert queue.scan_inbox() == ScanResult(accepted=[], rejected=[], waiting=[], recovered=[])
+    assert claimed.is_dir() and queue.status() == []  # a claim within its lease is being accepted
+
+    age(claimed, 61)
+    [stale] = queue.status()
+    assert (stale.id, stale.state, stale.path) == ("b2", "inbox", claimed)
+    assert (stale.error or "").startswith("stale claim: a scanner stopped while accepting it")
+    assert "puts it back into the inbox as b2" in (stale.error or "")
+
+    result = queue.scan_inbox()
+    assert result.recovered == ["b2"] and accepted_ids(result) == ["b2"]
+    assert list(queue.folder("inbox").iterdir()) == []
+
+
+@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "link-or-check"])
+def test_a_recovered_entry_whose_name_was_dropped_again_gets_a_free_name(
+    volume: Path, monkeypatch: pytest.MonkeyPatch, renameat2: bool
+) -> None:
+    if not renameat2:
+        monkeypatch.setattr(queue_module, "_renameat2", lambda: None)  # a filesystem without it
+    queue = JobQueue(volume, settle_seconds=5, claim_lease_seconds=60)
+    inbox = queue.folder("inbox")
+    folder_claim = inbox / ".claimed-0123456789ab-b2"
+    file_claim = inbox / ".claimed-ba9876543210-a1.yaml"
+    drop_folder(queue, "b2", job_doc()).rename(folder_claim)
+    drop_file(queue, "a1.yaml", job_doc("volume:media/face.png", "volume:media/speech.wav")).rename(file_claim)
+    age(folder_claim, 120)
+    age(file_claim, 120)
+    # Meanwhile the same names were dropped again, just now (still settling).
+    new_folder = drop_folder(queue, "b2", job_doc(id="b3"))
+    new_file = drop_file(queue, "a1.yaml", job_doc("volume:media/face.png", "volume:media/speech.wav", id="a9"))
+
+    result = queue.scan_inbox()
+
+    assert result.recovered == ["a1-recovered-1.yaml", "b2-recovered-1"]
+    assert accepted_ids(result) == ["a1-recovered-1", "b2-recovered-1"]  # the same scan, unsettled or not
+    assert result.waiting == ["a1.yaml", "b2"] and result.rejected == []
+    # The new drops are as dropped: not replaced, nothing merged in.
+    assert sorted(p.name for p in new_folder.iterdir()) == ["face.png", "job.yaml", "speech.wav"]
+    assert yaml.safe_load((new_folder / "job.yaml").read_text())["id"] == "b3"
+    assert yaml.safe_load(new_file.read_text())["id"] == "a9"
+    assert sorted(p.name for p in inbox.iterdir()) == ["a1.yaml", "b2"]
+
+
+def test_scanners_recovering_the_same_claims_at_once_put_each_back_once(volume: Path) -> None:
+    queue = JobQueue(volume, settle_seconds=0, claim_lease_seconds=60)
+    ids = _drop_many(queue, 6)
+    for entry in list(queue.folder("inbox").iterdir()):
+        claimed = entry.with_name(f".claimed-0123456789ab-{entry.name}")
+        entry.rename(claimed)
+        age(claimed, 120)
+    scanners = 4
+    barrier = threading.Barrier(scanners)
+    results: list[ScanResult] = []
+    errors: list[BaseException] = []
+
+    def scan() -> None:
+        try:
+            own = JobQueue(volume, settle_seconds=0, claim_lease_seconds=60)
+            barrier.wait()
+            results.append(own.scan_inbox())
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=scan) for _ in range(scanners)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert errors == []
+    recovered = sorted(name for r in results for name in r.recovered)
+    assert recovered == sorted(f"{i}.json" if int(i[1:]) % 2 == 0 else i for i in ids)
+    assert sorted(a.id for r in results for a in r.accepted) == sorted(ids)
+    assert [r for r in results if r.rejected] == []
+    assert sorted(queue.queued_ids()) == sorted(ids) and list(queue.folder("inbox").iterdir()) == []
 
 
 # --- rendering, done, failed --------------------------------------------------------------------
