@@ -392,7 +392,6 @@ def measure_whole_render(size: str, frames: int, steps: int) -> dict[str, object
     from mt_assets import provision
     from mt_assets.jobs.reader import load_job
     from mt_assets.manifest import load_profile
-    from mt_assets.models.pipeline import load_pipeline_components
     from mt_assets.render.pipeline import MultiTalkRenderer
     from mt_assets.render.run import render_job
     from mt_assets.sources import MirrorSource
@@ -407,7 +406,7 @@ def measure_whole_render(size: str, frames: int, steps: int) -> dict[str, object
         volume = LocalVolume(root / "volume")
         manifest = load_profile("tiny")
         provision.apply(provision.plan(manifest, volume), MirrorSource(root / "mirror"), volume)
-        renderer = MultiTalkRenderer(load_pipeline_components(volume, manifest))
+        renderer = MultiTalkRenderer.from_volume(volume, manifest, device="cpu")
         dit_seconds = [0.0]
         forward = renderer.c.transformer.forward_reference
 

@@ -305,7 +305,7 @@ def lock(profile: str | None, manifest_path: str | None, output: str | None, as_
 
 
 @main.command()
-@click.argument("job_file", metavar="JOB", type=click.Path(dir_okay=False))
+@click.argument("job_file", metavar="JOB", type=click.Path())
 @_manifest_options
 @_volume_option
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: <volume>/outputs).")
@@ -331,15 +331,13 @@ def render(
     offload: bool,
     as_json: bool,
 ) -> None:
-    """Render a job file (YAML or JSON, MultiTalk's input format) to <out>/<id>/video.mp4 from the volume."""
-    import torch
+    """Render a job file (YAML or JSON, MultiTalk's input format) or job folder to <out>/<id>/video.mp4."""
 
     from mt_assets.jobs.decode import load_job_media
     from mt_assets.jobs.outputs import OutputExists, check_output_free, output_dir
     from mt_assets.jobs.reader import load_job
     from mt_assets.jobs.schema import JobError
-    from mt_assets.models.pipeline import load_pipeline_components
-    from mt_assets.render.pipeline import MultiTalkRenderer, RenderError
+    from mt_assets.render.pipeline import DeviceError, MultiTalkRenderer, RenderError, resolve_device
     from mt_assets.render.run import render_job
     from mt_assets.render.terminal import StepProgress, print_render
     from mt_assets.terminal import audit_summary
@@ -356,10 +354,11 @@ def render(
     except (JobError, OutputExists) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    if device == "cuda" and not torch.cuda.is_available():
-        click.echo("error: --device cuda: no CUDA device is visible to torch", err=True)
+    try:
+        resolve_device(device)  # before minutes of audit and loading
+    except DeviceError as e:
+        click.echo(f"error: --device {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-
     # The volume must hold every file, verified (the hash cache makes this cheap), before any load.
     report = run_audit(manifest, vol)
     if not report.complete:
@@ -370,17 +369,11 @@ def render(
         err.print(audit_summary(report), highlight=False)
         sys.exit(EXIT_PROBLEM)
 
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    if device == "cuda":
-        # The reference-exact path: no TF32 shortcuts in matmuls and convolutions.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
     with err.status("loading the models from the volume") if err.is_terminal else contextlib.nullcontext():
         # The DiT is read in the background while the encoders load and condition the job.
-        components = load_pipeline_components(
-            vol, manifest, dtype=dtype, device="cpu" if offload else device, background=["transformer"]
+        renderer = MultiTalkRenderer.from_volume(
+            vol, manifest, device=device, t5_cpu=t5_cpu, offload=offload, background=["transformer"]
         )
-    renderer = MultiTalkRenderer(components, device=device, dtype=dtype, t5_cpu=t5_cpu, offload=offload)
     try:
         with StepProgress(err) as progress:
             result = render_job(job, renderer, manifest, out_dir, media=media, progress=progress)

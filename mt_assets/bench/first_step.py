@@ -56,7 +56,6 @@ def main(argv: list[str]) -> int:
     from mt_assets.jobs.decode import load_job_media
     from mt_assets.jobs.schema import parse_job
     from mt_assets.manifest import load_manifest
-    from mt_assets.models.pipeline import load_pipeline_components
     from mt_assets.render.pipeline import MultiTalkRenderer
     from mt_assets.tiny.samples import write_face_image, write_speech
     from mt_assets.volume import LocalVolume
@@ -73,16 +72,16 @@ def main(argv: list[str]) -> int:
         media = load_job_media(job)  # the job's own files, not the volume's: outside the clock
 
         started = time.perf_counter()
-        components = load_pipeline_components(
+        renderer = MultiTalkRenderer.from_volume(
             volume,
             manifest,
-            dtype=dtype,
             device="cpu",
+            dtype=dtype,
             strategy=strategy,  # type: ignore[arg-type]
             background=("transformer",) if mode == "overlap" else (),
         )
+        components = renderer.c
         foreground_done = time.perf_counter() - started
-        renderer = MultiTalkRenderer(components, dtype=dtype)
         first_step: dict[str, float] = {}
 
         def at_first_step(*args: object, **kwargs: object) -> None:

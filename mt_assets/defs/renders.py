@@ -39,6 +39,7 @@ from mt_assets.jobs.queue import JobBusy, JobQueue
 from mt_assets.jobs.schema import JobError
 from mt_assets.manifest import Manifest
 from mt_assets.render.run import RenderResult, render_job
+from mt_assets.render.video import poster_preview_markdown
 
 RENDERS_KEY = dg.AssetKey("renders")
 PARTITIONS = dg.DynamicPartitionsDefinition(name="render_jobs")
@@ -63,21 +64,18 @@ _RENDERERS: dict[tuple[str, str, str, bool, bool], Any] = {}
 
 
 def _renderer(root: str, manifest: Manifest, device: str, t5_cpu: bool, offload: bool) -> Any:
-    """One loaded renderer per process and settings: loading is the expensive part of a cold render."""
-    import torch
+    """One loaded renderer per process and settings: loading is the expensive part of a cold render.
 
-    from mt_assets.models.pipeline import load_pipeline_components
+    Built by the one factory, as the CLI and the worker build theirs; the DiT is read in the
+    background while the first job's encoders run (that job's render waits for it).
+    """
     from mt_assets.render.pipeline import MultiTalkRenderer
     from mt_assets.volume import open_volume
 
     key = (root, manifest.profile, device, t5_cpu, offload)
     if key not in _RENDERERS:
-        dtype = torch.float32 if device == "cpu" else torch.bfloat16
-        components = load_pipeline_components(
-            open_volume(root), manifest, dtype=dtype, device="cpu" if offload else device
-        )
-        _RENDERERS[key] = MultiTalkRenderer(
-            components, device=device, dtype=dtype, t5_cpu=t5_cpu, offload=offload
+        _RENDERERS[key] = MultiTalkRenderer.from_volume(
+            open_volume(root), manifest, device=device, t5_cpu=t5_cpu, offload=offload, background=["transformer"]
         )
     return _RENDERERS[key]
 
@@ -132,9 +130,12 @@ def settings_markdown(job: dict[str, Any]) -> str:
 def render_metadata(result: RenderResult) -> dict[str, Any]:
     """Keys as the CLI's `render --json`."""
     doc = result.to_json()
+    preview = poster_preview_markdown(result.output.poster)
     return {
         "video": dg.MetadataValue.path(doc["video"]),
         "poster": dg.MetadataValue.path(doc["poster"]),
+        # A person browsing renders would rather look than read a path: the poster, inline.
+        **({"poster_preview": dg.MetadataValue.md(preview)} if preview else {}),
         "job_json": dg.MetadataValue.path(doc["job_json"]),
         "sha256": doc["sha256"],
         "frames": doc["frames"],

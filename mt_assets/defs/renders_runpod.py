@@ -55,6 +55,7 @@ from mt_assets.jobs.outputs import OUTPUTS_DIR
 from mt_assets.jobs.queue import JobBusy, JobQueue
 from mt_assets.jobs.schema import JobError
 from mt_assets.manifest import Manifest
+from mt_assets.render.video import poster_preview_markdown
 
 
 class RunPodResource(dg.ConfigurableResource):
@@ -265,6 +266,10 @@ def runpod_metadata(output: WorkerOutput, job_input: dict[str, Any]) -> dict[str
     }
     for name, where in output.files.items():
         metadata[name] = _location(where)
+    poster = output.files.get("poster")
+    preview = poster_preview_markdown(poster) if isinstance(poster, Path) else None
+    if preview:
+        metadata["poster_preview"] = dg.MetadataValue.md(preview)
     for key in (
         "frames",
         "duration",

@@ -14,7 +14,8 @@ A job is a YAML or JSON mapping. MultiTalk's own input files (`generate_multital
 plus our settings, each with the default `generate_multitalk.py` uses:
 
     id               [A-Za-z0-9_-]{1,64}; default: the job file's stem
-    negative_prompt  MultiTalk's English negative prompt (DEFAULT_NEGATIVE_PROMPT)
+    negative_prompt  MultiTalk's English negative prompt (DEFAULT_NEGATIVE_PROMPT); "" means that default,
+                     as in the reference's generate()
     mode             clip (one clip of `frames`) | streaming (clips of `frames` for the whole audio)
     frames           81; 4n+1, 5..1001 (in streaming mode: the frames of each clip)
     size             multitalk-480 | multitalk-720 (the reference's size buckets) | WxH, both
@@ -232,7 +233,8 @@ def parse_job(
 
     job_id = fields.job_id()
     prompt = fields.text("prompt", required=True)
-    negative_prompt = fields.text("negative_prompt", default=DEFAULT_NEGATIVE_PROMPT, allow_empty=True)
+    # generate() replaces an empty negative prompt with the config's default: "" means the default.
+    negative_prompt = fields.text("negative_prompt", default="", allow_empty=True) or DEFAULT_NEGATIVE_PROMPT
     cond_image = resolve("cond_image", fields.text("cond_image", required=True))
     speakers = fields.cond_audio()
     cond_audio = tuple(

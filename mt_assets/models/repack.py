@@ -407,3 +407,36 @@ def declared_targets(volume: LocalVolume) -> set[str]:
     if targets:
         targets.update({f"{STATE_DIR}/hashes.sqlite", f"{STATE_DIR}/hashes.sqlite-journal"})
     return targets
+
+
+def unvouched_repacks(manifest: Manifest, volume: LocalVolume) -> dict[str, str]:
+    """Repacks a bf16 load would verify by hashing (a file at its size without a current hash cache
+    row): {name: the first such file}. Repacks it would skip anyway (absent, stale, unreadable
+    repack.json) or reject from stat and the cache alone are not listed."""
+    from mt_assets.volume.hashcache import CACHE_NAME, ReadOnlyHashCache
+
+    found: dict[str, str] = {}
+    cache = ReadOnlyHashCache(volume.state_dir / CACHE_NAME)
+    try:
+        for name in REPACKS:
+            try:
+                repack = read_repack(volume, name)
+            except RepackError:
+                continue
+            if (
+                repack is None
+                or repack.dtype != DTYPE
+                or tuple(sorted(repack.sources)) != expected_sources(manifest, name)
+            ):
+                continue
+            for f in repack.files:
+                target = repack.target(f.path)
+                state = volume.state(target)
+                if state.st is None or not state.present or state.st.st_size != f.size:
+                    continue
+                if cache.lookup(target, state.st) is None:
+                    found[name] = f"{target}: no hash cache row for its current stat"
+                    break
+    finally:
+        cache.close()
+    return found

@@ -1,6 +1,13 @@
 """A render, top to bottom: condition, sample, decode, write (MeiGen MultiTalk `generate()`, commit c1ad840).
 
-`MultiTalkRenderer(components).render(job)` runs on what `load_pipeline_components` returns:
+`MultiTalkRenderer.from_volume(volume, manifest, device=...)` is the one way to build a renderer: the
+CLI, the Dagster `renders` asset, the RunPod worker and the benchmarks all call it, so a job is the
+same computation whichever of them renders it. It resolves the device (None: CUDA when visible),
+the dtype by device (fp32 on the CPU, bf16 on CUDA), switches TF32 off on CUDA (the reference-exact
+path), uses the bf16 repacks when they are current and the hash cache vouches for them (else the
+originals, with a warning: verifying a repack would hash it), reads the DiT in the background when
+the caller wants the first step to overlap the encoders, and records what it resolved
+(`RendererSettings`) in every job.json it writes. Then `renderer.render(job)`:
 
     condition   image -> bucket, resize + centre crop, [-1, 1]          (conditioning.py)
                 prompt, negative prompt -> cleaned, tokenized, T5 features cut to their length
@@ -21,9 +28,10 @@ Noise comes from a CPU generator, so a seed gives the same video on any device.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +40,7 @@ import torch
 from mt_assets.jobs.audio_prep import PreparedAudio
 from mt_assets.models.audio import audio_embedding
 from mt_assets.models.clip_vision import clip_image_features, clip_preprocess
-from mt_assets.models.pipeline import PipelineComponents
+from mt_assets.models.pipeline import LoadReport, PipelineComponents, load_pipeline_components
 from mt_assets.models.text_encoder import encode_text
 from mt_assets.models.tokenizers import tokenize_prompts
 from mt_assets.models.vae import decode_latent, encode_latent
@@ -52,10 +60,65 @@ from mt_assets.render.streaming import ClipPlan, StreamPlan, plan_clips
 if TYPE_CHECKING:
     from mt_assets.jobs.decode import JobMedia
     from mt_assets.jobs.schema import RenderJob
+    from mt_assets.manifest import Manifest
+    from mt_assets.models.reading import LoadStrategy
+    from mt_assets.volume import LocalVolume
+
+log = logging.getLogger("mt_assets.render")
 
 
 class RenderError(RuntimeError):
     """A render that cannot go on: the message names the job and the stage."""
+
+
+class DeviceError(ValueError):
+    """The device asked for cannot be used here (no CUDA device visible, an unknown name)."""
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`device` as torch names it; None: CUDA when torch sees a device, else the CPU."""
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"{device!r} is not a device torch knows (cpu, cuda, cuda:N)") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise DeviceError(f"{device!r}: renders run on cpu or cuda")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"{device}: no CUDA device is visible to torch")
+    return resolved
+
+
+def render_dtype(device: torch.device) -> torch.dtype:
+    """fp32 on the CPU (the reference's numbers), bf16 on CUDA (the reference's param dtype)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@dataclass(frozen=True)
+class RendererSettings:
+    """What `from_volume` resolved; recorded as `renderer` in every job.json, whichever entry point rendered."""
+
+    device: str
+    dtype: str
+    t5_device: str
+    offload: bool
+    tf32: bool
+    load_strategy: str
+
+    def to_json(self, components: PipelineComponents | None = None) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "device": self.device,
+            "dtype": self.dtype,
+            "t5_device": self.t5_device,
+            "offload": self.offload,
+            "tf32": self.tf32,
+            "load_strategy": self.load_strategy,
+        }
+        if components is not None:
+            # Which repacks were read is known once every unit is in (the DiT may load in the background).
+            doc["repacks"] = sorted(r.repack for r in components.reports.values() if r.repack)
+        return doc
 
 
 @dataclass
@@ -281,12 +344,84 @@ class MultiTalkRenderer:
         dtype: torch.dtype = torch.float32,
         t5_cpu: bool = False,
         offload: bool = False,
+        load_strategy: str = "",
     ) -> None:
+        """Renders with components already loaded; build one with `from_volume` unless a test holds them."""
         self.c = components
         self.device = torch.device(device)
         self.dtype = dtype
         self.t5_device = torch.device("cpu") if t5_cpu else self.device
         self.offload = offload
+        self.settings = RendererSettings(
+            device=str(self.device),
+            dtype=str(dtype).removeprefix("torch."),
+            t5_device=str(self.t5_device),
+            offload=offload,
+            tf32=self.device.type == "cuda"
+            and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32),
+            load_strategy=load_strategy,
+        )
+
+    @classmethod
+    def from_volume(
+        cls,
+        volume: LocalVolume,
+        manifest: Manifest,
+        *,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        t5_cpu: bool = False,
+        offload: bool = False,
+        background: Collection[str] = (),
+        strategy: LoadStrategy | None = None,
+        on_loaded: Callable[[LoadReport], None] | None = None,
+    ) -> MultiTalkRenderer:
+        """Load every model from the volume and return a renderer: see the module docstring.
+
+        device: cpu, cuda, cuda:N, or None (CUDA when visible); DeviceError when it cannot be used.
+        dtype: None (always, for renders): by device. Benchmarks pass bf16 on the CPU to measure
+        the GPU path's loads on a machine without one.
+        background: units read by a background thread while the caller conditions its first job
+        (("transformer",): the first step overlaps the encoders); `render` waits for them.
+        strategy: how weight files are read (models/reading.py); None: MT_LOAD_STRATEGY or the default.
+        The caller has checked the volume (audit or the worker's start-up check) before calling.
+        """
+        from mt_assets.models.reading import check_strategy, strategy_from_env
+        from mt_assets.models.repack import unvouched_repacks
+
+        resolved = resolve_device(device)
+        dtype = dtype or render_dtype(resolved)
+        strategy = strategy_from_env() if strategy is None else check_strategy(strategy)
+        if resolved.type == "cuda":
+            # The reference-exact path: no TF32 shortcuts in matmuls or convolutions (cuDNN's
+            # default is on, which would change every VAE convolution).
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        repacks = True
+        if dtype == torch.bfloat16:
+            unvouched = unvouched_repacks(manifest, volume)
+            for name, why in unvouched.items():
+                log.warning(
+                    "repack %s is not verified by the hash cache (%s): loading the originals rather than "
+                    "hashing it now; verify it once (`mt-assets audit` or the repacks asset's check) to "
+                    "have it used",
+                    name,
+                    why,
+                )
+            repacks = not unvouched  # load_pipeline_components takes all repacks or none
+        components = load_pipeline_components(
+            volume,
+            manifest,
+            dtype=dtype,
+            device="cpu" if offload else resolved,
+            strategy=strategy,
+            repacks=repacks,
+            on_loaded=on_loaded,
+            background=background,
+        )
+        return cls(
+            components, device=resolved, dtype=dtype, t5_cpu=t5_cpu, offload=offload, load_strategy=strategy
+        )
 
     @contextlib.contextmanager
     def _using(self, module: Any, device: torch.device | None = None) -> Iterator[Any]:

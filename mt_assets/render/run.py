@@ -1,10 +1,11 @@
 """One job, end to end: check where its output goes, render, write the mp4 and its record.
 
-The record (`job.json` beside `video.mp4`) holds the job as given, every effective setting, the
-profile and the sha256 of every model file the render loaded (from the manifest, which the audit
-checked against the volume before the components were loaded), seconds per stage and per step,
-and the video's own sha256 (added by `video.write_render_output`). The CLI, the Dagster `renders`
-asset and the RunPod worker all call `render_job`.
+The record (`job.json` beside `video.mp4`) holds the job as given, every effective setting, how the
+renderer was built (`renderer`: device, dtype, TF32, load strategy, repacks read), the profile and
+the sha256 of every model file the render loaded (from the manifest, which the audit checked against
+the volume before the components were loaded), seconds per stage and per step, and the video's own
+sha256 (added by `video.write_render_output`). The CLI, the Dagster `renders` asset and the RunPod
+worker all call `render_job`, with a renderer from `MultiTalkRenderer.from_volume`.
 """
 
 from __future__ import annotations
@@ -87,10 +88,8 @@ def render_record(
             "clips": len(rendered.plan.clips),
             "speakers": len(rendered.audio.speeches),
             "fps": FPS,
-            "device": str(renderer.device),
-            "dtype": str(renderer.dtype).removeprefix("torch."),
-            "t5_device": str(renderer.t5_device),
         },
+        "renderer": renderer.settings.to_json(renderer.c),
         "profile": manifest.profile,
         "models": model_files(manifest),
         "timings": {**rendered.timings.to_json(), "seconds_per_step": _median(steps)},

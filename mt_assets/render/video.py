@@ -348,3 +348,27 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+PREVIEW_SIDE = 256  # pixels of the poster preview's longer side
+
+
+def poster_preview_markdown(poster: Path, *, max_side: int = PREVIEW_SIDE) -> str | None:
+    """A Markdown image of the poster, scaled to `max_side`, inline as a data: URI (a JPEG of a few KB);
+    None when the poster cannot be read as an image (a preview is never worth failing a render over).
+
+    For places that show Markdown but cannot reach the volume (the Dagster UI in a browser).
+    """
+    import base64
+    import io
+
+    try:
+        with Image.open(poster) as image:
+            preview = image.convert("RGB")
+    except OSError:  # missing, unreadable, not an image (PIL's UnidentifiedImageError is an OSError)
+        return None
+    preview.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    preview.save(buffer, format="JPEG", quality=85)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f"![poster {preview.width}x{preview.height}](data:image/jpeg;base64,{data})"

@@ -27,6 +27,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from mt_assets.volume.hashing import Digest
 
@@ -42,6 +43,8 @@ CREATE TABLE IF NOT EXISTS hashes_v2 (
     hashed_at REAL NOT NULL
 )
 """
+
+CACHE_NAME = "hashes.sqlite"  # in <volume>/.mt/
 
 
 class HashCache:
@@ -117,3 +120,44 @@ class HashCache:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+class ReadOnlyHashCache(HashCache):
+    """The volume's hash cache, opened for reading only; `lookup` as HashCache's, `store` does nothing."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.state = "read-only"
+        super().__init__(db_path)
+
+    def _open(self) -> sqlite3.Connection:
+        if not self.db_path.is_file():
+            self.state = "absent"
+            return self._empty()
+        try:
+            conn = sqlite3.connect(
+                f"{self.db_path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=5.0,
+                check_same_thread=False,
+                isolation_level=None,
+            )
+            conn.execute("SELECT count(*) FROM hashes_v2").fetchone()
+            return conn
+        except sqlite3.Error as e:
+            # Busy with a writer, an older schema, a damaged file: it only costs 'unverified'.
+            self.state = f"not used ({e})"
+            return self._empty()
+
+    def _empty(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        conn.execute(
+            "CREATE TABLE hashes_v2 (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
+            " inode INTEGER, ctime_ns INTEGER, sha256 TEXT, git_sha1 TEXT, hashed_at REAL)"
+        )
+        return conn
+
+    def store(self, path: str, st: Any, digest: Any) -> None:  # a starting worker writes nothing
+        pass
+
+    def forget(self, path: str) -> None:
+        pass

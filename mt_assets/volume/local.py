@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mt_assets.manifest.schema import check_relative_path
 from mt_assets.volume.atomic import AtomicWriter, Expected, staging_prefix, target_key
-from mt_assets.volume.hashcache import HashCache
+from mt_assets.volume.hashcache import CACHE_NAME, HashCache
 from mt_assets.volume.hashing import Digest, hash_file
 from mt_assets.volume.lock import LockOwner, WriterLock
 
@@ -92,7 +92,7 @@ class LocalVolume:
 
     @cached_property
     def hash_cache(self) -> HashCache:
-        return HashCache(self.state_dir / "hashes.sqlite")
+        return HashCache(self.state_dir / CACHE_NAME)
 
     # -- paths and state -------------------------------------------------------------------
 

@@ -7,11 +7,11 @@ lists what is wrong, which `python -m mt_assets.worker` prints before exiting no
 2. the volume and the manifest (MT_VOLUME; MT_PROFILE or MT_MANIFEST)
 3. `check_volume`: every file of the profile there, at its pinned size, and not contradicted by the
    hash cache; no hashing (volume_check.py)
-4. `load_pipeline_components` once, with the bf16 repacks on a GPU when they are current and the
-   hash cache vouches for their files (else the originals: verifying a repack would hash it), and
-   the load strategy of MT_LOAD_STRATEGY; seconds per load unit are logged as each comes in
-5. a `MultiTalkRenderer` on MT_RENDER_DEVICE: cuda renders in bfloat16 with TF32 off (the CLI's
-   `--device cuda`), cpu in float32
+4. `MultiTalkRenderer.from_volume` once, on MT_RENDER_DEVICE (default: CUDA when visible), exactly
+   as the CLI and Dagster build theirs: bf16 with TF32 off on CUDA, fp32 on the CPU, the bf16
+   repacks when they are current and the hash cache vouches for their files (else the originals:
+   verifying a repack would hash it), the load strategy of MT_LOAD_STRATEGY; seconds per load unit
+   are logged as each comes in
 
 Dagster is never imported here or below (DESIGN.md: the worker imports core only).
 """
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from mt_assets.manifest import Manifest, ManifestError, load_manifest, load_profile
 from mt_assets.volume import LocalVolume, VolumeError, open_volume
 from mt_assets.worker.environment import ConfigError, WorkerSettings
-from mt_assets.worker.volume_check import VolumeCheck, check_volume, unvouched_repacks
+from mt_assets.worker.volume_check import VolumeCheck, check_volume
 
 if TYPE_CHECKING:
     from mt_assets.models.pipeline import LoadReport
@@ -104,37 +104,16 @@ def startup(settings: WorkerSettings | None = None) -> Worker:
         counts["unverified"],
     )
 
-    import torch
-
-    from mt_assets.models.pipeline import load_pipeline_components
     from mt_assets.models.reading import strategy_from_env
-    from mt_assets.render.pipeline import MultiTalkRenderer
+    from mt_assets.render.pipeline import DeviceError, MultiTalkRenderer, render_dtype, resolve_device
 
-    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise StartupError("MT_RENDER_DEVICE=cuda: no CUDA device is visible to torch", exit_status=2)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    if device == "cuda":
-        # The reference-exact path, as `mt-assets render --device cuda`: no TF32 in matmuls or convolutions.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
     try:
+        device = resolve_device(settings.device)
         strategy = strategy_from_env()
+    except DeviceError as e:
+        raise StartupError(f"MT_RENDER_DEVICE={e}", exit_status=2) from None
     except ValueError as e:
         raise StartupError(str(e), exit_status=2) from None
-
-    repacks = True
-    if dtype == torch.bfloat16:
-        unvouched = unvouched_repacks(manifest, volume)
-        for name, why in unvouched.items():
-            log.warning(
-                "repack %s is not verified by the hash cache (%s): loading the originals rather than "
-                "hashing it at start; verify it once outside the worker (the repacks asset's check in "
-                "Dagster records its hashes) to have it used",
-                name,
-                why,
-            )
-        repacks = not unvouched  # load_pipeline_components takes all repacks or none
 
     def loaded(report: LoadReport) -> None:
         n = len(report.files)
@@ -144,18 +123,22 @@ def startup(settings: WorkerSettings | None = None) -> Worker:
         )
 
     log.info(
-        "loading the models from %s onto %s (%s, load strategy %s)", volume.root, device, dtype, strategy
+        "loading the models from %s onto %s (%s, load strategy %s)",
+        volume.root,
+        device,
+        render_dtype(device),
+        strategy,
     )
     load_started = time.perf_counter()
     try:
-        components = load_pipeline_components(
-            volume, manifest, dtype=dtype, device=device, strategy=strategy, repacks=repacks, on_loaded=loaded
+        renderer = MultiTalkRenderer.from_volume(
+            volume, manifest, device=str(device), strategy=strategy, on_loaded=loaded
         )
     except (ManifestError, OSError, ValueError) as e:
         # A file that passed the size check but does not load (a bad header, keys that do not match).
         raise StartupError(f"loading the models from {volume.root}: {type(e).__name__}: {e}") from e
     load_seconds = time.perf_counter() - load_started
-    renderer = MultiTalkRenderer(components, device=device, dtype=dtype)
+    components = renderer.c
     log.info(
         "ready in %.2f s (models %.2f s, %s bytes); serving jobs",
         time.perf_counter() - started,

@@ -22,23 +22,20 @@ cache that is absent or unreadable only makes files `unverified`.
 
 The bf16 repacks (mt_assets.models.repack) are verified by the loader itself, through the hash
 cache, which hashes any file it has no current row for: 33 GB of the real DiT repack. So before a
-bf16 load `unvouched_repacks` says which repacks the loader would use whose files the cache does not
+bf16 load `models.repack.unvouched_repacks` says which repacks the loader would use whose files the cache does not
 vouch for; the worker then loads the originals instead (and logs why) rather than hash at start.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mt_assets.manifest import Manifest, ManifestFile
 from mt_assets.volume import LocalVolume
-from mt_assets.volume.hashcache import HashCache
+from mt_assets.volume.hashcache import CACHE_NAME, HashCache, ReadOnlyHashCache
 
 PROBLEMS = ("missing", "size_mismatch", "hash_mismatch", "unpinned")
-CACHE_NAME = "hashes.sqlite"
 
 
 @dataclass(frozen=True)
@@ -81,47 +78,6 @@ class VolumeCheck:
         }
 
 
-class ReadOnlyHashCache(HashCache):
-    """The volume's hash cache, opened for reading only; `lookup` as HashCache's, `store` does nothing."""
-
-    def __init__(self, db_path: Path) -> None:
-        self.state = "read-only"
-        super().__init__(db_path)
-
-    def _open(self) -> sqlite3.Connection:
-        if not self.db_path.is_file():
-            self.state = "absent"
-            return self._empty()
-        try:
-            conn = sqlite3.connect(
-                f"{self.db_path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                timeout=5.0,
-                check_same_thread=False,
-                isolation_level=None,
-            )
-            conn.execute("SELECT count(*) FROM hashes_v2").fetchone()
-            return conn
-        except sqlite3.Error as e:
-            # Busy with a writer, an older schema, a damaged file: it only costs 'unverified'.
-            self.state = f"not used ({e})"
-            return self._empty()
-
-    def _empty(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
-        conn.execute(
-            "CREATE TABLE hashes_v2 (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
-            " inode INTEGER, ctime_ns INTEGER, sha256 TEXT, git_sha1 TEXT, hashed_at REAL)"
-        )
-        return conn
-
-    def store(self, path: str, st: Any, digest: Any) -> None:  # a starting worker writes nothing
-        pass
-
-    def forget(self, path: str) -> None:
-        pass
-
-
 def check_volume(manifest: Manifest, volume: LocalVolume) -> VolumeCheck:
     """Check every file of `manifest` on `volume` from stat and the hash cache; reads no file's bytes."""
     cache = ReadOnlyHashCache(volume.state_dir / CACHE_NAME)
@@ -161,36 +117,3 @@ def _check(f: ManifestFile, volume: LocalVolume, cache: HashCache) -> FileCheck:
                 f"the hash cache says git_sha1 {cached.git_sha1[:12]}…, expected {f.git_sha1[:12]}…",
             )
     return FileCheck(f.target, "ok")
-
-
-def unvouched_repacks(manifest: Manifest, volume: LocalVolume) -> dict[str, str]:
-    """Repacks a bf16 load would verify by hashing (a file at its size without a current hash cache
-    row): {name: the first such file}. Repacks it would skip anyway (absent, stale, unreadable
-    repack.json) or reject from stat and the cache alone are not listed."""
-    from mt_assets.models.repack import DTYPE, REPACKS, RepackError, expected_sources, read_repack
-
-    found: dict[str, str] = {}
-    cache = ReadOnlyHashCache(volume.state_dir / CACHE_NAME)
-    try:
-        for name in REPACKS:
-            try:
-                repack = read_repack(volume, name)
-            except RepackError:
-                continue
-            if (
-                repack is None
-                or repack.dtype != DTYPE
-                or tuple(sorted(repack.sources)) != expected_sources(manifest, name)
-            ):
-                continue
-            for f in repack.files:
-                target = repack.target(f.path)
-                state = volume.state(target)
-                if state.st is None or not state.present or state.st.st_size != f.size:
-                    continue
-                if cache.lookup(target, state.st) is None:
-                    found[name] = f"{target}: no hash cache row for its current stat"
-                    break
-    finally:
-        cache.close()
-    return found

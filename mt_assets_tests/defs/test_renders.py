@@ -105,6 +105,24 @@ def renv(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield RenderEnv(root, instance, defs)
 
 
+def assert_poster_preview(markdown: str, poster: Path) -> None:
+    """The materialization shows the poster itself: a Markdown image whose data is the poster, scaled."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    match = re.fullmatch(r"!\[poster (\d+)x(\d+)\]\(data:image/jpeg;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    assert match, markdown[:120]
+    with Image.open(io.BytesIO(base64.b64decode(match[3]))) as preview, Image.open(poster) as full:
+        assert preview.size == (int(match[1]), int(match[2]))
+        assert preview.width / preview.height == pytest.approx(full.width / full.height, rel=0.05)
+        # the same picture: the preview's mean colour is the poster's, within JPEG's rounding
+        mean = lambda im: [sum(c) / len(c) for c in zip(*im.convert("RGB").resize((8, 8)).getdata(), strict=True)]  # noqa: E731
+        assert max(abs(a - b) for a, b in zip(mean(preview), mean(full), strict=True)) < 8
+
+
 def frames_of(video: Path) -> int:
     with av.open(str(video)) as container:
         return sum(1 for _ in container.decode(video=0))
@@ -139,6 +157,7 @@ def test_the_inbox_sensor_queues_valid_jobs_rejects_bad_ones_and_the_renders_fin
         md = {k: v.value for k, v in m.materialization.metadata.items()}
         assert md["frames"] == 13 and Path(md["video"]) == renv.root / "outputs" / job_id / "video.mp4"
         assert "| seed | 42 |" in md["settings"]
+        assert_poster_preview(md["poster_preview"], Path(md["poster"]))
         assert m.materialization.tags["dagster/data_version"] == md["sha256"]
         assert frames_of(Path(md["video"])) == 13
         assert (renv.root / "jobs" / "done" / f"{job_id}.json").is_file()

@@ -148,7 +148,8 @@ rerender: true
 """
     )
     job = load_job(jobs / "scene_7.yml")
-    assert job.id == "scene-7" and job.negative_prompt == "" and job.audio_type == "add"
+    # An empty negative prompt is the default one, as the reference's generate() makes it.
+    assert job.id == "scene-7" and job.negative_prompt == DEFAULT_NEGATIVE_PROMPT and job.audio_type == "add"
     assert job.bbox == ((0.0, 0.0, 48.0, 30.0), (0.0, 34.0, 48.0, 64.0))
     assert (job.mode, job.frames, job.size_wh, job.steps, job.shift) == ("streaming", 33, (640, 352), 8, 5.0)
     assert (job.text_guidance, job.audio_guidance, job.seed, job.color_correction) == (4.5, 3.0, 7, 0.5)

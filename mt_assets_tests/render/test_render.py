@@ -31,7 +31,7 @@ TINY_JOB = {"prompt": "A person talks to the camera.", "size": "64x48", "frames"
 
 @pytest.fixture(scope="module")
 def renderer(tiny_volume: Path) -> MultiTalkRenderer:
-    return MultiTalkRenderer(load_pipeline_components(LocalVolume(tiny_volume), load_profile("tiny")))
+    return MultiTalkRenderer.from_volume(LocalVolume(tiny_volume), load_profile("tiny"), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -252,4 +252,15 @@ def test_a_bfloat16_render_keeps_the_vae_and_wav2vec2_in_float32(tiny_volume, me
     result = render(bf16, media, tmp_path, "bf16")
     frames, _ = decode(result.output.video)
     assert len(frames) == 13
-    assert json.loads(result.output.job_json.read_text())["settings"]["dtype"] == "bfloat16"
+    assert json.loads(result.output.job_json.read_text())["renderer"]["dtype"] == "bfloat16"
+
+
+def test_an_empty_negative_prompt_renders_with_the_default_one_and_records_it(renderer, media, tmp_path) -> None:
+    """The reference's generate() replaces "" with the config's negative prompt; so do we."""
+    from mt_assets.jobs.schema import DEFAULT_NEGATIVE_PROMPT
+
+    empty = render(renderer, media, tmp_path, "neg-empty", negative_prompt="")
+    default = render(renderer, media, tmp_path, "neg-default")
+    assert json.loads(empty.output.job_json.read_text())["job"]["negative_prompt"] == DEFAULT_NEGATIVE_PROMPT
+    empty_frames, default_frames = decode(empty.output.video)[0], decode(default.output.video)[0]
+    assert all(np.array_equal(a, b) for a, b in zip(empty_frames, default_frames, strict=True))

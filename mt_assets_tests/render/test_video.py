@@ -219,7 +219,7 @@ def test_replace_swaps_in_the_new_render_and_removes_the_old(tmp_path):
 
 @pytest.mark.parametrize("job_id", ["", "a" * 65, "../escape", "a.b", "a b", "job/1", "ñ", ".hidden"])
 def test_job_id_outside_the_allowed_alphabet_is_rejected(tmp_path, job_id):
-    with pytest.raises(ValueError, match=r"must match \[A-Za-z0-9_-\]\{1,64\}"):
+    with pytest.raises(ValueError, match=r"must be 1 to 64 characters of A-Z"):
         write_render_output(tmp_path, job_id, _frames(t=2), _audio(1.0), {})
     assert list(tmp_path.iterdir()) == []
 

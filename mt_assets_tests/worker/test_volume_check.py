@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 from mt_assets.manifest import load_profile, parse_manifest
+from mt_assets.models.repack import unvouched_repacks
 from mt_assets.volume import LocalVolume
-from mt_assets.worker.volume_check import check_volume, unvouched_repacks
+from mt_assets.worker.volume_check import check_volume
 from mt_assets_tests.conftest import manifest_yaml
 
 
