@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -49,7 +50,10 @@ def _text(value: str) -> str:
 
 
 def _seconds(value: str) -> float:
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError from None  # the message says what was expected; float's own adds nothing
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError
     return seconds
@@ -68,7 +72,8 @@ def _s3_uri(value: str) -> str:
     try:
         parse_s3_uri(value)
     except SourceError as e:
-        raise ValueError(str(e).removeprefix(f"source {value}: ")) from None
+        detail = str(e).split(": ", 1)[-1]  # without "source <uri>: "
+        raise ValueError("" if detail.startswith("expected") else detail) from None
     return value
 
 
@@ -115,7 +120,8 @@ class Variable(Generic[T]):
             return self.parse(text)
         except ValueError as e:
             detail = f" ({e})" if str(e) else ""
-            raise ConfigError(f"{self.name}: expected {self.expected}, got {text!r}{detail}") from None
+            shown = re.sub(r"^(\w+://)[^/]*@", r"\1***@", text)  # never a user:secret@ in a message
+            raise ConfigError(f"{self.name}: expected {self.expected}, got {shown!r}{detail}") from None
 
     @property
     def default_text(self) -> str:
