@@ -20,7 +20,7 @@ from rich.console import Console
 
 from mt_assets import provision as provision_core
 from mt_assets.audit import audit as run_audit
-from mt_assets.config import Settings
+from mt_assets.config import PROFILE, SOURCE, VOLUME
 from mt_assets.manifest import Manifest, ManifestError, load_manifest, load_profile
 from mt_assets.sources import SourceError, TransientSourceError, open_source
 from mt_assets.terminal import RichProgress, print_audit, print_plan, print_provision
@@ -66,11 +66,11 @@ def resolve_manifest(profile: str | None, manifest_path: str | None) -> Manifest
         raise click.UsageError("give --profile or --manifest, not both")
     if manifest_path:
         return load_manifest(manifest_path)
-    return load_profile(profile or Settings.from_env().profile)
+    return load_profile(profile or PROFILE.read())
 
 
 def resolve_volume(volume: str | None) -> LocalVolume:
-    return open_volume(volume or Settings.from_env().volume)
+    return open_volume(volume or VOLUME.read())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,7 +159,7 @@ def provision(
             click.echo(json.dumps({"complete": False, "error": str(e), "plan": the_plan.to_json()}, indent=2))
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_PROBLEM)
-    src = open_source(source or Settings.from_env().source)
+    src = open_source(source or SOURCE.read())
     try:
         with RichProgress(err, "fetching", the_plan.to_fetch_bytes) as progress:
             report = provision_core.apply(

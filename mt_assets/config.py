@@ -1,37 +1,411 @@
-"""Configuration from the environment, with embedded defaults that work on a laptop.
+"""Configuration from the environment: every MT_* variable, declared once, with a default that works
+on a laptop; and the one factory of boto3 S3 clients.
 
-    MT_VOLUME          a folder (default ./var/volume)
-    MT_PROFILE         a shipped profile name (default tiny; the real one is multitalk-480p)
-    MT_SOURCE          hub | s3://bucket/prefix | a mirror folder (default hub)
-    MT_RENDER_BACKEND  local | runpod (default local)
+Nothing else in mt_assets reads an MT_* variable (mt_assets_tests/test_config.py checks it): a caller
+asks the variable declared here, and gets the parsed value or the default
 
-Secrets (HF_TOKEN, AWS keys, RUNPOD_API_KEY) are read where they are used, by the libraries
-that use them, and never copied into settings, logs or metadata.
+    config.LOAD_STRATEGY.read()            "parallel" unless MT_LOAD_STRATEGY says otherwise
+    config.RUNPOD_POLL_SECONDS.read(env)   a float > 0; `env` is a mapping read instead of os.environ
+    Settings.from_env(env)                 the four the CLI and Dagster start from
+
+An unset or blank variable means its default. A bad value raises ConfigError (a ValueError) naming
+the variable, what it takes and what it got:
+
+    MT_RENDER_BACKEND: expected one of local, runpod, got 'x'
+
+Writing a variable (into a child process's environment, say) is not reading it and may happen
+anywhere. docs/configuration.md lists every variable (its table is `python -m mt_assets.config`'s
+output, and a test keeps the two the same).
+
+Secrets (HF_TOKEN, AWS keys, RUNPOD_API_KEY) are read where they are used, by the libraries that
+use them, and never copied into settings, logs or metadata. `s3_client` reads only where S3 is
+(AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_REGION) and leaves credentials to boto3's own chain.
+
+No import of torch, dagster or boto3 here: the worker reads its settings before anything heavy loads.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
-DEFAULT_VOLUME = "var/volume"
-DEFAULT_PROFILE = "tiny"
-DEFAULT_SOURCE = "hub"
+T = TypeVar("T")
+U = TypeVar("U")
+Env = Mapping[str, str]
+
+
+class ConfigError(ValueError):
+    """A variable's value cannot be used; the message names the variable, what it takes and what it got."""
+
+
+# -- parsers: text -> value, or ValueError(detail) ---------------------------------------------------
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError from None  # the message says what was expected; float's own adds nothing
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError
+    return seconds
+
+
+def _count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError
+    return int(value)
+
+
+def _s3_uri(value: str) -> str:
+    from mt_assets.sources.base import SourceError
+    from mt_assets.sources.s3 import parse_s3_uri
+
+    try:
+        parse_s3_uri(value)
+    except SourceError as e:
+        detail = str(e).split(": ", 1)[-1]  # without "source <uri>: "
+        raise ValueError("" if detail.startswith("expected") else detail) from None
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError
+    return value
+
+
+# -- the registry ------------------------------------------------------------------------------------
+
+GROUPS = {
+    "volume": "Volume and models",
+    "render": "Rendering",
+    "runpod": "RunPod",
+    "control": "Control plane (`python -m mt_assets.deploy`)",
+    "tests": "Tests and benchmarks",
+}
+
+
+@dataclass(frozen=True)
+class Variable(Generic[T]):
+    """One MT_* variable: what it is called, what it means, what it takes, and what it is when unset."""
+
+    name: str
+    group: str  # a key of GROUPS
+    default: T
+    meaning: str
+    expected: str  # what a value must be, as errors and the docs say it
+    parse: Callable[[str], T] = field(repr=False)
+    choices: tuple[str, ...] = ()
+    shown_default: str | None = None  # the docs' default where `default` (often None) needs words
+
+    def read(self, env: Env | None = None) -> T:
+        """The value in `env` (None: os.environ), parsed; the default when unset or blank."""
+        return self.read_or(self.default, env)
+
+    def read_or(self, default: U, env: Env | None = None) -> T | U:
+        """As read(), with the caller's own default (the worker's volume is /runpod-volume, say)."""
+        text = (os.environ if env is None else env).get(self.name, "").strip()
+        if not text:
+            return default
+        try:
+            return self.parse(text)
+        except ValueError as e:
+            detail = f" ({e})" if str(e) else ""
+            shown = re.sub(r"^(\w+://)[^/]*@", r"\1***@", text)  # never a user:secret@ in a message
+            raise ConfigError(f"{self.name}: expected {self.expected}, got {shown!r}{detail}") from None
+
+    @property
+    def default_text(self) -> str:
+        if self.shown_default is not None:
+            return self.shown_default
+        return "unset" if self.default is None else f"`{self.default}`"
+
+
+VARIABLES: dict[str, Variable[Any]] = {}
+
+
+def _declare(var: Variable[T]) -> Variable[T]:
+    if var.group not in GROUPS or var.name in VARIABLES or not var.name.startswith("MT_"):
+        raise AssertionError(f"config: {var.name}: a duplicate, or an unknown group {var.group!r}")
+    VARIABLES[var.name] = var
+    return var
+
+
+def _choice(
+    name: str, group: str, default: str | None, choices: tuple[str, ...], meaning: str, **kw: Any
+) -> Variable[Any]:
+    def parse(value: str) -> str:
+        if value.lower() not in choices:
+            raise ValueError
+        return value.lower()
+
+    return _declare(
+        Variable(name, group, default, meaning, f"one of {', '.join(choices)}", parse, choices, **kw)
+    )
+
+
+def _variable(
+    name: str, group: str, default: T, meaning: str, expected: str, parse: Callable[[str], T], **kw: Any
+) -> Variable[T]:
+    return _declare(Variable(name, group, default, meaning, expected, parse, **kw))
+
+
+# Volume and models
+VOLUME: Variable[str] = _variable(
+    "MT_VOLUME", "volume", "var/volume",
+    "The volume folder. The worker's default is /runpod-volume, where RunPod mounts it on serverless.",
+    "a folder", _text, shown_default="`var/volume` (worker: `/runpod-volume`)",
+)  # fmt: skip
+PROFILE: Variable[str] = _variable(
+    "MT_PROFILE", "volume", "tiny",
+    "A shipped manifest profile: `tiny` (random weights, CPU-sized) or `multitalk-480p` (the real one).",
+    "a profile name", _text,
+)  # fmt: skip
+MANIFEST: Variable[str | None] = _variable(
+    "MT_MANIFEST", "volume", None,
+    "A manifest YAML file, used instead of MT_PROFILE (the worker refuses both at once).",
+    "a file path", _text,
+)  # fmt: skip
+SOURCE: Variable[str] = _variable(
+    "MT_SOURCE", "volume", "hub",
+    "Where missing files are fetched from: `hub` (Hugging Face), `s3://bucket/prefix`, or a mirror folder.",
+    "hub, s3://bucket/prefix or a folder", _text,
+)  # fmt: skip
+LOAD_STRATEGY: Variable[str] = _choice(
+    "MT_LOAD_STRATEGY", "volume", "parallel", ("mmap", "sequential", "parallel"),
+    "How checkpoint files are read (mt_assets/models/reading.py): `parallel` ranges on 4 threads, "
+    "`sequential` large reads, `mmap` as safetensors does.",
+)  # fmt: skip
+DIRECT_WRITES: Variable[str] = _choice(
+    "MT_DIRECT_WRITES", "volume", "auto", ("auto", "on", "off"),
+    "O_DIRECT for staged writes (mt_assets/volume/direct.py): `auto` on local block filesystems "
+    "(ext4, xfs, btrfs, f2fs) only, `on` wherever the filesystem allows it, `off` never.",
+)  # fmt: skip
+OFFLINE_ISOLATION: Variable[str] = _choice(
+    "MT_OFFLINE_ISOLATION", "volume", "auto", ("auto", "netns", "network-namespace", "audit-hooks"),
+    "How `verify-offline` cuts the network (mt_assets/offline/isolation.py): `auto` a network "
+    "namespace where the kernel allows one, else the audit hook; `netns` the namespace or an error; "
+    "`audit-hooks` the hook alone. `--isolation` and the asset's config win over it.",
+)  # fmt: skip
+
+# Rendering
+RENDER_BACKEND: Variable[str] = _choice(
+    "MT_RENDER_BACKEND", "render", "local", ("local", "runpod"),
+    "Where Dagster's renders run: `local` in the run, pool `gpu`; `runpod` on the RunPod endpoint "
+    "(MT_RUNPOD_*), pool `runpod`.",
+)  # fmt: skip
+RENDER_DEVICE: Variable[str | None] = _choice(
+    "MT_RENDER_DEVICE", "render", None, ("cuda", "cpu"),
+    "The torch device renders use. Unset: Dagster's local renders use `cpu`; the worker uses `cuda` "
+    "when torch sees one, else `cpu`.",
+    shown_default="unset (Dagster: `cpu`; worker: `cuda` if available)",
+)  # fmt: skip
+OUTPUT_S3: Variable[str | None] = _variable(
+    "MT_OUTPUT_S3", "render", None,
+    "s3://bucket/prefix for rendered videos: the worker uploads there (`return_video: s3`, its default "
+    "when set) and Dagster's RunPod renders ask for it. Unset: videos stay on the volume under outputs/.",
+    "s3://bucket[/prefix]", _s3_uri,
+)  # fmt: skip
+INBOX_CLAIM_LEASE_SECONDS: Variable[float] = _variable(
+    "MT_INBOX_CLAIM_LEASE_SECONDS", "render", 900.0,
+    "A `jobs/inbox/.claimed-*` entry untouched for longer than this is returned to the inbox (its "
+    "claimer is taken to have died); read by JobQueue(claim_lease_seconds=...).",
+    "seconds > 0", _seconds, shown_default="`900`",
+)  # fmt: skip
+
+# RunPod
+RUNPOD_ENDPOINT: Variable[str] = _variable(
+    "MT_RUNPOD_ENDPOINT", "runpod", "",
+    "The RunPod serverless endpoint's id that renders go to with MT_RENDER_BACKEND=runpod "
+    "(empty only against the RunPod SDK's local test API).",
+    "an endpoint id", _text, shown_default="unset",
+)  # fmt: skip
+RUNPOD_API_BASE: Variable[str] = _variable(
+    "MT_RUNPOD_API_BASE", "runpod", "https://api.runpod.ai/v2",
+    "The RunPod API's base URL (tests and the SDK's local API point it at loopback).",
+    "an http(s):// URL", _http_url,
+)  # fmt: skip
+RUNPOD_POLL_SECONDS: Variable[float] = _variable(
+    "MT_RUNPOD_POLL_SECONDS", "runpod", 0.5,
+    "The first wait between two /status polls of a dispatched render; each next wait is 1.5 times longer.",
+    "seconds > 0", _seconds,
+)  # fmt: skip
+RUNPOD_POLL_MAX_SECONDS: Variable[float] = _variable(
+    "MT_RUNPOD_POLL_MAX_SECONDS", "runpod", 10.0,
+    "The longest wait between two /status polls.",
+    "seconds > 0", _seconds,
+)  # fmt: skip
+
+# Control plane
+RUN_LIMIT: Variable[int | None] = _variable(
+    "MT_RUN_LIMIT", "control", None,
+    "Dagster runs in progress at once; more wait in the queue.",
+    "a positive whole number", _count, shown_default="`4` (deploy/dagster.yaml)",
+)  # fmt: skip
+GPU_SLOTS: Variable[int] = _variable(
+    "MT_GPU_SLOTS", "control", 1,
+    "The `gpu` pool's limit: local renders at once on this machine.",
+    "a positive whole number", _count,
+)  # fmt: skip
+RUNPOD_SLOTS: Variable[int | None] = _variable(
+    "MT_RUNPOD_SLOTS", "control", None,
+    "The `runpod` pool's limit: the endpoint's maximum worker count. Unset: the instance's default "
+    "pool limit (1 in deploy/dagster.yaml).",
+    "a positive whole number", _count,
+)  # fmt: skip
+COMPUTE_LOGS_S3: Variable[str | None] = _variable(
+    "MT_COMPUTE_LOGS_S3", "control", None,
+    "s3://bucket/prefix for each step's stdout/stderr (dagster-aws's S3ComputeLogManager, endpoint and "
+    "region as `s3_client`'s), so a webserver on another machine shows them. Unset: local files under "
+    "$DAGSTER_HOME.",
+    "s3://bucket[/prefix]", _s3_uri,
+)  # fmt: skip
+
+# Tests and benchmarks (read by mt_assets_tests, declared here so the docs list them)
+GOLDEN_DIR: Variable[str | None] = _variable(
+    "MT_GOLDEN_DIR", "tests", None,
+    "The reference outputs of the original MultiTalk code for the tiny model (audio, DiT); "
+    "the golden tests skip without them.",
+    "a folder", _text, shown_default="`../shared/golden/multitalk-tiny`",
+)  # fmt: skip
+PIPELINE_GOLDEN_DIR: Variable[str | None] = _variable(
+    "MT_PIPELINE_GOLDEN_DIR", "tests", None,
+    "The reference outputs of the original MultiTalk pipeline for the tiny model.",
+    "a folder", _text, shown_default="`../shared/golden/multitalk-tiny-pipeline`",
+)  # fmt: skip
+
+
+def get(name: str, env: Env | None = None) -> Any:
+    """The value of the declared variable `name` (untyped: prefer the variable itself, e.g. VOLUME.read())."""
+    if name not in VARIABLES:
+        raise KeyError(f"{name}: not a declared variable (mt_assets/config.py)")
+    return VARIABLES[name].read(env)
 
 
 @dataclass(frozen=True)
 class Settings:
-    volume: str = DEFAULT_VOLUME
-    profile: str = DEFAULT_PROFILE
-    source: str = DEFAULT_SOURCE
-    render_backend: str = "local"
+    """What the CLI and Dagster start from."""
+
+    volume: str = VOLUME.default
+    profile: str = PROFILE.default
+    source: str = SOURCE.default
+    render_backend: str = RENDER_BACKEND.default
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ if env is None else env)
+    def from_env(cls, env: Env | None = None) -> Settings:
         return cls(
-            volume=env.get("MT_VOLUME") or DEFAULT_VOLUME,
-            profile=env.get("MT_PROFILE") or DEFAULT_PROFILE,
-            source=env.get("MT_SOURCE") or DEFAULT_SOURCE,
-            render_backend=env.get("MT_RENDER_BACKEND") or "local",
+            volume=VOLUME.read(env),
+            profile=PROFILE.read(env),
+            source=SOURCE.read(env),
+            render_backend=RENDER_BACKEND.read(env),
         )
+
+
+DEFAULT_VOLUME = VOLUME.default
+DEFAULT_PROFILE = PROFILE.default
+DEFAULT_SOURCE = SOURCE.default
+
+
+# -- S3 ----------------------------------------------------------------------------------------------
+
+
+def s3_endpoint(env: Env | None = None) -> str | None:
+    """The custom S3 endpoint: AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL; None: AWS's own."""
+    env = os.environ if env is None else env
+    return env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_region(env: Env | None = None, session: Any = None) -> str:
+    """AWS_REGION, else boto3's default (AWS_DEFAULT_REGION, the profile), else us-east-1.
+
+    With an explicit `env`, boto3's default is AWS_DEFAULT_REGION in `env`, not the process's."""
+    if env is not None:
+        return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+    if session is None:
+        import boto3
+
+        session = boto3.session.Session()
+    return os.environ.get("AWS_REGION") or session.region_name or "us-east-1"
+
+
+@dataclass(frozen=True)
+class S3Client:
+    """A boto3 S3 client and where it points. No secrets: the credentials stay inside `session`."""
+
+    client: Any
+    endpoint: str | None  # the custom endpoint; None: AWS's own
+    region: str
+    session: Any = field(repr=False)  # boto3.session.Session: its credentials, to scrub messages
+
+
+def s3_client(
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    max_attempts: int | None = None,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 120.0,
+    max_pool_connections: int = 10,
+    tcp_keepalive: bool = False,
+    addressing_style: str | None = None,
+    env: Env | None = None,
+) -> S3Client:
+    """The one way mt_assets makes a boto3 S3 client. The caller closes `.client`.
+
+    Endpoint: `endpoint_url`, else s3_endpoint(); with one, path-style addressing (MinIO and RunPod's
+    S3 API expect it; no wildcard DNS name needed) unless `addressing_style` says otherwise. Region:
+    `region`, else s3_region(). Credentials: boto3's chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    or a profile). Retries: botocore's standard mode (AWS_MAX_ATTEMPTS or `max_attempts`). Checksums
+    only where an operation requires them: some S3-compatible servers reject the newer headers.
+    """
+    import boto3
+    from botocore.config import Config
+
+    endpoint = endpoint_url or s3_endpoint(env)
+    session = boto3.session.Session()
+    region = region or s3_region(env, session)
+    retries: dict[str, Any] = {"mode": "standard"}
+    if max_attempts is not None:
+        retries["total_max_attempts"] = max_attempts
+    config = Config(
+        region_name=region,
+        retries=retries,  # type: ignore[arg-type]
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        tcp_keepalive=tcp_keepalive,
+        max_pool_connections=max_pool_connections,
+        s3={"addressing_style": addressing_style or ("path" if endpoint else "auto")},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        user_agent_extra="mt-assets",
+    )
+    client = session.client("s3", endpoint_url=endpoint, config=config)
+    return S3Client(client, endpoint, region, session)
+
+
+# -- the docs' table ---------------------------------------------------------------------------------
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md's tables of the MT_* variables, one per group."""
+    out: list[str] = []
+    for group, title in GROUPS.items():
+        out += [f"### {title}", "", "| variable | default | takes | meaning |", "|---|---|---|---|"]
+        for var in VARIABLES.values():
+            if var.group == group:
+                out.append(f"| `{var.name}` | {var.default_text} | {var.expected} | {var.meaning} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -12,6 +12,7 @@ import os
 
 import dagster as dg
 
+from mt_assets import config
 from mt_assets.config import Settings
 from mt_assets.defs.benchmark_report import build_benchmark_report_asset
 from mt_assets.defs.bundle_assets import build_bundle_assets
@@ -30,7 +31,7 @@ from mt_assets.manifest import Manifest, load_manifest, load_profile
 
 def manifest_from_env(settings: Settings | None = None) -> Manifest:
     settings = settings or Settings.from_env()
-    path = os.environ.get("MT_MANIFEST")
+    path = config.MANIFEST.read()
     return load_manifest(path) if path else load_profile(settings.profile)
 
 
@@ -79,7 +80,7 @@ def build_definitions(
         else {
             "volume": VolumeResource(path=os.path.abspath(settings.volume)),
             "source": SourceResource(spec=settings.source),
-            "render": RenderResource(device=os.environ.get("MT_RENDER_DEVICE", "cpu")),
+            "render": RenderResource(device=config.RENDER_DEVICE.read() or "cpu"),
             **runpod,
         },
     )

@@ -9,7 +9,6 @@ partition of `renders`. It prints what happened, the mp4 paths, and how to look 
 """
 
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from mt_assets import config
 from mt_assets.config import Settings
 from mt_assets.defs.definitions import build_definitions, manifest_from_env, model_assets
 from mt_assets.defs.renders import RENDERS_KEY
@@ -36,7 +36,7 @@ from mt_assets.units import human_bytes
 def main() -> int:
     console = Console(highlight=False)
     settings = Settings.from_env()
-    if settings.profile == TINY_PROFILE and not os.environ.get("MT_MANIFEST"):
+    if settings.profile == TINY_PROFILE and not config.MANIFEST.read():
         mirror = Path(settings.source)
         stale = stale_tiny_files(mirror) if settings.source != "hub" and mirror.exists() else []
         if stale:  # built by an older version (e.g. other tokenizer bytes): the profile would refuse it

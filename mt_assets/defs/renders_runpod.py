@@ -27,6 +27,7 @@ from typing import Any
 
 import dagster as dg
 
+from mt_assets import config
 from mt_assets.defs.renders import (
     MAX_RETRIES,
     RUNPOD_POOL,
@@ -68,29 +69,21 @@ class RunPodResource(dg.ConfigurableResource):
     endpoint: str = ""  # MT_RUNPOD_ENDPOINT: the endpoint's id ("" only for the SDK's local test API)
     api_base: str = DEFAULT_API_BASE  # MT_RUNPOD_API_BASE
     output_s3: str | None = None  # MT_OUTPUT_S3: s3://bucket/prefix for the videos; None: the volume
-    poll_seconds: float = 0.5  # MT_RUNPOD_POLL_SECONDS: the first wait between two /status polls
-    poll_factor: float = 1.5  # each next wait this many times longer ...
-    poll_max_seconds: float = 10.0  # MT_RUNPOD_POLL_MAX_SECONDS: ... up to this
+    # MT_RUNPOD_POLL_SECONDS: the first wait between two /status polls
+    poll_seconds: float = config.RUNPOD_POLL_SECONDS.default
+    poll_factor: float = 1.5  # each next wait this many times longer, up to:
+    poll_max_seconds: float = config.RUNPOD_POLL_MAX_SECONDS.default  # MT_RUNPOD_POLL_MAX_SECONDS
     request_timeout: float = 30.0  # seconds for one answer (the SDK's local API answers /status when done)
     status_method: str = "POST"  # the hosted API takes POST or GET; the SDK's local API only POST
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "RunPodResource":
-        env = os.environ if env is None else env
-
-        def seconds(name: str, default: float) -> float:
-            text = env.get(name) or ""
-            try:
-                return float(text) if text else default
-            except ValueError:
-                raise ValueError(f"{name}: expected seconds, got {text!r}") from None
-
         return cls(
-            endpoint=env.get("MT_RUNPOD_ENDPOINT") or "",
-            api_base=env.get("MT_RUNPOD_API_BASE") or DEFAULT_API_BASE,
-            output_s3=env.get("MT_OUTPUT_S3") or None,
-            poll_seconds=seconds("MT_RUNPOD_POLL_SECONDS", 0.5),
-            poll_max_seconds=seconds("MT_RUNPOD_POLL_MAX_SECONDS", 10.0),
+            endpoint=config.RUNPOD_ENDPOINT.read(env),
+            api_base=config.RUNPOD_API_BASE.read(env),
+            output_s3=config.OUTPUT_S3.read(env),
+            poll_seconds=config.RUNPOD_POLL_SECONDS.read(env),
+            poll_max_seconds=config.RUNPOD_POLL_MAX_SECONDS.read(env),
         )
 
     def backoff(self) -> Backoff:

@@ -6,8 +6,9 @@
     MT_COMPUTE_LOGS_S3  s3://BUCKET/PREFIX: each step's stdout/stderr go to S3 (dagster-aws's
                         S3ComputeLogManager, staged under $DAGSTER_HOME/compute-logs, uploaded every
                         30 s and at the end), so a webserver on another machine shows them.
-                        Credentials and endpoint as boto3 reads them (AWS_ACCESS_KEY_ID,
-                        AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).
+                        Endpoint and region as config.s3_client finds them (AWS_ENDPOINT_URL_S3 /
+                        AWS_ENDPOINT_URL, AWS_REGION), written into the file; credentials as boto3
+                        reads them (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never written.
                         Unset: local files under $DAGSTER_HOME/storage, readable only on this machine.
     MT_RUN_LIMIT        runs in progress at once (default 4); more wait in the queue
 
@@ -25,15 +26,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
 
+from mt_assets import config
+
+T = TypeVar("T")
+
 SHIPPED = "dagster.yaml"
 PG_URL_VAR = "DAGSTER_PG_URL"
-S3_LOGS_VAR = "MT_COMPUTE_LOGS_S3"
-RUN_LIMIT_VAR = "MT_RUN_LIMIT"
 PG_SCHEME = "postgresql+psycopg2"
 DEFAULT_S3_PREFIX = "dagster-compute-logs"
 S3_UPLOAD_INTERVAL_SECONDS = 30
@@ -84,13 +87,19 @@ def postgres_target(env: Mapping[str, str]) -> PostgresTarget:
 
 
 def compute_logs(env: Mapping[str, str], home: Path) -> dict[str, Any] | None:
-    """The S3 compute log manager for MT_COMPUTE_LOGS_S3, or None (Dagster's local default)."""
-    uri = env.get(S3_LOGS_VAR, "")
+    """The S3 compute log manager for MT_COMPUTE_LOGS_S3, or None (Dagster's local default).
+
+    dagster-aws makes its own boto3 client: the endpoint and region given to it are config.s3_client's."""
+    uri = _read(config.COMPUTE_LOGS_S3, env)
     if not uri:
         return None
     parts = urlsplit(uri)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise InstanceConfigError(f"{S3_LOGS_VAR}: {uri!r} is not s3://BUCKET[/PREFIX]")
+    endpoint = config.s3_endpoint(env)
+    if endpoint and "@" in urlsplit(endpoint).netloc:
+        raise InstanceConfigError(
+            "MT_COMPUTE_LOGS_S3: the S3 endpoint URL must not carry credentials (it is written to "
+            "dagster.yaml); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead"
+        )
     return {
         "module": "dagster_aws.s3.compute_log_manager",
         "class": "S3ComputeLogManager",
@@ -99,8 +108,17 @@ def compute_logs(env: Mapping[str, str], home: Path) -> dict[str, Any] | None:
             "prefix": parts.path.strip("/") or DEFAULT_S3_PREFIX,
             "local_dir": str(Path(home) / "compute-logs"),
             "upload_interval": S3_UPLOAD_INTERVAL_SECONDS,
+            **({"endpoint_url": endpoint} if endpoint else {}),
+            "region": config.s3_region(env),
         },
     }
+
+
+def _read(variable: config.Variable[T], env: Mapping[str, str]) -> T:
+    try:
+        return variable.read(env)
+    except config.ConfigError as e:
+        raise InstanceConfigError(str(e)) from None
 
 
 def instance_config(
@@ -108,16 +126,14 @@ def instance_config(
 ) -> dict[str, Any]:
     """The production dagster.yaml as a mapping: shipped, then the environment, then `overlay`."""
     postgres_target(env)
-    config = shipped_config()
+    shipped = shipped_config()
     logs = compute_logs(env, home)
     if logs is not None:
-        config["compute_logs"] = logs
-    limit = env.get(RUN_LIMIT_VAR, "")
-    if limit:
-        if not limit.isdigit() or int(limit) < 1:
-            raise InstanceConfigError(f"{RUN_LIMIT_VAR}: {limit!r} is not a positive whole number")
-        config["concurrency"]["runs"]["max_concurrent_runs"] = int(limit)
-    return merge(config, overlay or {})
+        shipped["compute_logs"] = logs
+    limit = _read(config.RUN_LIMIT, env)
+    if limit is not None:
+        shipped["concurrency"]["runs"]["max_concurrent_runs"] = limit
+    return merge(shipped, overlay or {})
 
 
 def write_instance(
@@ -125,7 +141,7 @@ def write_instance(
 ) -> Path:
     """Write $DAGSTER_HOME/dagster.yaml for the production instance; returns its path."""
     home = Path(home)
-    config = instance_config(os.environ if env is None else env, home, overlay)
+    document = instance_config(os.environ if env is None else env, home, overlay)
     home.mkdir(parents=True, exist_ok=True)
     path = home / "dagster.yaml"
     header = (
@@ -133,7 +149,7 @@ def write_instance(
         "# rewritten at every start: change the shipped file, the environment or the overlay instead.\n"
     )
     temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    temp.write_text(header + yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     os.replace(temp, path)
     return path
 

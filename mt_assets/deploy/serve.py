@@ -40,11 +40,10 @@ from typing import IO, Any
 
 import yaml
 
+from mt_assets import config
 from mt_assets.deploy.instance import InstanceConfigError, postgres_target, write_instance
 
 CODE_MODULE = "mt_assets"
-GPU_SLOTS_VAR = "MT_GPU_SLOTS"
-RUNPOD_SLOTS_VAR = "MT_RUNPOD_SLOTS"
 STOP_GRACE_SECONDS = 30.0
 ORPHAN_GRACE_SECONDS = 10.0
 READY_TIMEOUT_SECONDS = 180.0
@@ -89,20 +88,15 @@ def child_env(home: Path, env: Mapping[str, str]) -> dict[str, str]:
 
 
 def pool_limits(env: Mapping[str, str]) -> dict[str, int]:
-    limits = {"gpu": _slots(env, GPU_SLOTS_VAR) or 1}
-    runpod = _slots(env, RUNPOD_SLOTS_VAR)
-    if runpod:
+    """MT_GPU_SLOTS for pool `gpu`; MT_RUNPOD_SLOTS, when set, for pool `runpod`."""
+    try:
+        limits = {"gpu": config.GPU_SLOTS.read(env)}
+        runpod = config.RUNPOD_SLOTS.read(env)
+    except config.ConfigError as e:
+        raise ServeError(str(e)) from None
+    if runpod is not None:
         limits["runpod"] = runpod
     return limits
-
-
-def _slots(env: Mapping[str, str], name: str) -> int | None:
-    value = env.get(name, "")
-    if not value:
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise ServeError(f"{name}: {value!r} is not a positive whole number")
-    return int(value)
 
 
 def prepare(home: Path, env: Mapping[str, str], overlay: Mapping[str, Any] | None = None) -> Path:

@@ -52,7 +52,9 @@ from typing import Any
 import requests
 import requests.auth
 
-DEFAULT_API_BASE = "https://api.runpod.ai/v2"
+from mt_assets import config
+
+DEFAULT_API_BASE = config.RUNPOD_API_BASE.default  # https://api.runpod.ai/v2
 IN_QUEUE, IN_PROGRESS = "IN_QUEUE", "IN_PROGRESS"
 COMPLETED, FAILED, CANCELLED, TIMED_OUT = "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"
 FINAL_STATES = (COMPLETED, FAILED, CANCELLED, TIMED_OUT)

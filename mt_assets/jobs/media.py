@@ -48,7 +48,6 @@ import binascii
 import contextlib
 import ipaddress
 import mimetypes
-import os
 import re
 import tempfile
 import time
@@ -61,13 +60,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import av
-import boto3
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from mt_assets import config
 from mt_assets.sources.base import SourceError
 from mt_assets.sources.s3 import parse_s3_uri
 from mt_assets.waveform import SAMPLE_RATE, AudioError, load_waveform
@@ -474,8 +472,9 @@ def download_s3(ref: str, dest: Path, *, max_bytes: int = MAX_DOWNLOAD_BYTES) ->
     messages never include credentials.
     """
     bucket, key = parse_s3_ref(ref)
-    client, endpoint = s3_client()
-    where = f"{ref} (endpoint {endpoint_shown(endpoint)})"
+    s3 = config.s3_client()
+    client = s3.client
+    where = f"{ref} (endpoint {endpoint_shown(s3.endpoint)})"
     try:
         try:
             head = client.head_object(Bucket=bucket, Key=key)
@@ -517,30 +516,6 @@ def download_s3(ref: str, dest: Path, *, max_bytes: int = MAX_DOWNLOAD_BYTES) ->
             raise MediaError(f"{where}: {type(e).__name__}: {_first_line(e)}") from None
     finally:
         client.close()
-
-
-def s3_client() -> tuple[Any, str | None]:
-    """A boto3 S3 client configured from the environment, and its endpoint (None: AWS's own).
-
-    AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL pick the endpoint (with one, path-style addressing, as
-    MinIO and RunPod's S3 API expect); AWS_REGION, else the profile's region, else us-east-1;
-    credentials through boto3's usual chain. Standard retries; checksums only where required
-    (some S3-compatible servers reject the newer headers). The caller closes it.
-    """
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-    session = boto3.session.Session()
-    region = os.environ.get("AWS_REGION") or session.region_name or "us-east-1"
-    config = Config(
-        region_name=region,
-        retries={"mode": "standard"},
-        connect_timeout=10,
-        read_timeout=120,
-        s3={"addressing_style": "path" if endpoint else "auto"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        user_agent_extra="mt-assets",
-    )
-    return session.client("s3", endpoint_url=endpoint, config=config), endpoint
 
 
 def _bucket_exists(client: object, bucket: str) -> bool:

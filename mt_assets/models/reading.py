@@ -60,20 +60,20 @@ import mmap
 import os
 import threading
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import torch
 from safetensors.torch import load_file
 
+from mt_assets import config
 from mt_assets.models.checkpoints import CheckpointError
 
 LoadStrategy = Literal["mmap", "sequential", "parallel"]
 STRATEGIES: tuple[str, ...] = get_args(LoadStrategy)
 DEFAULT_STRATEGY: LoadStrategy = "parallel"
-STRATEGY_ENV = "MT_LOAD_STRATEGY"
 
 BLOCK_BYTES = 64 * 1024 * 1024  # sequential: one read call
 RANGE_BYTES = 16 * 1024 * 1024  # parallel: one range, read by one of the threads
@@ -100,10 +100,9 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def strategy_from_env() -> LoadStrategy:
-    """`MT_LOAD_STRATEGY` if set (and valid), else DEFAULT_STRATEGY."""
-    value = os.environ.get(STRATEGY_ENV, "").strip()
-    return check_strategy(value, where=f"environment variable {STRATEGY_ENV}") if value else DEFAULT_STRATEGY
+def strategy_from_env(env: Mapping[str, str] | None = None) -> LoadStrategy:
+    """`MT_LOAD_STRATEGY` if set (and valid), else DEFAULT_STRATEGY; config.ConfigError for a bad value."""
+    return cast(LoadStrategy, config.LOAD_STRATEGY.read(env))
 
 
 def check_strategy(value: str, *, where: str = "load strategy") -> LoadStrategy:

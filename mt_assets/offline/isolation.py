@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mt_assets import config
+
 NETNS = Path(__file__).with_name("netns.py")
-ENV = "MT_OFFLINE_ISOLATION"
+ENV = config.OFFLINE_ISOLATION.name
 NETWORK_NAMESPACE, AUDIT_HOOKS = "network-namespace", "audit-hooks"
-CHOICES = ("auto", "netns", NETWORK_NAMESPACE, AUDIT_HOOKS)
+CHOICES = config.OFFLINE_ISOLATION.choices  # auto, netns, network-namespace, audit-hooks
 TRIAL_TIMEOUT = 30.0  # seconds; the trial takes a few milliseconds
 
 
@@ -69,7 +70,10 @@ def resolve_isolation(choice: str | Isolation | None = None, *, python: str = sy
         return choice
     source = "isolation"
     if choice is None:
-        choice, source = os.environ.get(ENV) or "auto", ENV
+        try:
+            choice, source = config.OFFLINE_ISOLATION.read(), ENV
+        except config.ConfigError as e:
+            raise IsolationError(f"verify-offline: {e}") from None
     if choice not in CHOICES:
         raise IsolationError(f"verify-offline: {source} {choice!r}: expected one of auto, netns, audit-hooks")
     if choice == AUDIT_HOOKS:

@@ -39,8 +39,8 @@ Errors, as sources/base.py defines them:
 Messages name the file's target and `s3://bucket/prefix/<dir>/<path>`, and the endpoint without
 any userinfo; credential values are scrubbed from anything a server sent back.
 
-Configuration: boto3's usual chain. The endpoint comes from `endpoint_url`, else
-AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL; credentials from AWS_ACCESS_KEY_ID /
+Configuration: the client is mt_assets.config.s3_client's (boto3's usual chain). The endpoint
+comes from `endpoint_url`, else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL; credentials from AWS_ACCESS_KEY_ID /
 AWS_SECRET_ACCESS_KEY (or a profile); the region from `region`, AWS_REGION, AWS_DEFAULT_REGION or
 the profile, else us-east-1. With a custom endpoint, path-style addressing is used
 (`<endpoint>/<bucket>/<key>`: MinIO expects it, and it needs no wildcard DNS name or certificate for
@@ -61,7 +61,6 @@ be slow: the read timeout is generous and standard retry mode retries what fails
 from __future__ import annotations
 
 import mmap
-import os
 import re
 import threading
 from collections import deque
@@ -70,8 +69,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ChecksumError,
@@ -83,6 +80,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from mt_assets import config
 from mt_assets.manifest import ManifestFile
 from mt_assets.sources.base import Source, SourceError, TransientSourceError
 from mt_assets.volume import AtomicWriter
@@ -225,31 +223,23 @@ class S3Source(Source):
         self.chunk_size = chunk_size
         self.window = max(2, min(max_concurrency, window_bytes // chunk_size))
 
-        endpoint_url = (
-            endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        )
+        endpoint_url = endpoint_url or config.s3_endpoint()
         if endpoint_url:
             _check_endpoint(self.uri, endpoint_url)
-        session = boto3.session.Session()
-        self.region = region or os.environ.get("AWS_REGION") or session.region_name or "us-east-1"
-        retries: dict[str, Any] = {"mode": "standard"}
-        if max_attempts is not None:
-            retries["total_max_attempts"] = max_attempts
-        config = Config(
-            region_name=self.region,
-            retries=retries,  # type: ignore[arg-type]
+        s3 = config.s3_client(
+            endpoint_url=endpoint_url,
+            region=region,
+            max_attempts=max_attempts,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             tcp_keepalive=True,
             # Ranged GETs in flight, plus HEADs and single GETs from the callers' own threads.
             max_pool_connections=max_concurrency + 16,
-            s3={"addressing_style": addressing_style or ("path" if endpoint_url else "auto")},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            user_agent_extra="mt-assets",
+            addressing_style=addressing_style,
         )
-        self._session = session
-        self._client = session.client("s3", endpoint_url=endpoint_url or None, config=config)
+        self.region = s3.region
+        self._session = s3.session
+        self._client = s3.client
         self.endpoint = _without_userinfo(self._client.meta.endpoint_url)
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()

@@ -23,13 +23,15 @@ import ctypes
 import errno
 import mmap
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
+from mt_assets import config
 from mt_assets.volume.mounts import filesystem_type
 
 ALIGNMENT = 4096
-ENV = "MT_DIRECT_WRITES"
-MODES = ("auto", "on", "off")
+ENV = config.DIRECT_WRITES.name
+MODES = config.DIRECT_WRITES.choices  # auto, on, off
 DIRECT_FILESYSTEMS = frozenset({"ext4", "xfs", "btrfs", "f2fs"})
 _REFUSED = (errno.EINVAL, errno.EOPNOTSUPP)
 
@@ -51,11 +53,9 @@ def fits(data: bytes | bytearray | memoryview | mmap.mmap, offset: int) -> bool:
     return address % ALIGNMENT == 0
 
 
-def mode() -> str:
-    value = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if value not in MODES:
-        raise ValueError(f"{ENV}={value!r}: expected one of {', '.join(MODES)}")
-    return value
+def mode(env: Mapping[str, str] | None = None) -> str:
+    """MT_DIRECT_WRITES: auto (when unset), on or off; config.ConfigError (a ValueError) otherwise."""
+    return config.DIRECT_WRITES.read(env)
 
 
 def open_direct(path: Path) -> int | None:

@@ -9,7 +9,7 @@ Hugging Face library (huggingface_hub reads HF_HUB_OFFLINE once, when it is impo
 A worker loads only what the volume holds (`mt-assets verify-offline` proves it for the volume);
 these make a file that is not there fail at once instead of being fetched at the first cold start.
 
-Read by `WorkerSettings.from_env()`:
+Read by `WorkerSettings.from_env()`, through mt_assets.config (docs/configuration.md):
 
     MT_VOLUME         the volume folder (default /runpod-volume, where RunPod mounts it on serverless)
     MT_PROFILE        a shipped profile (default as for the CLI: tiny), or
@@ -29,7 +29,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mt_assets.config import Settings
+from mt_assets import config
 
 OFFLINE_ENV: dict[str, str] = {
     "HF_HUB_OFFLINE": "1",
@@ -39,11 +39,8 @@ OFFLINE_ENV: dict[str, str] = {
     "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
 }
 DEFAULT_VOLUME = "/runpod-volume"
-DEVICES = ("cuda", "cpu")
-
-
-class ConfigError(ValueError):
-    """A setting the worker cannot start with; the message names the variable and the value."""
+# A setting the worker cannot start with; the message names the variable and the value.
+ConfigError = config.ConfigError
 
 
 def go_offline(env: dict[str, str] | None = None) -> None:
@@ -67,30 +64,17 @@ class WorkerSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
-        env = dict(os.environ if env is None else env)
-        profile = env.get("MT_PROFILE") or None
-        manifest = env.get("MT_MANIFEST") or None
+        profile = config.PROFILE.read_or(None, env)
+        manifest = config.MANIFEST.read(env)
         if profile and manifest:
             raise ConfigError(
                 f"MT_PROFILE={profile!r} and MT_MANIFEST={manifest!r} are both set: give one of them"
             )
-        device = (env.get("MT_RENDER_DEVICE") or "").strip().lower() or None
-        if device is not None and device not in DEVICES:
-            raise ConfigError(f"MT_RENDER_DEVICE={device!r}: expected one of {', '.join(DEVICES)}")
-        output_s3 = env.get("MT_OUTPUT_S3") or None
-        if output_s3 is not None:
-            from mt_assets.sources.base import SourceError
-            from mt_assets.sources.s3 import parse_s3_uri
-
-            try:
-                parse_s3_uri(output_s3)
-            except SourceError as e:
-                raise ConfigError(f"MT_OUTPUT_S3: {str(e).removeprefix('source ')}") from None
         return cls(
-            volume=env.get("MT_VOLUME") or DEFAULT_VOLUME,
+            volume=config.VOLUME.read_or(DEFAULT_VOLUME, env),
             # The CLI's default profile (mt_assets.config) when neither is given.
-            profile=None if manifest else (profile or Settings.from_env(env).profile),
+            profile=None if manifest else (profile or config.PROFILE.default),
             manifest=manifest,
-            device=device,
-            output_s3=output_s3,
+            device=config.RENDER_DEVICE.read(env),
+            output_s3=config.OUTPUT_S3.read(env),
         )

@@ -33,7 +33,8 @@ from typing import Any
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
-from mt_assets.jobs.media import endpoint_shown, s3_client
+from mt_assets import config
+from mt_assets.jobs.media import endpoint_shown
 from mt_assets.jobs.schema import JobError, RenderJob
 from mt_assets.render.video import FPS, JOB_JSON_NAME, POSTER_NAME, VIDEO_NAME
 from mt_assets.sources.s3 import parse_s3_uri
@@ -131,8 +132,9 @@ def upload(folder: Path, sha256: str, output_s3: str) -> dict[str, str]:
     bucket, prefix = parse_s3_uri(output_s3)
     keys = {name: "/".join(p for p in (prefix, folder.name, name) if p) for name in _CONTENT_TYPES}
     uris = {_RESPONSE_KEYS[name]: f"s3://{bucket}/{key}" for name, key in keys.items()}
-    client, endpoint = s3_client()
-    where = f"s3://{bucket}/{keys[VIDEO_NAME]} (endpoint {endpoint_shown(endpoint)})"
+    s3 = config.s3_client()
+    client = s3.client
+    where = f"s3://{bucket}/{keys[VIDEO_NAME]} (endpoint {endpoint_shown(s3.endpoint)})"
     try:
         try:
             head = client.head_object(Bucket=bucket, Key=keys[VIDEO_NAME])

@@ -81,8 +81,21 @@ def test_compute_logs_go_to_s3_when_a_bucket_is_configured(
             "prefix": "team/dagster",
             "local_dir": str(tmp_path / "compute-logs"),
             "upload_interval": 30,
+            "region": "us-east-1",
         },
     }
+    # Endpoint and region as config.s3_client finds them (dagster-aws makes its own client).
+    on_runpod = {**env, "AWS_ENDPOINT_URL_S3": "https://s3api-eu-ro-1.runpod.io", "AWS_REGION": "eu-ro-1"}
+    assert compute_logs(on_runpod, tmp_path)["config"] | {"local_dir": ""} == {  # type: ignore[index]
+        "bucket": "logs-bucket",
+        "prefix": "team/dagster",
+        "local_dir": "",
+        "upload_interval": 30,
+        "endpoint_url": "https://s3api-eu-ro-1.runpod.io",
+        "region": "eu-ro-1",
+    }
+    with pytest.raises(InstanceConfigError, match="must not carry credentials"):
+        compute_logs({**env, "AWS_ENDPOINT_URL": "https://user:secret@s3.example"}, tmp_path)
     for name, value in {
         **env,
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -92,7 +105,9 @@ def test_compute_logs_go_to_s3_when_a_bucket_is_configured(
     write_instance(tmp_path, env)
     with load(tmp_path) as instance:
         assert type(instance.compute_log_manager).__name__ == "S3ComputeLogManager"
-    with pytest.raises(InstanceConfigError, match="MT_COMPUTE_LOGS_S3: 'logs-bucket' is not s3://"):
+    with pytest.raises(
+        InstanceConfigError, match=r"MT_COMPUTE_LOGS_S3: expected s3://bucket\[/prefix\], got 'logs-bucket'"
+    ):
         compute_logs({"MT_COMPUTE_LOGS_S3": "logs-bucket"}, tmp_path)
 
 
@@ -123,14 +138,14 @@ def test_an_overlay_changes_only_what_it_names(tmp_path: Path) -> None:
         config["run_monitoring"]["max_runtime_seconds"]
         == shipped_config()["run_monitoring"]["max_runtime_seconds"]
     )
-    with pytest.raises(InstanceConfigError, match="MT_RUN_LIMIT: '0'"):
+    with pytest.raises(InstanceConfigError, match="MT_RUN_LIMIT: expected a positive whole number, got '0'"):
         instance_config({"DAGSTER_PG_URL": PG, "MT_RUN_LIMIT": "0"}, tmp_path)
 
 
 def test_pool_limits_gpu_one_by_default_runpod_only_when_set() -> None:
     assert pool_limits({}) == {"gpu": 1}
     assert pool_limits({"MT_GPU_SLOTS": "2", "MT_RUNPOD_SLOTS": "8"}) == {"gpu": 2, "runpod": 8}
-    with pytest.raises(ServeError, match="MT_GPU_SLOTS: 'two'"):
+    with pytest.raises(ServeError, match="MT_GPU_SLOTS: expected a positive whole number, got 'two'"):
         pool_limits({"MT_GPU_SLOTS": "two"})
 
 

@@ -221,7 +221,9 @@ def test_load_pipeline_components_refuses_a_bad_strategy_before_loading(
 ) -> None:
     monkeypatch.setenv("MT_LOAD_STRATEGY", "page-by-page")
     loaded: list[str] = []
-    with pytest.raises(ValueError, match=r"MT_LOAD_STRATEGY: 'page-by-page' is not a load strategy"):
+    with pytest.raises(
+        ValueError, match=r"MT_LOAD_STRATEGY: expected one of mmap, sequential, parallel, got 'page-by-page'"
+    ):
         load_pipeline_components(
             LocalVolume(tiny_volume), load_profile("tiny"), on_loaded=lambda r: loaded.append(r.unit)
         )

@@ -102,7 +102,10 @@ def test_where_the_kernel_refuses_namespaces_auto_falls_back_and_netns_refuses_t
 def test_an_unknown_isolation_is_bad_input(tiny_volume: Path) -> None:
     result = verify_tiny(tiny_volume, env={"MT_OFFLINE_ISOLATION": "firewall"})
     assert result.exit_code == 2
-    assert "MT_OFFLINE_ISOLATION 'firewall': expected one of auto, netns, audit-hooks" in result.stderr
+    assert (
+        "MT_OFFLINE_ISOLATION: expected one of auto, netns, network-namespace, audit-hooks, got 'firewall'"
+        in result.stderr
+    )
 
 
 def verify_tiny(volume: Path, *args: str, env: dict[str, str] | None = None) -> Result:

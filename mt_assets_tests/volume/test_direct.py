@@ -133,7 +133,7 @@ def test_auto_uses_direct_writes_on_local_disks_only(tmp_path: Path, monkeypatch
 
 def test_an_unknown_mode_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV, "always")
-    with pytest.raises(ValueError, match=rf"{ENV}='always': expected one of auto, on, off"):
+    with pytest.raises(ValueError, match=rf"{ENV}: expected one of auto, on, off, got 'always'"):
         LocalVolume(tmp_path).writing(TARGET).__enter__()
     assert not (tmp_path / TARGET).exists()
     assert not list((tmp_path / ".mt").glob("staging/*")) and not list((tmp_path / ".mt").glob("locks/*"))

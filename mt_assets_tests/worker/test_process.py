@@ -64,7 +64,7 @@ def test_an_incomplete_volume_stops_the_worker_listing_every_file_at_fault(
 @pytest.mark.parametrize(
     ("setting", "says"),
     [
-        ({"MT_RENDER_DEVICE": "tpu"}, "MT_RENDER_DEVICE='tpu': expected one of cuda, cpu"),
+        ({"MT_RENDER_DEVICE": "tpu"}, "MT_RENDER_DEVICE: expected one of cuda, cpu, got 'tpu'"),
         ({"MT_VOLUME": "/nonexistent/volume"}, "volume /nonexistent/volume: no such directory"),
         ({"MT_PROFILE": "tiny", "MT_MANIFEST": "x.yaml"}, "give one of them"),
         ({"MT_OUTPUT_S3": "s3://Bad_Bucket/x"}, "MT_OUTPUT_S3: "),
