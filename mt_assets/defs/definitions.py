@@ -22,7 +22,7 @@ from mt_assets.defs.keys import check_unique_keys
 from mt_assets.defs.model_files import build_file_checks, build_model_files_asset
 from mt_assets.defs.offline_cache import build_offline_cache_assets
 from mt_assets.defs.render_inbox import build_inbox_sensor, build_nightly_renders_schedule
-from mt_assets.defs.renders import BACKENDS, RenderResource, build_renders_asset
+from mt_assets.defs.renders import RenderResource, build_renders_asset
 from mt_assets.defs.renders_runpod import RunPodResource, build_runpod_renders_asset
 from mt_assets.defs.repacks import build_repack_defs
 from mt_assets.defs.resources import SourceResource, VolumeResource
@@ -45,8 +45,6 @@ def build_definitions(
     offline = build_offline_cache_assets(manifest)  # with its check `offline_verified`
     # Renders need the offline proof upstream: a manifest without the worker's load units has none.
     backend = settings.render_backend
-    if backend not in BACKENDS:
-        raise ValueError(f"MT_RENDER_BACKEND: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     build = build_runpod_renders_asset if backend == "runpod" else build_renders_asset
     renders = [build(manifest)] if offline else []
     # The endpoint's settings from the environment (tests pass their own "runpod" in `resources`).

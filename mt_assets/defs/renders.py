@@ -45,7 +45,6 @@ RENDERS_KEY = dg.AssetKey("renders")
 PARTITIONS = dg.DynamicPartitionsDefinition(name="render_jobs")
 POOL = "gpu"
 RUNPOD_POOL = "runpod"
-BACKENDS = ("local", "runpod")
 MAX_RETRIES = 2
 
 

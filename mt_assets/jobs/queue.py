@@ -39,7 +39,7 @@ id unless the job says `rerender: true`; its done (or failed) entry is replaced 
 A rename keeps the dropped entry's mtime, so only touches tell a live claim from one whose scanner
 died: the scanner touches its claimed entry (the entry's own mtime; a folder's, not its files') when
 it claims it and while it copies media, at least every CLAIM_TOUCH_SECONDS and four times per lease.
-A `.claimed-*` entry untouched for longer than `claim_lease_seconds` (CLAIM_LEASE_SECONDS, 15 min;
+A `.claimed-*` entry untouched for longer than `claim_lease_seconds` (MT_INBOX_CLAIM_LEASE_SECONDS, 15 min;
 give every scanner of a volume the same lease) was left by a scanner that stopped mid-accept, and
 scan_inbox puts it back before it lists the inbox. It renames the claim to a claimed name of its own
 (of two recoverers exactly one finds it, the other gets FileNotFoundError and leaves it), gives it
@@ -72,6 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mt_assets import config
 from mt_assets.jobs.media import S3_PREFIX, VOLUME_PREFIX
 from mt_assets.jobs.outputs import OUTPUTS_DIR
 from mt_assets.jobs.reader import FOLDER_JOB_NAMES, JOB_SUFFIXES, load_job, read_job_document, read_job_entry
@@ -90,7 +91,7 @@ CLAIM_PREFIX = ".claimed-"
 # `.claimed-<hex>-<name>`: an inbox entry being accepted, and the name it was dropped under.
 CLAIMED_NAME = re.compile(r"\.claimed-[0-9a-f]+-(?P<name>[^.].*)", re.DOTALL)
 # A claim (an inbox entry being accepted) untouched for longer than this was left by a scanner that stopped.
-CLAIM_LEASE_SECONDS = 900.0
+CLAIM_LEASE_SECONDS = config.INBOX_CLAIM_LEASE_SECONDS.default  # 15 minutes
 CLAIM_TOUCH_SECONDS = 10.0  # a scanner touches its claim at least this often (and 4 times per lease)
 COPY_CHUNK_BYTES = 1 << 20  # media are copied in chunks of this size, the claim touched between them
 SUBMIT_PREFIX = ".submit-"
@@ -157,12 +158,15 @@ class JobQueue:
         *,
         settle_seconds: float = SETTLE_SECONDS,
         rendering_stale_after: float = RENDERING_STALE_SECONDS,
-        claim_lease_seconds: float = CLAIM_LEASE_SECONDS,
+        claim_lease_seconds: float | None = None,
     ) -> None:
         self.root = Path(volume_root).resolve()
         self.settle_seconds = settle_seconds
         self.rendering_stale_after = rendering_stale_after
-        self.claim_lease_seconds = claim_lease_seconds
+        # Every scanner of one volume should use the same lease: one from MT_INBOX_CLAIM_LEASE_SECONDS.
+        self.claim_lease_seconds = (
+            config.INBOX_CLAIM_LEASE_SECONDS.read() if claim_lease_seconds is None else claim_lease_seconds
+        )
         self.jobs = self.root / JOBS_DIR
         for name in (*STATES, MEDIA_DIR):
             (self.jobs / name).mkdir(parents=True, exist_ok=True)
