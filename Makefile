@@ -1,4 +1,6 @@
 # The two commands: `make demo` and `make test`. Both set up .venv on first use.
+# `make test-fast` leaves out the tests that start servers and the slowest end-to-end ones (pytest
+# markers `servers` and `slow`, see mt_assets_tests/conftest.py): a few minutes, not the whole suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +11,7 @@ export MT_SOURCE ?= $(CURDIR)/var/tiny-mirror
 
 export DAGSTER_HOME ?= $(CURDIR)/var/dagster
 
-.PHONY: setup browser demo ui serve test lint bench-audit bench-provision clean
+.PHONY: setup browser demo ui serve test test-fast lint bench-audit bench-provision clean
 
 setup: $(STAMP) browser
 
@@ -36,6 +38,9 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest
+
+test-fast: lint
+	$(BIN)/pytest -m 'not servers and not slow'
 
 # The Dagster UI on http://127.0.0.1:3000 with the demo's instance; Ctrl-C stops all of it.
 ui: setup

@@ -1,4 +1,6 @@
-"""Shared fixtures: synthetic volumes of random bytes with known hashes, and their manifests."""
+"""Shared fixtures: synthetic volumes of random bytes with known hashes, and their manifests; and the
+`servers` marker, put on every test that uses a fixture in SERVER_FIXTURES (`make test-fast` leaves
+them out)."""
 
 from __future__ import annotations
 
@@ -169,3 +171,113 @@ def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", str(where)], check=True)
+
+
+# Two tiers: `make test` runs every test; `make test-fast` (`pytest -m 'not servers and not slow'`) leaves
+# out the two markers set here, at collection, from the lists below. Each entry names a file by the end of
+# its path (a module moved to another folder still matches) and, after `::`, a fixture or a test; an entry
+# that matches no file, or several, or names what the file does not define, stops the run, since its tests
+# would otherwise fall into the fast tier unnoticed.
+#
+# `servers`: the tests using, directly or through another fixture, one of these fixtures, each of which
+# starts a server as a process of its own, or a browser. Several modules have a fixture of the same name
+# that starts nothing (`endpoint`, `shared`), hence the paths. In-process loopback doubles (runpod_endpoint,
+# FaultyProxy, error_server, ProgressRecorder) are not servers here: they start in milliseconds, and the
+# clients' unit tests are written against them. A module that starts a server outside a fixture sets
+# `pytestmark = pytest.mark.servers` itself.
+SERVER_FIXTURES = (
+    # moto_server (S3) on loopback
+    "test_provision_s3.py::endpoint",
+    "sources/test_s3.py::endpoint",
+    "test_media.py::endpoint",
+    # olah, the hub-compatible server
+    "test_lock.py::hub",
+    "sources/test_hub.py::hub",
+    "defs/conftest.py::hub",
+    # the RunPod SDK's local API server running our worker (with moto_server beside it in test_server)
+    "worker/test_server.py::server",
+    "defs/test_renders_runpod_worker.py::shared",
+    # `dagster dev` (webserver and daemon), which the tests using it drive with headless Chromium
+    "defs/test_ui.py::dagster_dev",
+    "defs/test_renders_ui.py::renders_ui",
+    # embedded PostgreSQL, and dagster-webserver and dagster-daemon on it (`make serve`)
+    "deploy/conftest.py::postgres",
+    "deploy/conftest.py::plane",
+    "deploy/test_serve.py::served",
+)
+
+# `slow`: tests without a server that each take 5-60 s on a 2-core machine (several times that while other
+# work shares it), because they run the production code in fresh Python processes (the demo, the CLI
+# rendering, the worker, concurrent scanners, the benchmark's cold loads, a load measured for memory),
+# run offline proofs in network namespaces, or materialize the tiny profile through Dagster. A whole
+# module, or one test (or one parameter) of it. The fast tier keeps the rest of what they cover: the
+# in-process renders and their goldens, the offline proof's own tests (offline/test_verify.py), the
+# RunPod backend through Dagster, the CLI's refusals, the checks that the worker never imports dagster.
+SLOW_TESTS = (
+    "defs/test_demo.py",  # `make demo`'s own command, end to end (about 60 s)
+    "defs/test_renders.py",  # the tiny profile materialized, then renders through Dagster (about 50 s)
+    "defs/test_benchmark_report.py",  # the same, then the benchmark's cold loads in fresh processes
+    "defs/test_repacks.py",  # the tiny profile materialized, repacks made and checked
+    "defs/test_offline_cache.py",  # the offline proof as an asset: proofs in namespaces, repacks made
+    "offline/test_verify_repacks.py",  # offline proofs of both load paths, repacks made
+    "offline/test_isolation.py::test_a_native_connection_fails_in_the_namespace_and_so_does_the_proof",
+    "offline/test_isolation.py::test_the_audit_hook_alone_does_not_see_a_native_connection_and_the_report_says_so",
+    "offline/test_isolation.py::test_where_the_kernel_refuses_namespaces_auto_falls_back_and_netns_refuses_to_run",
+    "worker/test_process.py::test_the_local_run_of_test_input_json_renders_offline_without_dagster",
+    "defs/test_renders_runpod.py::test_terminating_the_run_cancels_the_runpod_job_and_sends_nothing_more"
+    "[multiprocess]",  # a run in a child process (the in_process case stays fast)
+    "defs/test_renders_runpod.py::test_partitions_render_at_once_up_to_the_runpod_pools_limit",
+    "test_render.py::test_cli_renders_a_job_and_prints_one_json_document",
+    "test_render.py::test_a_render_killed_midway_leaves_no_mp4",
+    "test_queue.py::test_concurrent_scanners_in_processes_accept_each_entry_once",
+    "test_queue.py::test_cli_jobs_submit_and_list",
+    "bench/test_cold_start.py::test_a_cold_load_runs_in_a_fresh_process_with_the_files_evicted",
+    "bench/test_cold_start.py::test_time_to_first_step_is_measured_cold_with_the_dit_in_the_background_and_without",
+    "models/test_bounded_load.py::test_transient_host_memory_of_the_dit_load_stays_under_one_and_a_half_shards",
+    "models/test_tiny_profile.py::test_cli_tiny_build_then_provision_the_tiny_profile",
+)
+
+
+def _tier_entries(name: str, entries: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(path suffix, fixture or test name or "") of each entry, each checked against the files."""
+    tests = Path(__file__).parent
+    parsed, stale = [], []
+    for entry in entries:
+        suffix, _, what = entry.partition("::")
+        function = what.split("[")[0]
+        files = [
+            f
+            for f in tests.rglob(Path(suffix).name)
+            if f.as_posix().endswith("/" + suffix) and (not function or f"def {function}(" in f.read_text())
+        ]
+        if len(files) != 1:
+            stale.append(entry)
+        parsed.append((suffix, what))
+    if stale:
+        raise pytest.UsageError(f"{name} in {__file__} names no file or definition, or several: {stale}")
+    return parsed
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `servers` the tests whose fixture closure holds one of SERVER_FIXTURES, `slow` SLOW_TESTS."""
+    servers = _tier_entries("SERVER_FIXTURES", SERVER_FIXTURES)
+    slow = _tier_entries("SLOW_TESTS", SLOW_TESTS)
+    for item in items:
+        path = item.path.as_posix()
+        if any(
+            path.endswith("/" + suffix) and what in ("", item.name, getattr(item, "originalname", None))
+            for suffix, what in slow
+        ):
+            item.add_marker(pytest.mark.slow)
+        info = getattr(item, "_fixtureinfo", None)  # None for items that are not Python functions
+        used = {
+            (name, defs[-1].func.__code__.co_filename)  # the definition in use
+            for name, defs in (info.name2fixturedefs.items() if info else ())
+            if defs
+        }
+        if any(
+            name == fixture and Path(file).as_posix().endswith("/" + suffix)
+            for name, file in used
+            for suffix, fixture in servers
+        ):
+            item.add_marker(pytest.mark.servers)
