@@ -149,15 +149,11 @@ def demo_renders(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # resources are passed to the context below
         sensor = defs.get_sensor_def("render_inbox")
-    dagster_log = logging.getLogger("dagster")
-    level = dagster_log.level
-    dagster_log.setLevel(logging.WARNING)  # the tick's own log line is for the daemon's log
-    try:
-        tick = sensor(
-            dg.build_sensor_context(instance=instance, resources={"volume": VolumeResource(path=str(volume))})
-        )
-    finally:
-        dagster_log.setLevel(level)
+    context = dg.build_sensor_context(instance=instance, resources={"volume": VolumeResource(path=str(volume))})
+    # The tick's own log lines are for the daemon's log: the context's logger is a Logger of its own
+    # (also named "dagster"), so it is quieted itself.
+    context.log.setLevel(logging.WARNING)
+    tick = sensor(context)
     assert isinstance(tick, dg.SensorResult)
     for request in tick.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))

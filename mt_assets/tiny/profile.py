@@ -55,12 +55,12 @@ class MirrorScale:
     its image_dim the CLIP vision width, its audio_blocks/audio_channels wav2vec2's layers/width."""
 
     profile: str
-    dit: Mapping[str, Any]  # Wan config.json (see tiny_dit.TINY_DIT_CONFIG)
-    t5: Mapping[str, int]  # see tiny_wan_parts.TINY_T5
+    dit: Mapping[str, Any]  # Wan config.json (see tiny/dit.py TINY_DIT_CONFIG)
+    t5: Mapping[str, int]  # see tiny/wan_parts.py TINY_T5
     clip_visual: Mapping[str, int]
     clip_textual: Mapping[str, int]
     vae: Mapping[str, Any]  # WanVAESizes fields
-    wav2vec2: Mapping[str, Any]  # Wav2Vec2Config fields (see tiny_wav2vec2.CONFIG)
+    wav2vec2: Mapping[str, Any]  # Wav2Vec2Config fields (see tiny/wav2vec2.py CONFIG)
     shards: int = 7
     shard_balance: str = "keys"  # "bytes" for equal-sized shards, like the published ones
     revision: str = field(default="")
