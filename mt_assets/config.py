@@ -88,6 +88,7 @@ def _http_url(value: str) -> str:
 GROUPS = {
     "volume": "Volume and models",
     "render": "Rendering",
+    "jobs": "Render jobs: limits on what a job file may ask",
     "runpod": "RunPod",
     "control": "Control plane (`python -m mt_assets.deploy`)",
     "tests": "Tests and benchmarks",
@@ -220,6 +221,25 @@ INBOX_CLAIM_LEASE_SECONDS: Variable[float] = _variable(
     "A `jobs/inbox/.claimed-*` entry untouched for longer than this is returned to the inbox (its "
     "claimer is taken to have died); read by JobQueue(claim_lease_seconds=...).",
     "seconds > 0", _seconds, shown_default="`900`",
+)  # fmt: skip
+
+# Render jobs: their files and folders come from anyone who can write to jobs/inbox/
+JOB_MAX_BYTES: Variable[int] = _variable(
+    "MT_JOB_MAX_BYTES", "jobs", 1024 * 1024,
+    "The largest job file (YAML or JSON) the CLI, the inbox and `jobs submit` read; checked before reading.",
+    "a whole number of bytes > 0", _count, shown_default="`1048576` (1 MiB)",
+)  # fmt: skip
+PROMPT_MAX_CHARS: Variable[int] = _variable(
+    "MT_PROMPT_MAX_CHARS", "jobs", 10_000,
+    "The longest `prompt` or `negative_prompt` a job may give (T5 reads 512 tokens).",
+    "a whole number > 0", _count, shown_default="`10000`",
+)  # fmt: skip
+INBOX_STABLE_SECONDS: Variable[float] = _variable(
+    "MT_INBOX_STABLE_SECONDS", "jobs", 60.0,
+    "An inbox entry younger than this is accepted only when its size and mtime are unchanged since the "
+    "previous scan; an older one on first sight. A writer that stalls for longer must drop by rename "
+    "(docs/rendering.md).",
+    "seconds > 0", _seconds, shown_default="`60`",
 )  # fmt: skip
 
 # RunPod

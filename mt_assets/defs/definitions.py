@@ -45,6 +45,9 @@ def build_definitions(
     offline = build_offline_cache_assets(manifest)  # with its check `offline_verified`
     # Renders need the offline proof upstream: a manifest without the worker's load units has none.
     backend = settings.render_backend
+    choices = config.RENDER_BACKEND.choices  # Settings built in code skip the environment's check
+    if backend not in choices:
+        raise ValueError(f"MT_RENDER_BACKEND: expected one of {', '.join(choices)}, got {backend!r}")
     build = build_runpod_renders_asset if backend == "runpod" else build_renders_asset
     renders = [build(manifest)] if offline else []
     # The endpoint's settings from the environment (tests pass their own "runpod" in `resources`).

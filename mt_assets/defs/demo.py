@@ -145,22 +145,29 @@ def demo_renders(
     console.print(
         f"submitted {len(jobs)} render jobs to {queue.folder('inbox')}; ticking the render_inbox sensor ..."
     )
-    time.sleep(SETTLE_SECONDS + 0.5)  # the inbox leaves entries younger than this for the next tick
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # resources are passed to the context below
         sensor = defs.get_sensor_def("render_inbox")
-    context = dg.build_sensor_context(instance=instance, resources={"volume": VolumeResource(path=str(volume))})
-    # The tick's own log lines are for the daemon's log: the context's logger is a Logger of its own
-    # (also named "dagster"), so it is quieted itself.
-    context.log.setLevel(logging.WARNING)
-    tick = sensor(context)
-    assert isinstance(tick, dg.SensorResult)
-    for request in tick.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    # The inbox takes a young entry once two scans, SETTLE_SECONDS apart, saw it unchanged (a copy still
+    # under way would have grown): the first tick notes the jobs, the next one queues them.
+    requests: list[dg.RunRequest] = []
+    for _ in range(3):
+        time.sleep(SETTLE_SECONDS + 0.5)
+        context = dg.build_sensor_context(instance=instance, resources={"volume": VolumeResource(path=str(volume))})
+        # The tick's own log lines are for the daemon's log: the context's logger is a Logger of its own
+        # (also named "dagster"), so it is quieted itself.
+        context.log.setLevel(logging.WARNING)
+        tick = sensor(context)
+        assert isinstance(tick, dg.SensorResult)
+        for request in tick.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        requests += [r for r in tick.run_requests or [] if r.partition_key in jobs]
+        if {r.partition_key for r in requests} >= set(jobs):
+            break
     job = defs.resolve_implicit_global_asset_job_def()
     videos: list[Path] = []
     # Only the demo's own jobs: others queued on this volume are left to the daemon.
-    for request in [r for r in tick.run_requests or [] if r.partition_key in jobs]:
+    for request in requests:
         run = job.execute_in_process(
             instance=instance,
             partition_key=request.partition_key,

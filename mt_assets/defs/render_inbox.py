@@ -55,6 +55,10 @@ def build_inbox_sensor(minimum_interval_seconds: int = 30) -> dg.SensorDefinitio
             context.log.warning(
                 f"recovered {len(scan.recovered)} claim(s) left by a scanner that stopped: {', '.join(scan.recovered)}"
             )
+        for error in scan.errors:
+            context.log.error(f"put back, taken again by a later tick: {error}")
+        if scan.removed_staging:
+            context.log.warning(f"removed abandoned staging entries: {', '.join(scan.removed_staging)}")
         for r in scan.rejected:
             context.log.warning(f"rejected {r.name}: {r.error}")
         accepted = [a.id for a in scan.accepted]
@@ -67,7 +71,7 @@ def build_inbox_sensor(minimum_interval_seconds: int = 30) -> dg.SensorDefinitio
         if not accepted and not unrun:
             reason = f"{len(scan.rejected)} rejected" if scan.rejected else "nothing new in jobs/inbox/"
             if scan.waiting:
-                reason += f"; {len(scan.waiting)} still being copied"
+                reason += f"; {len(scan.waiting)} waiting to be seen unchanged (still being copied?)"
             return dg.SensorResult(skip_reason=reason)
         if accepted:
             context.log.info(f"queued {len(accepted)} render job(s): {', '.join(accepted)}")

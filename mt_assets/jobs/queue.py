@@ -59,21 +59,21 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import filecmp
 import functools
 import json
 import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mt_assets import config
-from mt_assets.jobs.media import S3_PREFIX, VOLUME_PREFIX
+from mt_assets.jobs.media import S3_PREFIX, VOLUME_PREFIX, MediaError
 from mt_assets.jobs.outputs import OUTPUTS_DIR
 from mt_assets.jobs.reader import FOLDER_JOB_NAMES, JOB_SUFFIXES, load_job, read_job_document, read_job_entry
 from mt_assets.jobs.schema import JOB_ID, JOB_ID_RULE, JobError, RenderJob, parse_job
@@ -84,6 +84,9 @@ MEDIA_DIR = "media"
 STATES = ("inbox", "queued", "rendering", "done", "failed", "rejected")
 # Inbox entries modified more recently than this are left for the next scan (a half-copied folder is never taken).
 SETTLE_SECONDS = 5.0
+STABLE_SECONDS = config.INBOX_STABLE_SECONDS.default  # younger entries: accepted once seen unchanged
+STAGING_STALE_SECONDS = 24 * 3600.0  # a `.submit-*` staging entry older than this was abandoned
+SCAN_STATE = ".inbox-scan.json"  # in jobs/: what the previous scan saw of the entries it left waiting
 RENDERING_STALE_SECONDS = 120.0  # a rendering marker whose heartbeat is older than this is dead
 ERROR_SUFFIX = ".error.txt"
 OUTPUT_SUFFIX = ".output.txt"
@@ -127,6 +130,11 @@ class ScanResult:
     # Claims left by a scanner that stopped, put back into the inbox (the names they got there) and
     # taken by this scan like any other entry.
     recovered: list[str] = field(default_factory=list)
+    # Entries whose acceptance failed for a reason not their own (a full disk, a lost volume): put back,
+    # taken again by a later scan; the scan went on with the others. "<name>: <error>".
+    errors: list[str] = field(default_factory=list)
+    # Abandoned `.submit-*` staging entries (older than a day) this scan removed.
+    removed_staging: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -159,9 +167,11 @@ class JobQueue:
         settle_seconds: float = SETTLE_SECONDS,
         rendering_stale_after: float = RENDERING_STALE_SECONDS,
         claim_lease_seconds: float | None = None,
+        stable_seconds: float | None = None,
     ) -> None:
         self.root = Path(volume_root).resolve()
         self.settle_seconds = settle_seconds
+        self.stable_seconds = config.INBOX_STABLE_SECONDS.read() if stable_seconds is None else stable_seconds
         self.rendering_stale_after = rendering_stale_after
         # Every scanner of one volume should use the same lease: one from MT_INBOX_CLAIM_LEASE_SECONDS.
         self.claim_lease_seconds = (
@@ -182,38 +192,97 @@ class JobQueue:
     # -- the inbox -----------------------------------------------------------------------------
 
     def scan_inbox(self, *, now: float | None = None) -> ScanResult:
-        """Accept or reject every settled inbox entry; oldest first, job files and folders before the rest.
+        """Accept or reject every entry ready to be taken; oldest first, job files and folders before the rest.
 
-        Claims left by a scanner that stopped (untouched for `claim_lease_seconds`) are put back first.
+        Ready: untouched for `settle_seconds`, and either older than `stable_seconds` or seen with the
+        same size and mtime by a scan at least `settle_seconds` ago (a writer that stalled mid-copy has
+        not finished). Claims left by a scanner that stopped (untouched for `claim_lease_seconds`) are
+        put back first; abandoned `.submit-*` staging entries (a day old) are removed. One entry that
+        cannot be read or validated is rejected and the scan goes on; one that fails for another
+        reason (a full disk) is put back, named in `errors`, and the scan goes on too.
         """
         now = time.time() if now is None else now
         inbox = self.folder("inbox")
         recovered = self._recover_claims(now)
+        removed_staging = self._remove_stale_staging(now)
+        previous = self._read_scan_state()
+        seen: dict[str, dict[str, Any]] = {}
         accepted: list[Accepted] = []
         rejected: list[Rejected] = []
         waiting: list[str] = []
+        errors: list[str] = []
         entries = []
         for entry in inbox.iterdir():
             if entry.name.startswith("."):
                 continue
-            newest = _newest_mtime(entry)
-            if newest is None:
+            signature = _signature(entry)
+            if signature is None:
                 continue  # gone meanwhile: another scanner took it
+            newest = signature[1] / 1e9
             # A recovered entry had settled before it was first claimed; its mtime is our touch.
             settled = entry.name in recovered and recovered[entry.name] == _identity(entry)
-            if now - newest < self.settle_seconds and not settled:
-                waiting.append(entry.name)
-                continue
+            if not settled:
+                before = previous.get(entry.name)
+                unchanged = before is not None and before["signature"] == list(signature)
+                first_seen = before["seen"] if unchanged else now
+                young = now - newest < self.stable_seconds
+                if now - newest < self.settle_seconds or (young and now - first_seen < self.settle_seconds):
+                    waiting.append(entry.name)
+                    seen[entry.name] = {"signature": list(signature), "seen": first_seen}
+                    continue
             entries.append((not _looks_like_job(entry), newest, entry.name))
+        self._write_scan_state(seen)
         for _, _, name in sorted(entries):
-            outcome = self._take(inbox / name)
+            try:
+                outcome = self._take(inbox / name)
+            except Exception as e:  # not the entry's fault (it was put back): the others still get their turn
+                errors.append(f"{name}: {type(e).__name__}: {quote_error(e)}")
+                continue
             if isinstance(outcome, Accepted):
                 accepted.append(outcome)
             elif isinstance(outcome, Rejected):
                 rejected.append(outcome)
         return ScanResult(
-            accepted=accepted, rejected=rejected, waiting=sorted(waiting), recovered=sorted(recovered)
+            accepted=accepted,
+            rejected=rejected,
+            waiting=sorted(waiting),
+            recovered=sorted(recovered),
+            errors=errors,
+            removed_staging=removed_staging,
         )
+
+    def _read_scan_state(self) -> dict[str, dict[str, Any]]:
+        """What the previous scan saw of the entries it left waiting: {name: {signature, seen}}."""
+        try:
+            doc = json.loads((self.jobs / SCAN_STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}  # none yet, or damaged: every young entry waits one more scan
+        entries = doc.get("entries") if isinstance(doc, dict) else None
+        return {
+            k: v
+            for k, v in (entries.items() if isinstance(entries, dict) else ())
+            if isinstance(v, dict) and isinstance(v.get("signature"), list) and isinstance(v.get("seen"), int | float)
+        }
+
+    def _write_scan_state(self, seen: dict[str, dict[str, Any]]) -> None:
+        # Two scanners may overwrite each other's record: the worst is one more scan's wait.
+        with contextlib.suppress(OSError):
+            _write_text(self.jobs / SCAN_STATE, json.dumps({"entries": seen}) + "\n")
+
+    def _remove_stale_staging(self, now: float) -> list[str]:
+        """Remove `.submit-*` staging entries older than a day: a `jobs submit` that died before its rename."""
+        removed = []
+        for entry in self.folder("inbox").iterdir():
+            if not entry.name.startswith(SUBMIT_PREFIX):
+                continue
+            newest = _newest_mtime(entry)
+            if newest is not None and now - newest > STAGING_STALE_SECONDS:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry.name)
+        return sorted(removed)
 
     def _take(self, entry: Path) -> Accepted | Rejected | None:
         """Claim one entry and accept or reject it; None when another scanner claimed it first."""
@@ -245,11 +314,21 @@ class JobQueue:
         source = f"{JOBS_DIR}/inbox/{entry.name}"
         if claimed.is_symlink():
             raise JobError(source, None, "is a symlink: drop the job file or folder itself")
-        doc, base_dir, source = read_job_entry(claimed, source, name=entry.name)
-        job = parse_job(doc, source=source, base_dir=base_dir, volume_root=self.root)
+        if claimed.is_dir():
+            _refuse_links_inside(claimed, source)
+        try:
+            doc, base_dir, source = read_job_entry(claimed, source, name=entry.name)
+            job = parse_job(doc, source=source, base_dir=base_dir, volume_root=self.root)
+        except JobError:
+            raise
+        except Exception as e:  # whatever a hostile or broken entry makes a parser raise: its rejection
+            raise JobError(source, None, f"cannot be read as a job: {type(e).__name__}: {quote_error(e)}") from None
         self._check_free(job, source)
         queued = self.folder("queued") / f"{job.id}.json"
-        placed = self._place_media(job, lambda path: self._copy_to_media(path, job.id, claim))
+        try:
+            placed = self._place_media(job, lambda path: self._copy_to_media(path, job.id, claim))
+        except MediaError as e:  # a medium swapped (for a link, for another file) after it was checked
+            raise JobError(source, None, str(e)) from None
         claim.touch()  # still ours: _ClaimLost, before anything is queued, if another scanner took it over
         if not _publish_json(placed, queued):
             raise JobError(source, "id", f"{job.id!r} is already queued ({self._shown(queued)})")
@@ -379,7 +458,7 @@ class JobQueue:
         claim.touch()
         folder = self.jobs / MEDIA_DIR / job_id
         folder.mkdir(parents=True, exist_ok=True)
-        name = _copy_unique(path, folder, on_chunk=claim.keep)
+        name = _copy_unique(path, folder, roots=(self.root,), on_chunk=claim.keep)
         return f"{VOLUME_PREFIX}{JOBS_DIR}/{MEDIA_DIR}/{job_id}/{name}"
 
     # -- accepted jobs -------------------------------------------------------------------------
@@ -417,7 +496,8 @@ class JobQueue:
         return max(found)[1]
 
     def _parse_stored(self, path: Path) -> RenderJob:
-        return load_job(path, volume_root=self.root, check_media=False)
+        # record_sha256=False: the job keeps the sha256 of the file that was accepted, not of its copy
+        return load_job(path, volume_root=self.root, check_media=False, record_sha256=False)
 
     @contextlib.contextmanager
     def rendering(self, job_id: str) -> Iterator[RenderJob]:
@@ -482,6 +562,16 @@ class JobQueue:
         found: list[JobStatus] = []
         now = time.time()
         for entry in self.folder("inbox").iterdir():
+            if entry.name.startswith(SUBMIT_PREFIX):
+                newest = _newest_mtime(entry)
+                if newest is not None and now - newest > STAGING_STALE_SECONDS:
+                    name = entry.name.split("-", 2)[-1] if entry.name.count("-") >= 2 else entry.name
+                    error = (
+                        f"abandoned staging entry {entry.name} ({(now - newest) / 3600:.0f} h old): a `jobs submit` "
+                        "stopped before it finished; the next scan removes it"
+                    )
+                    found.append(JobStatus(name, "inbox", entry, None, error, newest))
+                continue
             if entry.name.startswith("."):
                 match = CLAIMED_NAME.fullmatch(entry.name)
                 touched = _mtime(entry) if match else None
@@ -574,6 +664,8 @@ class JobQueue:
         (field 'id') for an id already in the inbox, queued, rendering, or done without `rerender: true`.
         """
         job = load_job(job_file, volume_root=self.root, allowed_roots=allowed_roots)
+        job_folder = Path(job_file) if Path(job_file).is_dir() else Path(job_file).parent
+        roots = (job_folder.resolve(), self.root, *(Path(r).resolve() for r in allowed_roots))
         inbox = self.folder("inbox")
         target = inbox / job.id
         for entry in inbox.iterdir():
@@ -586,7 +678,7 @@ class JobQueue:
         stage = inbox / f"{SUBMIT_PREFIX}{secrets.token_hex(6)}-{job.id}"
         stage.mkdir()
         try:
-            doc = self._place_media(job, lambda path: _copy_unique(path, stage))
+            doc = self._place_media(job, lambda path: _copy_unique(path, stage, roots=roots))
             _write_text(stage / "job.json", json.dumps(doc, indent=2) + "\n")
             if target.exists() or target.is_symlink():
                 raise JobError(
@@ -645,6 +737,47 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _signature(entry: Path) -> tuple[int, int, int] | None:
+    """(bytes, newest mtime in ns, files) of an entry and, for a folder, of everything inside it
+    (links not followed); None when it is gone. What "unchanged since the previous scan" compares."""
+    try:
+        st = entry.lstat()
+    except FileNotFoundError:
+        return None
+    size, newest, count = st.st_size, st.st_mtime_ns, 1
+    if stat.S_ISDIR(st.st_mode):
+        for folder, dirs, files in os.walk(entry):
+            for name in (*dirs, *files):
+                try:
+                    inner = os.lstat(os.path.join(folder, name))
+                except FileNotFoundError:
+                    continue
+                size, newest, count = size + inner.st_size, max(newest, inner.st_mtime_ns), count + 1
+    return size, newest, count
+
+
+def _refuse_links_inside(folder: Path, source: str) -> None:
+    """JobError when anything inside a job folder is a symlink: its files are read only as themselves."""
+    for where, dirs, files in os.walk(folder):
+        for name in (*dirs, *files):
+            path = Path(where) / name
+            if path.is_symlink():
+                inside = path.relative_to(folder).as_posix()
+                raise JobError(
+                    source, None, f"holds a symlink, {inside}: a job folder's files are never read through a link"
+                )
+
+
+def quote_error(e: BaseException) -> str:
+    """An exception's first line, at most 200 characters (a message about hostile input stays small)."""
+    try:
+        text = str(e)
+    except Exception:  # a str() that itself fails (an integer too long to print)
+        text = ""
+    line = (text.strip().splitlines() or [""])[0]
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def _mtime(path: Path) -> float | None:
@@ -804,10 +937,38 @@ def _publish_json(doc: Mapping[str, Any], final: Path) -> bool:
     return _publish(temp, final)
 
 
-def _copy_file(source: Path, target: Path, on_chunk: Callable[[], None] | None = None) -> None:
-    """Copy the bytes of `source` to a new file `target` and fsync it; `on_chunk()` after each chunk."""
-    with open(source, "rb") as src, open(target, "xb") as dst:
-        while chunk := src.read(COPY_CHUNK_BYTES):
+def open_medium(path: Path, roots: Sequence[Path]) -> BinaryIO:
+    """The medium at `path` opened once, for reading: never through a symlink, a regular file, and
+    really inside one of `roots` (what was opened is checked, not what the path said before).
+
+    Media are validated by path and copied later: a file swapped for a link to something outside the
+    volume in between is refused here, and the copy is made from this open file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise MediaError(f"{path.name} became a symlink after it was checked: not copied") from None
+        raise
+    f = os.fdopen(fd, "rb")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise MediaError(f"{path.name} is not a regular file: not copied")
+        opened = Path(os.readlink(f"/proc/self/fd/{fd}")) if os.path.exists(f"/proc/self/fd/{fd}") else path
+        if not any(opened.is_relative_to(root) for root in roots):
+            raise MediaError(f"{path.name} is no longer inside the allowed folders: not copied")
+        os.set_blocking(fd, True)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _copy_file(source: BinaryIO, target: Path, on_chunk: Callable[[], None] | None = None) -> None:
+    """Copy the bytes of the open `source` to a new file `target` and fsync it; `on_chunk()` after each chunk."""
+    source.seek(0)
+    with open(target, "xb") as dst:
+        while chunk := source.read(COPY_CHUNK_BYTES):
             dst.write(chunk)
             if on_chunk is not None:
                 on_chunk()
@@ -815,28 +976,43 @@ def _copy_file(source: Path, target: Path, on_chunk: Callable[[], None] | None =
         os.fsync(dst.fileno())
 
 
-def _copy_unique(path: Path, folder: Path, on_chunk: Callable[[], None] | None = None) -> str:
+def _same_bytes(source: BinaryIO, other: Path) -> bool:
+    source.seek(0)
+    with open(other, "rb") as f:
+        while True:
+            a, b = source.read(COPY_CHUNK_BYTES), f.read(COPY_CHUNK_BYTES)
+            if a != b:
+                return False
+            if not a:
+                return True
+
+
+def _copy_unique(
+    path: Path, folder: Path, *, roots: Sequence[Path], on_chunk: Callable[[], None] | None = None
+) -> str:
     """Copy `path` into `folder` under its own name, or <stem>-2<suffix>, ... when a different file has it.
 
-    A file with the same bytes already there is used as it is. Returns the name in `folder`.
+    The medium is opened once (`open_medium`: no symlink, inside `roots`) and copied from that open
+    file. A file with the same bytes already there is used as it is. Returns the name in `folder`.
     `on_chunk()` is called as bytes are copied (a claim's touch).
     """
     stem, suffix = path.stem, path.suffix
-    for n in range(1, 10_000):
-        name = path.name if n == 1 else f"{stem}-{n}{suffix}"
-        final = folder / name
-        if final.exists():
-            if final.is_file() and filecmp.cmp(path, final, shallow=False):
+    with open_medium(path, roots) as source:
+        for n in range(1, 10_000):
+            name = path.name if n == 1 else f"{stem}-{n}{suffix}"
+            final = folder / name
+            if final.exists():
+                if final.is_file() and _same_bytes(source, final):
+                    return name
+                continue
+            temp = _temp_beside(final)
+            try:
+                _copy_file(source, temp, on_chunk)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+            if _publish(temp, final):
                 return name
-            continue
-        temp = _temp_beside(final)
-        try:
-            _copy_file(path, temp, on_chunk)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        if _publish(temp, final):
-            return name
-        if final.is_file() and filecmp.cmp(path, final, shallow=False):
-            return name  # another scanner copied the same file meanwhile
+            if final.is_file() and _same_bytes(source, final):
+                return name  # another scanner copied the same file meanwhile
     raise OSError(f"{folder}: no free name for a copy of {path.name}")

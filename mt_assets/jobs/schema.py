@@ -30,6 +30,8 @@ plus our settings, each with the default `generate_multitalk.py` uses:
                      momentum in [-1, 1], norm_threshold > 0)
     motion_frames    25; 1 mod 4; in streaming mode fewer than `frames`
     rerender         false
+    job_sha256       set by the reader (reader.py): the sha256 of the job file as read; a value given in
+                     a file is replaced, a stored job keeps the one recorded when it was accepted
 
 Choices where the reference has none:
 * `audio_type` may be left out with two speakers: 'para' (what MultiTalk's two-person examples use).
@@ -53,11 +55,13 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mt_assets import config
 from mt_assets.jobs.audio_prep import AUDIO_TYPES
 from mt_assets.jobs.media import MediaError, resolve_media
 
@@ -105,6 +109,7 @@ FIELDS = (
     "apg",
     "motion_frames",
     "rerender",
+    "job_sha256",
 )
 _APG_FIELDS = ("momentum", "norm_threshold")
 _UNSUPPORTED = {
@@ -114,7 +119,13 @@ _UNSUPPORTED = {
 # The one rule for job ids: they name files and folders on the volume (jobs/*, outputs/<id>/).
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 JOB_ID_RULE = "1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'"
-_WXH = re.compile(r"(\d+)x(\d+)")
+_WXH = re.compile(r"([0-9]+)x([0-9]+)")  # ASCII digits only (\d would take ٦٤)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+JOB_SHA256 = "job_sha256"  # set by the reader: the sha256 of the job file's bytes as read
+QUOTED_CHARS = 100  # at most this much of any value is quoted in a message
+_REPR = reprlib.Repr()  # bounded repr: nested values a few levels and items deep, long strings cut
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, QUOTED_CHARS, QUOTED_CHARS
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 6
 _SILENT = "None"  # the reference's spelling of a silent speaker
 DICT_SOURCE = "<dict>"
 
@@ -161,6 +172,7 @@ class RenderJob:
     motion_frames: int
     rerender: bool
     source: str  # the job file, or '<dict>'
+    job_sha256: str | None = None  # of the job file's bytes as read (reader.py); None for a job given as a mapping
 
     @property
     def speakers(self) -> int:
@@ -199,6 +211,7 @@ class RenderJob:
             else {"momentum": self.apg.momentum, "norm_threshold": self.apg.norm_threshold},
             "motion_frames": self.motion_frames,
             "rerender": self.rerender,
+            **({JOB_SHA256: self.job_sha256} if self.job_sha256 else {}),
         }
 
 
@@ -232,9 +245,12 @@ def parse_job(
             raise JobError(source, field, str(e)) from None
 
     job_id = fields.job_id()
-    prompt = fields.text("prompt", required=True)
+    max_chars = config.PROMPT_MAX_CHARS.read()
+    prompt = fields.text("prompt", required=True, max_chars=max_chars)
     # generate() replaces an empty negative prompt with the config's default: "" means the default.
-    negative_prompt = fields.text("negative_prompt", default="", allow_empty=True) or DEFAULT_NEGATIVE_PROMPT
+    negative_prompt = (
+        fields.text("negative_prompt", default="", allow_empty=True, max_chars=max_chars) or DEFAULT_NEGATIVE_PROMPT
+    )
     cond_image = resolve("cond_image", fields.text("cond_image", required=True))
     speakers = fields.cond_audio()
     cond_audio = tuple(
@@ -267,6 +283,7 @@ def parse_job(
             "from the last motion_frames of the previous one",
         )
     rerender = fields.boolean("rerender", default=False)
+    job_sha256 = fields.sha256(JOB_SHA256)
 
     job = RenderJob(
         id=job_id,
@@ -289,6 +306,7 @@ def parse_job(
         motion_frames=motion_frames,
         rerender=rerender,
         source=source,
+        job_sha256=job_sha256,
     )
     if check_media:
         from mt_assets.jobs.decode import load_job_media  # decode.py reads RenderJob: imported here
@@ -314,17 +332,17 @@ class _Fields:
     def check_names(self) -> None:
         for key in self.doc:
             if not isinstance(key, str):
-                raise self.error(None, f"field names must be strings, got {key!r}")
+                raise self.error(None, f"field names must be strings, got {quote(key)}")
             if key in _UNSUPPORTED:
                 raise self.error(key, _UNSUPPORTED[key])
             if key not in FIELDS:
-                raise self.error(key, f"unknown field{_suggest(key, FIELDS)}")
+                raise self.error(key[:QUOTED_CHARS], f"unknown field{_suggest(key, FIELDS)}")
 
     def job_id(self) -> str:
         if "id" in self.doc:
             value = self.doc["id"]
             if not isinstance(value, str) or not JOB_ID.fullmatch(value):
-                raise self.error("id", f"{value!r} must be {JOB_ID_RULE}")
+                raise self.error("id", f"{quote(value)} must be {JOB_ID_RULE}")
             return value
         stem = Path(self.source).stem
         if not JOB_ID.fullmatch(stem):
@@ -335,7 +353,13 @@ class _Fields:
         return stem
 
     def text(
-        self, field: str, *, required: bool = False, default: str = "", allow_empty: bool = False
+        self,
+        field: str,
+        *,
+        required: bool = False,
+        default: str = "",
+        allow_empty: bool = False,
+        max_chars: int | None = None,
     ) -> str:
         if field not in self.doc:
             if required:
@@ -343,60 +367,75 @@ class _Fields:
             return default
         value = self.doc[field]
         if not isinstance(value, str):
-            raise self.error(field, f"must be a string, got {describe_kind(value)} {value!r}")
+            raise self.error(field, f"must be a string, got {describe_kind(value)} {quote(value)}")
+        if max_chars is not None and len(value) > max_chars:
+            # T5 reads 512 tokens: a prompt far beyond that is a mistake (or an attack on memory).
+            raise self.error(
+                field, f"is {len(value):,} characters; the limit is {max_chars:,} (MT_PROMPT_MAX_CHARS)"
+            )
         if not allow_empty and not value.strip():
-            raise self.error(field, f"must not be empty, got {value!r}")
+            raise self.error(field, f"must not be empty, got {quote(value)}")
+        return value
+
+    def sha256(self, field: str) -> str | None:
+        value = self.doc.get(field)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _SHA256.fullmatch(value):
+            raise self.error(field, f"must be 64 lowercase hex characters, got {quote(value)}")
         return value
 
     def choice(self, field: str, choices: Sequence[str], *, default: str) -> str:
         value = self.doc.get(field, default)
         if value not in choices:
             raise self.error(
-                field, f"{value!r} is not one of {', '.join(choices)}{_did_you_mean(value, choices)}"
+                field, f"{quote(value)} is not one of {', '.join(choices)}{_did_you_mean(value, choices)}"
             )
         return value
 
     def integer(self, field: str, low: int, high: int, *, default: int) -> int:
         value = self.doc.get(field, default)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(field, f"must be an integer, got {describe_kind(value)} {value!r}")
+            raise self.error(field, f"must be an integer, got {describe_kind(value)} {quote(value)}")
         if not low <= value <= high:
-            raise self.error(field, f"{value} is out of range {low}..{high}")
+            raise self.error(field, f"{quote(value)} is out of range {low}..{high}")
         return value
 
     def number(self, field: str, low: float, high: float, *, default: float, low_open: bool = False) -> float:
         value = self.doc.get(field, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.error(field, f"must be a number, got {describe_kind(value)} {value!r}")
+            raise self.error(field, f"must be a number, got {describe_kind(value)} {quote(value)}")
         if value < low or value > high or (low_open and value == low):
             bracket = "(" if low_open else "["
-            raise self.error(field, f"{value} is out of range {bracket}{format_number(low)}, {format_number(high)}]")
+            raise self.error(
+                field, f"{quote(value)} is out of range {bracket}{format_number(low)}, {format_number(high)}]"
+            )
         return float(value)
 
     def boolean(self, field: str, *, default: bool) -> bool:
         value = self.doc.get(field, default)
         if not isinstance(value, bool):
-            raise self.error(field, f"must be true or false, got {describe_kind(value)} {value!r}")
+            raise self.error(field, f"must be true or false, got {describe_kind(value)} {quote(value)}")
         return value
 
     def size(self) -> str:
         value = self.doc.get("size", SIZE_BUCKETS[0])
         if not isinstance(value, str):
-            raise self.error("size", f"must be a string (multitalk-480, multitalk-720 or WxH), got {value!r}")
+            raise self.error("size", f"must be a string (multitalk-480, multitalk-720 or WxH), got {quote(value)}")
         if value in SIZE_BUCKETS:
             return value
         match = _WXH.fullmatch(value)
         if not match:
             raise self.error(
                 "size",
-                f"{value!r} is not multitalk-480, multitalk-720 or WxH (e.g. 832x480)"
+                f"{quote(value)} is not multitalk-480, multitalk-720 or WxH (e.g. 832x480)"
                 + _did_you_mean(value, SIZE_BUCKETS),
             )
         for side, name in ((int(match[1]), "width"), (int(match[2]), "height")):
             if side % 16 or not SIDE_RANGE[0] <= side <= SIDE_RANGE[1]:
                 raise self.error(
                     "size",
-                    f"{value!r}: {name} {side} must be a multiple of 16 in {SIDE_RANGE[0]}..{SIDE_RANGE[1]}",
+                    f"{quote(value)}: {name} {side} must be a multiple of 16 in {SIDE_RANGE[0]}..{SIDE_RANGE[1]}",
                 )
         return value
 
@@ -406,13 +445,13 @@ class _Fields:
         value = self.doc["cond_audio"]
         if not isinstance(value, Mapping):
             raise self.error(
-                "cond_audio", f"must be a mapping {{person1: <audio>[, person2: <audio>]}}, got {value!r}"
+                "cond_audio", f"must be a mapping {{person1: <audio>[, person2: <audio>]}}, got {quote(value)}"
             )
         for key in value:
             if key not in SPEAKERS:
                 raise self.error(f"cond_audio.{key}", f"unknown speaker{_suggest(str(key), SPEAKERS)}")
         if "person1" not in value:
-            raise self.error("cond_audio", f"person1 is required, got {dict(value)!r}")
+            raise self.error("cond_audio", f"person1 is required, got {quote(dict(value))}")
         speakers: dict[str, str | None] = {}
         for name in SPEAKERS:
             if name not in value:
@@ -423,11 +462,11 @@ class _Fields:
             elif isinstance(ref, str) and ref.strip():
                 speakers[name] = ref
             else:
-                raise self.error(f"cond_audio.{name}", f"must be a path or URI, got {describe_kind(ref)} {ref!r}")
+                raise self.error(f"cond_audio.{name}", f"must be a path or URI, got {describe_kind(ref)} {quote(ref)}")
         if all(ref is None for ref in speakers.values()):
             raise self.error(
                 "cond_audio",
-                f"{dict(value)!r}: no speaker has audio (a silent speaker needs a second one who speaks)",
+                f"{quote(dict(value))}: no speaker has audio (a silent speaker needs a second one who speaks)",
             )
         return speakers
 
@@ -437,7 +476,7 @@ class _Fields:
             return None
         if not isinstance(value, Mapping):
             raise self.error(
-                "bbox", f"must be a mapping {{person1: [x_min, y_min, x_max, y_max], ...}}, got {value!r}"
+                "bbox", f"must be a mapping {{person1: [x_min, y_min, x_max, y_max], ...}}, got {quote(value)}"
             )
         for key in value:
             if key not in SPEAKERS:
@@ -451,7 +490,7 @@ class _Fields:
         boxes = []
         for name in speakers:
             box = value[name]
-            shown = f"{box!r}"
+            shown = f"{quote(box)}"
             if (
                 not isinstance(box, Sequence)
                 or isinstance(box, str)
@@ -482,7 +521,7 @@ class _Fields:
         if value is True:
             return Apg(APG_MOMENTUM, APG_NORM_THRESHOLD)
         if not isinstance(value, Mapping):
-            raise self.error("apg", f"must be true, false or {{momentum, norm_threshold}}, got {value!r}")
+            raise self.error("apg", f"must be true, false or {{momentum, norm_threshold}}, got {quote(value)}")
         for key in value:
             if key not in _APG_FIELDS:
                 raise self.error(f"apg.{key}", f"unknown field{_suggest(str(key), _APG_FIELDS)}")
@@ -499,8 +538,21 @@ def _suggest(value: object, choices: Sequence[str]) -> str:
 
 
 def _did_you_mean(value: object, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
+    if not isinstance(value, str) or len(value) > QUOTED_CHARS:
+        return ""  # nothing that long is a typo of a field or choice name
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def quote(value: object) -> str:
+    """repr(value), at most QUOTED_CHARS characters of it: messages stay small whatever a job holds."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * QUOTED_CHARS:
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits>"
+    try:
+        text = _REPR.repr(value)
+    except (ValueError, RecursionError):  # an integer too long to convert, nested deeper than Python goes
+        return f"<{describe_kind(value)}>"
+    return text if len(text) <= QUOTED_CHARS else text[: QUOTED_CHARS - 3] + "..."
 
 
 def describe_kind(value: object) -> str:

@@ -75,7 +75,7 @@ def record_offline_proof(instance: dg.DagsterInstance, manifest: Manifest) -> No
 
 def queue_job(root: Path, job_id: str) -> None:
     """A job dropped as a folder with its media and accepted: jobs/queued/<id>.json, media in jobs/media/<id>/."""
-    queue = JobQueue(root, settle_seconds=0)
+    queue = JobQueue(root, settle_seconds=0, stable_seconds=0)
     folder = queue.folder("inbox") / job_id
     write_face_image(folder / "face.png", 64, 48)
     write_speech(folder / "speech.wav", 1.0)

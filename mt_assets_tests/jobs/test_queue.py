@@ -45,7 +45,7 @@ def volume(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def queue(volume: Path) -> JobQueue:
-    return JobQueue(volume, settle_seconds=0)
+    return JobQueue(volume, settle_seconds=0, stable_seconds=0)
 
 
 def job_doc(image: str = "face.png", audio: str = "speech.wav", **fields: Any) -> dict[str, Any]:
@@ -216,7 +216,7 @@ def test_invalid_field_and_non_job_files_are_rejected_and_names_stay_unique(queu
 
 
 def test_entries_wait_until_settled(volume: Path) -> None:
-    queue = JobQueue(volume, settle_seconds=5)
+    queue = JobQueue(volume, settle_seconds=5, stable_seconds=0)
     drop_file(queue, "a1.yaml", job_doc("volume:media/face.png", "volume:media/speech.wav"))
     folder = drop_folder(queue, "b2", job_doc())
     old = time.time() - 60
@@ -286,10 +286,11 @@ def test_a_failure_that_is_not_the_jobs_fault_puts_the_entry_back(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(queue_module, "_copy_unique", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        queue.scan_inbox()
+    scan = queue.scan_inbox()  # the scan goes on: one entry's trouble never stops the others
 
-    assert [p.name for p in queue.folder("inbox").iterdir()] == ["b2"]
+    assert scan.errors == ["b2: OSError: [Errno 28] No space left on device"]
+    assert not scan.accepted and not scan.rejected
+    assert sorted(p.name for p in queue.folder("inbox").iterdir() if not p.name.startswith(".")) == ["b2"]
     assert list(queue.folder("rejected").iterdir()) == [] and queue.queued_ids() == []
 
 
@@ -307,7 +308,7 @@ def _drop_many(queue: JobQueue, n: int) -> list[str]:
 
 
 def test_concurrent_scanners_in_threads_accept_each_entry_once(volume: Path) -> None:
-    queue = JobQueue(volume, settle_seconds=0)
+    queue = JobQueue(volume, settle_seconds=0, stable_seconds=0)
     ids = _drop_many(queue, 8)
     scanners = 4
     barrier = threading.Barrier(scanners)
@@ -316,7 +317,7 @@ def test_concurrent_scanners_in_threads_accept_each_entry_once(volume: Path) -> 
 
     def scan() -> None:
         try:
-            own = JobQueue(volume, settle_seconds=0)
+            own = JobQueue(volume, settle_seconds=0, stable_seconds=0)
             barrier.wait()
             results.append(own.scan_inbox())
         except BaseException as e:
@@ -339,19 +340,20 @@ def test_concurrent_scanners_in_threads_accept_each_entry_once(volume: Path) -> 
 def test_a_scanner_that_loses_the_claim_leaves_the_entry_to_the_winner(
     volume: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first, second = JobQueue(volume, settle_seconds=0), JobQueue(volume, settle_seconds=0)
+    first = JobQueue(volume, settle_seconds=0, stable_seconds=0)
+    second = JobQueue(volume, settle_seconds=0, stable_seconds=0)
     drop_folder(first, "b2", job_doc())
-    newest = queue_module._newest_mtime
+    signature = queue_module._signature
     looked: list[str] = []
     inner: list[ScanResult] = []
 
-    def second_scans_in_between(entry: Path) -> float | None:
+    def second_scans_in_between(entry: Path) -> tuple[int, int, int] | None:
         looked.append(entry.name)
         if len(looked) == 1:  # `first` has listed the entry and will claim it next
             inner.append(second.scan_inbox())
-        return newest(entry)
+        return signature(entry)
 
-    monkeypatch.setattr(queue_module, "_newest_mtime", second_scans_in_between)
+    monkeypatch.setattr(queue_module, "_signature", second_scans_in_between)
     outer = first.scan_inbox()
 
     assert accepted_ids(inner[0]) == ["b2"]
@@ -360,7 +362,7 @@ def test_a_scanner_that_loses_the_claim_leaves_the_entry_to_the_winner(
 
 
 def _scan_in_process(volume: str, start_at: float) -> list[str]:
-    queue = JobQueue(Path(volume), settle_seconds=0)
+    queue = JobQueue(Path(volume), settle_seconds=0, stable_seconds=0)
     time.sleep(max(0.0, start_at - time.time()))
     result = queue.scan_inbox()
     assert result.rejected == [], result.rejected
@@ -368,7 +370,7 @@ def _scan_in_process(volume: str, start_at: float) -> list[str]:
 
 
 def test_concurrent_scanners_in_processes_accept_each_entry_once(volume: Path) -> None:
-    queue = JobQueue(volume, settle_seconds=0)
+    queue = JobQueue(volume, settle_seconds=0, stable_seconds=0)
     ids = _drop_many(queue, 8)
     with ProcessPoolExecutor(max_workers=3, mp_context=get_context("spawn")) as pool:
         start_at = time.time() + 8  # after the workers have imported
@@ -397,7 +399,7 @@ def claimed_entries(queue: JobQueue) -> list[str]:
 def test_a_scanner_killed_between_claim_and_accept_leaves_a_claim_the_next_scan_recovers(
     volume: Path,
 ) -> None:
-    queue = JobQueue(volume, settle_seconds=0)
+    queue = JobQueue(volume, settle_seconds=0, stable_seconds=0)
     folder = drop_folder(queue, "b2", job_doc())
     age(folder, 3600)  # dropped an hour ago: only the scanner's touch keeps its claim alive
     code = (
@@ -408,7 +410,7 @@ def test_a_scanner_killed_between_claim_and_accept_leaves_a_claim_the_next_scan_
         "    print(claim.path.name, flush=True)\n"
         "    time.sleep(600)\n"
         "JobQueue._accept = stuck\n"
-        "JobQueue(Path(sys.argv[1]), settle_seconds=0).scan_inbox()\n"
+        "JobQueue(Path(sys.argv[1]), settle_seconds=0, stable_seconds=0).scan_inbox()\n"
     )
     scanner = subprocess.Popen([sys.executable, "-c", code, str(volume)], stdout=subprocess.PIPE, text=True)
     try:
@@ -443,8 +445,8 @@ def test_a_live_slow_claim_that_keeps_touching_is_never_taken_over(
     volume: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lease = 1.5
-    first = JobQueue(volume, settle_seconds=0, claim_lease_seconds=lease)
-    second = JobQueue(volume, settle_seconds=0, claim_lease_seconds=lease)
+    first = JobQueue(volume, settle_seconds=0, stable_seconds=0, claim_lease_seconds=lease)
+    second = JobQueue(volume, settle_seconds=0, stable_seconds=0, claim_lease_seconds=lease)
     folder = drop_folder(first, "b2", job_doc())
     write_speech(folder / "speech.wav", 2.5, seed=1)  # 80 kB
     age(folder, 3600)
@@ -495,7 +497,7 @@ def test_a_live_slow_claim_that_keeps_touching_is_never_taken_over(
 
 
 def test_a_claim_younger_than_the_lease_is_left_alone_and_an_older_one_shows_as_stale(volume: Path) -> None:
-    queue = JobQueue(volume, settle_seconds=0, claim_lease_seconds=60)
+    queue = JobQueue(volume, settle_seconds=0, stable_seconds=0, claim_lease_seconds=60)
     claimed = queue.folder("inbox") / ".claimed-0123456789ab-b2"
     drop_folder(queue, "b2", job_doc()).rename(claimed)  # as a scanner that stopped leaves it
     age(claimed, 30)
@@ -520,7 +522,7 @@ def test_a_recovered_entry_whose_name_was_dropped_again_gets_a_free_name(
 ) -> None:
     if not renameat2:
         monkeypatch.setattr(queue_module, "_renameat2", lambda: None)  # a filesystem without it
-    queue = JobQueue(volume, settle_seconds=5, claim_lease_seconds=60)
+    queue = JobQueue(volume, settle_seconds=5, stable_seconds=0, claim_lease_seconds=60)
     inbox = queue.folder("inbox")
     folder_claim = inbox / ".claimed-0123456789ab-b2"
     file_claim = inbox / ".claimed-ba9876543210-a1.yaml"
@@ -545,7 +547,7 @@ def test_a_recovered_entry_whose_name_was_dropped_again_gets_a_free_name(
 
 
 def test_scanners_recovering_the_same_claims_at_once_put_each_back_once(volume: Path) -> None:
-    queue = JobQueue(volume, settle_seconds=0, claim_lease_seconds=60)
+    queue = JobQueue(volume, settle_seconds=0, stable_seconds=0, claim_lease_seconds=60)
     ids = _drop_many(queue, 6)
     for entry in list(queue.folder("inbox").iterdir()):
         claimed = entry.with_name(f".claimed-0123456789ab-{entry.name}")
@@ -558,7 +560,7 @@ def test_scanners_recovering_the_same_claims_at_once_put_each_back_once(volume: 
 
     def scan() -> None:
         try:
-            own = JobQueue(volume, settle_seconds=0, claim_lease_seconds=60)
+            own = JobQueue(volume, settle_seconds=0, stable_seconds=0, claim_lease_seconds=60)
             barrier.wait()
             results.append(own.scan_inbox())
         except BaseException as e:
@@ -751,7 +753,7 @@ def test_cli_jobs_submit_and_list(volume: Path, job_file: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     assert "a1" in listed.stdout and "inbox" in listed.stdout
 
-    JobQueue(volume, settle_seconds=0).scan_inbox()
+    JobQueue(volume, settle_seconds=0, stable_seconds=0).scan_inbox()
     as_json = run_cli("jobs", "list", "--volume", str(volume), "--json")
     assert as_json.returncode == 0, as_json.stderr
     [job] = json.loads(as_json.stdout)["jobs"]
