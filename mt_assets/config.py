@@ -222,6 +222,24 @@ INBOX_CLAIM_LEASE_SECONDS: Variable[float] = _variable(
     "claimer is taken to have died); read by JobQueue(claim_lease_seconds=...).",
     "seconds > 0", _seconds, shown_default="`900`",
 )  # fmt: skip
+AUDIO_MAX_SECONDS: Variable[float] = _variable(
+    "MT_AUDIO_MAX_SECONDS", "render", 600.0,
+    "The longest audio one speaker may give, in seconds: checked from the file's header before it is "
+    "decoded, and again while decoding, since a header may lie (mt_assets/jobs/media.py).",
+    "seconds > 0", _seconds, shown_default="`600`",
+)  # fmt: skip
+AUDIO_MIN_SAMPLE_RATE: Variable[int] = _variable(
+    "MT_AUDIO_MIN_SAMPLE_RATE", "render", 8000,
+    "The lowest sample rate, in Hz, a speaker's audio may have, checked from the header (resampling "
+    "a 1 Hz file to 16 kHz multiplies it 16000 times).",
+    "a positive whole number", _count,
+)  # fmt: skip
+IMAGE_MAX_PIXELS: Variable[int] = _variable(
+    "MT_IMAGE_MAX_PIXELS", "render", 50_000_000,
+    "The most pixels (width x height) `cond_image` may have, checked from the header before it is "
+    "decoded (a small PNG can hold a huge image).",
+    "a positive whole number", _count,
+)  # fmt: skip
 
 # Render jobs: their files and folders come from anyone who can write to jobs/inbox/
 JOB_MAX_BYTES: Variable[int] = _variable(

@@ -1,8 +1,10 @@
 """A job's media decoded and checked against the job: the image, and the speakers prepared.
 
 What `parse_job(..., check_media=True)` and every render call before conditioning: a missing or
-undecodable file, speakers that cannot be mixed, audio too short for `frames` and a box outside the
-image are reported here, naming the field, rather than minutes into a render.
+undecodable file, media over a limit (MT_IMAGE_MAX_PIXELS, MT_AUDIO_MAX_SECONDS,
+MT_AUDIO_MIN_SAMPLE_RATE: see media.py), speakers that cannot be mixed, audio too short for `frames`
+and a box outside the image are reported here, naming the field, rather than minutes into a render.
+A MemoryError is reported the same way, never as a traceback.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ class JobMedia:
     audio: PreparedAudio
 
 
-
 def load_job_media(job: RenderJob) -> JobMedia:
     """Decode the image and audio, prepare the speakers, and check them against the job.
 
-    Raises JobError naming the field: a missing or undecodable image or audio, 'para' speakers of
-    different lengths, audio that does not give MORE audio frames than `frames` (the reference
-    asserts it, in streaming mode for the first clip), and a bbox that misses the image entirely.
+    Raises JobError naming the field: a missing or undecodable image or audio, media over a limit
+    (checked from the header, before decoding), 'para' speakers of different lengths, audio that
+    does not give MORE audio frames than `frames` (the reference asserts it, in streaming mode for
+    the first clip), and a bbox that misses the image entirely.
     """
     try:
         image = load_image(job.cond_image)
@@ -55,6 +57,10 @@ def load_job_media(job: RenderJob) -> JobMedia:
             audio = prepare_multi(waves[0], waves[1], job.audio_type, sources=(names[0], names[1]))
     except AudioError as e:
         raise JobError(job.source, "cond_audio", str(e)) from None
+    except MemoryError:
+        raise JobError(
+            job.source, "cond_audio", f"{', '.join(names)}: not enough memory to mix them"
+        ) from None
 
     if audio.num_frames <= job.frames:
         # The fewest samples that give frames + 1 audio frames, counted the reference's way

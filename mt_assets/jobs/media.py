@@ -35,10 +35,27 @@ Decoding:
 
     load_image   PNG, JPEG or WebP; the EXIF orientation is applied (a phone photo comes out upright,
                  which the reference's plain Image.open does not do); RGB (alpha is dropped)
-    load_audio   mono float32 at 16 kHz. WAV/FLAC/MP3/OGG through libsndfile (`load_waveform`: a
+    load_audio   mono float32 at 16 kHz. WAV/FLAC/MP3/OGG through libsndfile (`read_sound_file`: a
                  16-bit PCM file gives int16 / 32768, as librosa.load does); M4A/AAC and the audio
                  track of MP4/MOV/MKV/WebM through PyAV (FFmpeg). Channels are averaged and other
                  rates resampled exactly as `load_waveform` does for either.
+
+Limits, so that a small file cannot ask for gigabytes (a 2 MB FLAC can hold 10 hours of silence, a
+140 KB PNG 12000x12000 pixels, a WAV can say 1 Hz and be resampled 16000-fold). Each is checked from
+the header, before a sample or pixel is decoded; a refusal is a MediaLimitError naming the limit:
+
+    image  at most MT_IMAGE_MAX_PIXELS pixels (50 million); Pillow's own decompression-bomb error
+           (over 2 x PIL.Image.MAX_IMAGE_PIXELS, raised while the header is read) is reported the same way
+    audio  at most MT_AUDIO_MAX_SECONDS (600 s) per speaker; a sample rate of at least
+           MT_AUDIO_MIN_SAMPLE_RATE (8000 Hz) and at most MAX_SAMPLE_RATE; at most MAX_CHANNELS channels.
+           Decoding goes block by block, mixed down to mono as it comes, and stops once it is past
+           the duration limit, whatever the header said: a container's duration may lie, and a raw
+           stream's (ADTS AAC, MP3) is FFmpeg's guess from the bitrate, so it is not used to refuse.
+           Memory is then the mono samples, at most MT_AUDIO_MAX_SECONDS at the file's own rate, as
+           float32 and as float64 while resampling (measured at 600 s: 0.43 GB at 48 kHz, 1.46 GB
+           at 192 kHz, over the ~130 MB the process starts with).
+
+A MemoryError while decoding becomes a MediaError too: no traceback reaches the user.
 """
 
 from __future__ import annotations
@@ -47,13 +64,16 @@ import base64
 import binascii
 import contextlib
 import ipaddress
+import math
 import mimetypes
 import re
 import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -68,7 +88,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from mt_assets import config
 from mt_assets.sources.base import SourceError
 from mt_assets.sources.s3 import parse_s3_uri
-from mt_assets.waveform import SAMPLE_RATE, AudioError, load_waveform
+from mt_assets.waveform import SAMPLE_RATE, AudioError, AudioTooLong, load_waveform, read_sound_file, to_mono
 
 VOLUME_PREFIX = "volume:"
 S3_PREFIX = "s3://"
@@ -82,10 +102,73 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 # Containers libsndfile cannot read: go straight to PyAV (anything else tries libsndfile first).
 _AV_SUFFIXES = {".m4a", ".aac", ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".3gp"}
 _READ_BLOCK = 1024 * 1024
+MAX_SAMPLE_RATE = 192_000  # Hz: the highest studio rate; each allowed second costs memory at this rate
+MAX_CHANNELS = 8  # 7.1 at most: speech needs one
+# Samples a codec may add to what its container says (AAC priming and padding: 1024-2048).
+_CODEC_SLACK_FRAMES = 8192
+# FFmpeg formats whose duration is written in the file (an index, a sample count, a size). For the
+# others, raw streams above all (ADTS AAC, MP3, AC-3), FFmpeg guesses the duration from the bitrate
+# (a file that starts silent is guessed many times too long), so only decoded samples count there.
+_DURATION_WRITTEN = frozenset(
+    ["mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "ogg", "flac", "wav", "w64"]
+)
 
 
 class MediaError(ValueError):
     """A media reference that cannot be used: the message names the reference and what is wrong."""
+
+
+class MediaLimitError(MediaError):
+    """Media refused for what decoding it would cost (too long, too many pixels, ...); the message
+    names the limit and the variable that sets it. No other decoder is tried."""
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    """What one speaker's audio may be: checked from the header, and the duration again while decoding."""
+
+    max_seconds: float = config.AUDIO_MAX_SECONDS.default
+    min_rate: int = config.AUDIO_MIN_SAMPLE_RATE.default
+    max_rate: int = MAX_SAMPLE_RATE
+    max_channels: int = MAX_CHANNELS
+
+    @classmethod
+    def from_env(cls, env: config.Env | None = None) -> AudioLimits:
+        """MT_AUDIO_MAX_SECONDS and MT_AUDIO_MIN_SAMPLE_RATE (ConfigError if either is malformed)."""
+        return cls(
+            max_seconds=config.AUDIO_MAX_SECONDS.read(env), min_rate=config.AUDIO_MIN_SAMPLE_RATE.read(env)
+        )
+
+    def check_header(self, ref: str, rate: int | None, channels: int | None, seconds: float | None) -> None:
+        """Raise MediaLimitError for what the header says (None: it does not say)."""
+        if rate:
+            self.check_rate(ref, rate)
+        if channels and channels > self.max_channels:
+            raise MediaLimitError(f"{ref} has {channels} channels; at most {self.max_channels} are taken")
+        if seconds is not None and seconds > self.max_seconds:
+            raise MediaLimitError(
+                f"{ref} is {seconds:.1f} s long; the limit is {self.max_seconds:g} s per speaker "
+                f"({config.AUDIO_MAX_SECONDS.name})"
+            )
+
+    def check_rate(self, ref: str, rate: int) -> None:
+        if rate < self.min_rate:
+            raise MediaLimitError(
+                f"{ref} is sampled at {rate} Hz; the lowest rate taken is {self.min_rate} Hz "
+                f"({config.AUDIO_MIN_SAMPLE_RATE.name})"
+            )
+        if rate > self.max_rate:
+            raise MediaLimitError(
+                f"{ref} is sampled at {rate} Hz; the highest rate taken is {self.max_rate} Hz"
+            )
+
+    def too_long(self, ref: str, header_seconds: float | None) -> MediaLimitError:
+        """The refusal of a file found longer than the limit while decoding."""
+        said = "nothing about its length" if header_seconds is None else f"{header_seconds:.1f} s"
+        return MediaLimitError(
+            f"{ref}: more than {self.max_seconds:g} s of audio decoded (its header says {said}); the "
+            f"limit is {self.max_seconds:g} s per speaker ({config.AUDIO_MAX_SECONDS.name})"
+        )
 
 
 # --- where a reference points -------------------------------------------------------------------
@@ -375,74 +458,182 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
 # --- decoding -----------------------------------------------------------------------------------
 
 
-def load_image(ref: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> PIL.Image.Image:
+def load_image(
+    ref: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES, max_pixels: int | None = None
+) -> PIL.Image.Image:
     """The image at `ref` (a resolved path or s3:// URI): EXIF orientation applied, RGB.
 
-    Raises MediaError if it is missing, not a PNG/JPEG/WebP, or cannot be decoded.
+    Raises MediaLimitError for an image of more than `max_pixels` pixels (None: MT_IMAGE_MAX_PIXELS),
+    read from the header before anything is decoded; MediaError if it is missing, not a PNG/JPEG/WebP,
+    or cannot be decoded.
     """
+    if max_pixels is None:
+        max_pixels = _configured(config.IMAGE_MAX_PIXELS, "image", ref)
     with _local(ref, "image", max_bytes) as path:
         try:
-            with PIL.Image.open(path, formats=IMAGE_FORMATS) as image:
+            with warnings.catch_warnings():
+                # Pillow warns on stderr past PIL.Image.MAX_IMAGE_PIXELS (89 million); our own limit,
+                # checked next with the size in hand, is the one that stands.
+                warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+                opened = PIL.Image.open(path, formats=IMAGE_FORMATS)  # the header only, not the pixels
+            with opened as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise MediaLimitError(
+                        f"{ref} is {width}x{height} ({width * height / 1e6:.1f} megapixels); the limit is "
+                        f"{max_pixels / 1e6:.1f} megapixels ({config.IMAGE_MAX_PIXELS.name})"
+                    )
                 image.load()
                 upright = PIL.ImageOps.exif_transpose(image)
                 return upright.convert("RGB")
         except PIL.UnidentifiedImageError:
             raise MediaError(f"image {ref}: not a PNG, JPEG or WebP image") from None
-        except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as e:
+        except PIL.Image.DecompressionBombError as e:
+            raise _pillow_bomb(ref, e, max_pixels) from None
+        except MemoryError:
+            raise MediaError(f"image {ref}: not enough memory to decode it") from None
+        except (OSError, ValueError, SyntaxError) as e:
+            if isinstance(e, MediaError):
+                raise
             raise MediaError(f"image {ref}: cannot be decoded: {_first_line(e)}") from None
 
 
-def load_audio(ref: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> np.ndarray:
+def _pillow_bomb(ref: str, error: Exception, max_pixels: int) -> MediaLimitError:
+    """Pillow's refusal while reading the header (over 2 x PIL.Image.MAX_IMAGE_PIXELS), said as ours."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    pixels = int(found[1]) if found else None
+    if pixels is not None and pixels > max_pixels:
+        return MediaLimitError(
+            f"{ref} has {pixels / 1e6:.1f} megapixels; the limit is {max_pixels / 1e6:.1f} megapixels "
+            f"({config.IMAGE_MAX_PIXELS.name})"
+        )
+    return MediaLimitError(
+        f"{ref}: Pillow refuses it as a decompression bomb ({_first_line(error)}); "
+        f"{config.IMAGE_MAX_PIXELS.name} does not lift Pillow's own limit"
+    )
+
+
+def load_audio(
+    ref: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES, limits: AudioLimits | None = None
+) -> np.ndarray:
     """Mono float32 samples at 16 kHz from `ref` (a resolved path or s3:// URI).
 
-    Raises MediaError if it is missing, has no audio track, or cannot be decoded.
+    Raises MediaLimitError for audio over `limits` (None: AudioLimits.from_env()): too long, a sample
+    rate too low or too high, too many channels; from the header before decoding, and the duration
+    again while decoding. MediaError if it is missing, has no audio track, or cannot be decoded.
     """
-    with _local(ref, "audio", max_bytes) as path:
-        if path.suffix.lower() in _AV_SUFFIXES:
-            return _decode_with_av(path, ref)
+    if limits is None:
         try:
-            return load_waveform(path, SAMPLE_RATE)
-        except AudioError as sndfile_error:
-            # Not something libsndfile reads (an .mp3 without a frame sync, an .ogg with opus, ...):
-            # FFmpeg decodes more. Report both reasons if neither can.
+            limits = AudioLimits.from_env()
+        except config.ConfigError as e:
+            raise MediaError(f"audio {ref}: {e}") from None
+    with _local(ref, "audio", max_bytes) as path:
+        try:
+            if path.suffix.lower() in _AV_SUFFIXES:
+                return _decode_with_av(path, ref, limits)
             try:
-                return _decode_with_av(path, ref)
-            except MediaError as av_error:
-                if "no audio track" in str(av_error):
+                return _decode_with_sndfile(path, ref, limits)
+            except MediaLimitError:
+                raise
+            except AudioError as sndfile_error:
+                # Not something libsndfile reads (an .mp3 without a frame sync, an .ogg with opus, a
+                # FLAC that does not give its length, ...): FFmpeg decodes more. Report both reasons
+                # if neither can.
+                try:
+                    return _decode_with_av(path, ref, limits)
+                except MediaLimitError:
                     raise
-                raise MediaError(
-                    f"audio {ref}: cannot be decoded (libsndfile: {_after_colon(sndfile_error)}; "
-                    f"FFmpeg: {_after_colon(av_error)})"
-                ) from None
+                except MediaError as av_error:
+                    if "no audio track" in str(av_error):
+                        raise
+                    raise MediaError(
+                        f"audio {ref}: cannot be decoded (libsndfile: {_after_colon(sndfile_error)}; "
+                        f"FFmpeg: {_after_colon(av_error)})"
+                    ) from None
+        except MemoryError:
+            raise MediaError(
+                f"audio {ref}: not enough memory to decode it (the limit is {limits.max_seconds:g} s per "
+                f"speaker, {config.AUDIO_MAX_SECONDS.name})"
+            ) from None
 
 
-def _decode_with_av(path: Path, ref: str) -> np.ndarray:
-    """The first audio track of a container, decoded with FFmpeg, then mono + 16 kHz as load_waveform does."""
+def _decode_with_sndfile(path: Path, ref: str, limits: AudioLimits) -> np.ndarray:
+    """libsndfile's decode: the header checked first, then read block by block up to the limit."""
+
+    def check(rate: int, channels: int, seconds: float | None) -> None:
+        limits.check_header(ref, rate, channels, seconds)
+
+    try:
+        wave, rate = read_sound_file(path, max_seconds=limits.max_seconds, header=check)
+    except AudioTooLong as e:
+        raise limits.too_long(ref, e.header_seconds) from None
+    if len(wave) == 0:
+        raise AudioError(f"audio {ref}: has no samples")
+    return load_waveform(wave, SAMPLE_RATE, source_sr=rate)
+
+
+def _decode_with_av(path: Path, ref: str, limits: AudioLimits) -> np.ndarray:
+    """The first audio track of a container, decoded with FFmpeg, then mono + 16 kHz as load_waveform does.
+
+    The header (rate, channels, duration where the format writes one) is checked before decoding;
+    then frames are mixed down as they come and decoding stops past the duration limit."""
     try:
         with av.open(str(path), mode="r") as container:
             if not container.streams.audio:
                 kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
                 raise MediaError(f"audio {ref}: has no audio track ({kinds})")
             stream = container.streams.audio[0]
+            said = _written_seconds(container, stream)
+            limits.check_header(ref, stream.rate, stream.channels, said)
             # Planar float at the stream's own rate and layout: one row per channel.
             resampler = av.AudioResampler(format="fltp")
-            blocks: list[np.ndarray] = []
+            parts: list[np.ndarray] = []
             rate = stream.rate
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    blocks.append(out.to_ndarray())
+            decoded, most = 0, None
+            for out in _resampled(container.decode(stream), resampler):
+                if most is None:  # the rate of the first frame is every frame's (the resampler's)
                     rate = out.sample_rate
-            for out in resampler.resample(None):
-                blocks.append(out.to_ndarray())
+                    limits.check_rate(ref, rate)
+                    most = math.ceil(limits.max_seconds * rate) + _CODEC_SLACK_FRAMES
+                decoded += out.samples
+                if decoded > most:
+                    raise limits.too_long(ref, said)
+                # [channels, samples] -> [samples, channels], mixed down row by row as load_waveform does
+                parts.append(to_mono(np.ascontiguousarray(out.to_ndarray().T)))
     except av.error.FFmpegError as e:
         raise MediaError(f"audio {ref}: cannot be decoded: {_first_line(e)}") from None
-    if not blocks or sum(b.shape[1] for b in blocks) == 0:
+    if decoded == 0:
         raise MediaError(f"audio {ref}: the audio track has no samples")
-    data = np.concatenate(blocks, axis=1).T.astype(np.float32, copy=False)  # [samples, channels]
+    wave = np.concatenate(parts)
+    del parts
     try:
-        return load_waveform(np.ascontiguousarray(data), SAMPLE_RATE, source_sr=int(rate))
+        return load_waveform(wave, SAMPLE_RATE, source_sr=int(rate))
     except AudioError as e:
         raise MediaError(f"audio {ref}: {e}") from None
+
+
+def _resampled(frames: Iterator[av.AudioFrame], resampler: av.AudioResampler) -> Iterator[av.AudioFrame]:
+    for frame in frames:
+        yield from resampler.resample(frame)
+    yield from resampler.resample(None)
+
+
+def _written_seconds(container: Any, stream: Any) -> float | None:
+    """The duration a container writes down for `stream`, in seconds; None where FFmpeg would guess it."""
+    if not set(container.format.name.split(",")) & _DURATION_WRITTEN:
+        return None
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return None
+
+
+def _configured(variable: config.Variable[int], what: str, ref: str) -> int:
+    try:
+        return variable.read()
+    except config.ConfigError as e:
+        raise MediaError(f"{what} {ref}: {e}") from None
 
 
 @contextlib.contextmanager
