@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mt_assets.jobs.media import S3_PREFIX, VOLUME_PREFIX
+from mt_assets.jobs.media import S3_PREFIX, VOLUME_PREFIX, shown_ref
 from mt_assets.jobs.outputs import OUTPUTS_DIR
 
 RETURN_VOLUME, RETURN_S3 = "volume", "s3"
@@ -75,7 +75,7 @@ def worker_input(
         )
 
     if output_s3 is not None and not output_s3.startswith(S3_PREFIX):
-        raise WorkerIOError(f"MT_OUTPUT_S3: expected s3://bucket/prefix, got {output_s3!r}")
+        raise WorkerIOError(f"MT_OUTPUT_S3: expected s3://bucket/prefix, got {shown_ref(output_s3)!r}")
     doc = dict(job)
     doc["cond_image"] = portable("cond_image", doc.get("cond_image"))
     doc["cond_audio"] = {

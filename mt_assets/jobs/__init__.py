@@ -7,6 +7,7 @@
                    and decoded
     audio_prep.py  one or two speakers: loudness per speaker, `para`/`add` mixing, the muxed track
     decode.py      a job's media decoded and checked against the job
+    hashes.py      the sha256 and size of a job's media (job.json's `media`; a retry is compared by it)
     outputs.py     where a render's output goes (outputs/<id>/)
     queue.py       the queue on the volume: inbox, queued, rendering, done, failed, rejected
 

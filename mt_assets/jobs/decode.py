@@ -1,5 +1,7 @@
 """A job's media decoded and checked against the job: the image, and the speakers prepared.
 
+The sha256 and size of the bytes decoded come with them (`JobMedia.files`, job.json's `media`).
+
 What `parse_job(..., check_media=True)` and every render call before conditioning: a missing or
 undecodable file, media over a limit (MT_IMAGE_MAX_PIXELS, MT_AUDIO_MAX_SECONDS,
 MT_AUDIO_MIN_SAMPLE_RATE: see media.py), speakers that cannot be mixed, audio too short for `frames`
@@ -10,12 +12,14 @@ A MemoryError is reported the same way, never as a traceback.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import PIL.Image
 
 from mt_assets.jobs.audio_prep import PreparedAudio, prepare_multi, prepare_single
+from mt_assets.jobs.hashes import decoded, media_section
 from mt_assets.jobs.media import MediaError, load_audio, load_image
 from mt_assets.jobs.schema import SPEAKERS, JobError, RenderJob, format_number
 from mt_assets.waveform import FPS, SAMPLE_RATE, AudioError, num_audio_frames
@@ -23,11 +27,12 @@ from mt_assets.waveform import FPS, SAMPLE_RATE, AudioError, num_audio_frames
 
 @dataclass(frozen=True)
 class JobMedia:
-    """A job's decoded media: the conditioning image (RGB, upright) and the prepared speakers."""
+    """A job's decoded media: the conditioning image (RGB, upright) and the prepared speakers, and
+    the sha256 and size of the bytes decoded (job.json's `media` section: hashes.py)."""
 
     image: PIL.Image.Image
     audio: PreparedAudio
-
+    files: dict[str, Any] = field(default_factory=dict)
 
 def load_job_media(job: RenderJob) -> JobMedia:
     """Decode the image and audio, prepare the speakers, and check them against the job.
@@ -38,16 +43,19 @@ def load_job_media(job: RenderJob) -> JobMedia:
     the first clip), and a bbox that misses the image entirely.
     """
     try:
-        image = load_image(job.cond_image)
+        image, image_file = decoded(job.cond_image, load_image)
     except MediaError as e:
         raise JobError(job.source, "cond_image", str(e)) from None
 
     waves: list[np.ndarray | None] = []
+    audio_files: list[dict[str, Any] | None] = []
     for name, ref in zip(SPEAKERS, job.cond_audio, strict=False):
         try:
-            waves.append(None if ref is None else load_audio(ref))
+            wave, audio_file = (None, None) if ref is None else decoded(ref, load_audio)
         except MediaError as e:
             raise JobError(job.source, f"cond_audio.{name}", str(e)) from None
+        waves.append(wave)
+        audio_files.append(audio_file)
     names = [f"{name} {ref}" for name, ref in zip(SPEAKERS, job.cond_audio, strict=False)]
     try:
         if len(waves) == 1:
@@ -88,4 +96,4 @@ def load_job_media(job: RenderJob) -> JobMedia:
                     f"{image.width}x{image.height} image (x counts rows 0..{image.height}, y columns "
                     f"0..{image.width}, as in the reference)",
                 )
-    return JobMedia(image=image, audio=audio)
+    return JobMedia(image=image, audio=audio, files=media_section(image_file, audio_files))

@@ -77,7 +77,7 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import av
 import numpy as np
@@ -222,6 +222,11 @@ def resolve_media(
 
 def parse_s3_ref(ref: str) -> tuple[str, str]:
     """(bucket, key) of `s3://bucket/key`. Raises MediaError naming what is wrong."""
+    if "?" in ref or "#" in ref:  # parse_s3_uri refuses them too, but its message would show them
+        raise MediaError(
+            f"{shown_ref(ref)!r}: an s3:// URI has no query string or fragment (a presigned URL is an "
+            "https:// URL; s3:// objects are read with the AWS_* credentials)"
+        )
     try:
         bucket, key = parse_s3_uri(ref)
     except SourceError as e:
@@ -243,28 +248,32 @@ def is_remote(ref: str) -> bool:
     return isinstance(ref, str) and ref[:8].lower().startswith(_REMOTE_PREFIXES)
 
 
-def shown_ref(ref: str) -> str:
-    """`ref` as messages and logs may show it: no query string, no user:password@, no data: payload.
+_URL_LIKE = re.compile(r"(?i)^[a-z][a-z0-9+.-]*://")
 
-    A presigned URL's signature lives in its query string, so the query is replaced by '?…'; a data:
-    URI is cut to its media type and length.
+
+def shown_ref(ref: str) -> str:
+    """`ref` as messages and logs may show it: the one way a reference (a media reference, a URL,
+    an s3:// URI, MT_OUTPUT_S3, an endpoint) is shown to anyone.
+
+    Of any URL (scheme://...: https, http, s3, ...) the query string (a presigned URL's signature
+    lives there) is replaced by '?…', a fragment dropped and user:password@ replaced by '***@'; a
+    data: URI is cut to its media type and length. Anything else (paths, volume:) is shown as it is.
     """
     if not isinstance(ref, str):
         return repr(ref)
-    lowered = ref[:8].lower()
-    if lowered.startswith(DATA_PREFIX):
+    if ref[:5].lower() == DATA_PREFIX:
         head = ref.split(",", 1)[0][:80]
         return f"{head},… ({len(ref)} characters)"
-    if lowered.startswith(("https://", "http://")) or (S3_PREFIX in lowered and "@" in ref):
-        try:
-            parts = urlsplit(ref)
-        except ValueError:
-            return ref.split("?", 1)[0].split("#", 1)[0]
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        if netloc != parts.netloc:
-            netloc = "***@" + netloc
-        return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
-    return ref
+    if not _URL_LIKE.match(ref):
+        return ref
+    # By hand rather than urlsplit/urlunsplit, so that what is left is shown exactly as given.
+    scheme, rest = ref.split("://", 1)
+    cut = re.search(r"[?#]", rest)
+    query = cut is not None and cut.group() == "?"
+    authority, slash, path = (rest[: cut.start()] if cut else rest).partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}://{authority}{slash}{path}{'?…' if query else ''}"
 
 
 def remote_suffix(ref: str) -> str:
@@ -718,13 +727,8 @@ def _bucket_exists(client: object, bucket: str) -> bool:
 
 
 def endpoint_shown(endpoint: str | None) -> str:
-    """An endpoint URL as messages may show it (no user:secret@)."""
-    if not endpoint:
-        return "AWS default"
-    parts = urlsplit(endpoint)
-    if "@" not in parts.netloc:  # user:secret@host would show a credential
-        return endpoint
-    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+    """An endpoint URL as messages may show it (`shown_ref`: no user:secret@, no query)."""
+    return shown_ref(endpoint) if endpoint else "AWS default"
 
 
 def _first_line(e: BaseException) -> str:

@@ -162,6 +162,7 @@ class RenderedVideo:
     plan: StreamPlan
     target_hw: tuple[int, int]
     timings: Timings
+    media_files: dict[str, Any] = field(default_factory=dict)  # JobMedia.files: job.json's `media`
 
 
 def make_denoiser(
@@ -537,4 +538,4 @@ class MultiTalkRenderer:
             )
         progress.finish("steps")
         progress.finish("clips")
-        return RenderedVideo(video, media.audio, plan, target_hw, timings)
+        return RenderedVideo(video, media.audio, plan, target_hw, timings, media.files)

@@ -1,10 +1,11 @@
 """One job, end to end: check where its output goes, render, write the mp4 and its record.
 
-The record (`job.json` beside `video.mp4`) holds the job as given, every effective setting, how the
-renderer was built (`renderer`: device, dtype, TF32, load strategy, repacks read), the profile and
-the sha256 of every model file the render loaded (from the manifest, which the audit checked against
-the volume before the components were loaded), seconds per stage and per step, and the video's own
-sha256 (added by `video.write_render_output`). The CLI, the Dagster `renders` asset and the RunPod
+The record (`job.json` beside `video.mp4`) holds the job as given, the sha256 and size of its media as
+decoded (`media`: mt_assets.jobs.hashes), every effective setting, how the renderer was built
+(`renderer`: device, dtype, TF32, load strategy, repacks read), the profile and the sha256 of every
+model file the render loaded (from the manifest, which the audit checked against the volume before
+the components were loaded), seconds per stage and per step, and the video's own sha256 (added by
+`video.write_render_output`). The CLI, the Dagster `renders` asset and the RunPod
 worker all call `render_job`, with a renderer from `MultiTalkRenderer.from_volume`.
 """
 
@@ -80,6 +81,7 @@ def render_record(
     steps = rendered.timings.steps
     return {
         "job": job.to_json(),
+        "media": rendered.media_files,
         "settings": {
             "width": width,
             "height": height,

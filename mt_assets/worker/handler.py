@@ -4,7 +4,9 @@
 `Worker` that `startup()` made; `python -m mt_assets.worker` hands it to the SDK. The steps:
 
     parse_request   the input as a render job (request.py): every field checked, nothing fetched
-    finished?       `<volume>/outputs/<id>/` there already: return it (a job delivered twice)
+    finished?       `<volume>/outputs/<id>/` there already, from a job with the same settings: its
+                    media fetched and hashed, and if they are the same bytes as its job.json's
+                    `media`, it is returned (a job delivered twice); otherwise refused (outputs.py)
     fetch_media     https and data: references into a scratch folder
     load_job_media  image and audio decoded and checked against the job
     render_job      the render, written to <volume>/outputs/<id>/ (mt_assets.render.run), one
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mt_assets.jobs.decode import load_job_media
+from mt_assets.jobs.hashes import job_media_hashes
 from mt_assets.jobs.outputs import OutputExists
 from mt_assets.jobs.schema import JobError
 from mt_assets.render.pipeline import RenderError
@@ -80,8 +83,15 @@ def _handle(job: Mapping[str, Any], worker: Worker, runpod_id: str, notify: Noti
             output_s3=settings.output_s3,
         )
         rjob = request.job
-        # Before any media is fetched: a retry of a finished job costs a stat and a small read.
-        response = None if rjob.rerender else finished_output(out_dir, rjob)
+
+        def media_hashes() -> dict[str, Any]:
+            # Called only for a finished render with the same settings: it is returned (same media)
+            # or the job refused (other media), so nothing is fetched twice.
+            fetch_media(request, max_bytes=settings.max_media_bytes, timeout=settings.media_timeout)
+            return job_media_hashes(rjob)
+
+        # Nothing is fetched before this: a new id costs a stat, a retry with other settings a small read.
+        response = None if rjob.rerender else finished_output(out_dir, rjob, media_hashes)
         reused = response is not None
         if response is None:
             fetch_media(request, max_bytes=settings.max_media_bytes, timeout=settings.media_timeout)
@@ -102,7 +112,7 @@ def _handle(job: Mapping[str, Any], worker: Worker, runpod_id: str, notify: Noti
                 response = result.to_json()
             except OutputExists:
                 # Another worker finished the same job meanwhile (RunPod delivered it twice at once).
-                response = finished_output(out_dir, rjob)
+                response = finished_output(out_dir, rjob, lambda: media.files)
                 if response is None:
                     raise
                 reused = True

@@ -3,7 +3,9 @@
 Every render is written to `<volume>/outputs/<id>/` first (video.mp4, poster.png, job.json;
 atomically: mt_assets.render.video), which is also how a job delivered twice is recognised: a
 finished `<id>/` is returned as it is (`reused: true`) instead of rendering again, unless the job
-says `rerender: true`. Then, by `return_video`:
+says `rerender: true`. The finished render must be of the same job: every setting equal, and the
+media the same bytes (their sha256 against job.json's `media`; the paths may differ); otherwise the
+job is refused naming what differs. Then, by `return_video`:
 
     volume   nothing more: the paths are in the response
     s3       video.mp4, poster.png and job.json uploaded to <MT_OUTPUT_S3>/<id>/ (boto3; endpoint,
@@ -27,6 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mt_assets import config
+from mt_assets.jobs.hashes import media_differences
 from mt_assets.jobs.media import endpoint_shown
 from mt_assets.jobs.schema import JobError, RenderJob
 from mt_assets.render.video import FPS, JOB_JSON_NAME, POSTER_NAME, VIDEO_NAME
@@ -42,7 +46,7 @@ from mt_assets.sources.s3 import parse_s3_uri
 log = logging.getLogger("mt_assets.worker")
 
 MAX_INLINE_VIDEO_BYTES = 10 * 1024**2  # 13.3 MB as base64: under RunPod's 20 MB /runsync payload
-MEDIA_FIELDS = ("cond_image", "cond_audio")  # fetched media land in a scratch folder: paths differ
+MEDIA_FIELDS = ("cond_image", "cond_audio")  # compared by their sha256: a fetched medium's path differs
 _CONTENT_TYPES = {VIDEO_NAME: "video/mp4", POSTER_NAME: "image/png", JOB_JSON_NAME: "application/json"}
 _RESPONSE_KEYS = {VIDEO_NAME: "video", POSTER_NAME: "poster", JOB_JSON_NAME: "job_json"}
 
@@ -51,12 +55,20 @@ class OutputError(RuntimeError):
     """The render is on the volume but cannot be delivered as asked; the message says where it is."""
 
 
-def finished_output(out_dir: Path, job: RenderJob) -> dict[str, Any] | None:
+def finished_output(
+    out_dir: Path, job: RenderJob, media: Callable[[], Mapping[str, Any]]
+) -> dict[str, Any] | None:
     """The response of a finished render of `job.id` in `out_dir`, or None when there is none.
 
-    Raises JobError naming the first setting that differs when the render there was made with
-    other settings (another job that reuses the id): returning its video would be wrong; OutputError
-    when its job.json cannot be read.
+    `media` gives the job's media hashes (job.json's `media` section: mt_assets.jobs.hashes); it is
+    called only when a render of the same id with the same settings is there, so a retry whose
+    settings differ fetches nothing. The media are compared by content: the same bytes at another
+    path (a fetched medium's scratch path differs every time) are the same media.
+
+    Raises JobError naming the first setting or medium that differs when the render there was made
+    from another job that reuses the id (returning its video would be wrong), or naming none when its
+    job.json records no media hashes (a render from before they were recorded); OutputError when its
+    job.json cannot be read.
     """
     folder = out_dir / job.id
     record_path = folder / JOB_JSON_NAME
@@ -66,7 +78,8 @@ def finished_output(out_dir: Path, job: RenderJob) -> dict[str, Any] | None:
         record = json.loads(record_path.read_text(encoding="utf-8"))
         response = response_from_record(folder, record)
         before = dict(record["job"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        media_before = record.get("media")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise OutputError(
             f"output {folder} exists but its {JOB_JSON_NAME} cannot be read ({type(e).__name__}: {e}); "
             "set rerender: true in the job to replace it"
@@ -75,13 +88,33 @@ def finished_output(out_dir: Path, job: RenderJob) -> dict[str, Any] | None:
         if name in MEDIA_FIELDS or name == "rerender":
             continue
         if before.get(name) != value:
-            raise JobError(
-                job.source,
-                name,
-                f"output {folder} exists from a job with the same id and {name} {before.get(name)!r} "
-                f"(this job: {value!r}); give another id, or set rerender: true to replace it",
-            )
+            raise JobError(job.source, name, _differs(folder, name, repr(before.get(name)), repr(value)))
+    if not isinstance(media_before, Mapping):
+        raise JobError(
+            job.source,
+            None,
+            f"output {folder} exists from a job with the same id, but its {JOB_JSON_NAME} records no "
+            "sha256 of its media (an older render), so this job's media cannot be compared with them; "
+            "give another id, or set rerender: true to replace it",
+        )
+    differences = media_differences(media_before, media())
+    if differences:
+        field, sha_before, sha_now = differences[0]
+        raise JobError(
+            job.source, field, _differs(folder, f"{field} sha256", _short(sha_before), _short(sha_now))
+        )
     return response
+
+
+def _differs(folder: Path, what: str, before: str, now: str) -> str:
+    return (
+        f"output {folder} exists from a job with the same id and {what} {before} (this job: {now}); "
+        "give another id, or set rerender: true to replace it"
+    )
+
+
+def _short(sha256: str | None) -> str:
+    return "none (silent)" if sha256 is None else f"{sha256[:12]}…"
 
 
 def response_from_record(folder: Path, record: dict[str, Any]) -> dict[str, Any]:

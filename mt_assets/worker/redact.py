@@ -7,12 +7,14 @@ worker (`RedactingFilter`). It replaces
                                                  (AWS_SECRET_ACCESS_KEY, AWS_ACCESS_KEY_ID,
                                                  AWS_SESSION_TOKEN, HF_TOKEN, RUNPOD_API_KEY, ...),
                                                  values of 6+ characters, by '***'
-    the query string of any http(s) URL           by '?…' (a presigned URL's signature lives there)
-    user:password@ in any URL                     by '***@'
-    the payload of a data: URI                    by '…'
+    every URL and data: URI in the text           by `shown_ref` (mt_assets.jobs.media) of it: a
+                                                 query string by '?…' (a presigned URL's signature
+                                                 lives there), user:password@ by '***@', a data:
+                                                 URI cut to its media type and length
 
-Messages are built from `shown_ref` (mt_assets.jobs.media) in the first place; this is the
-second line, for text that comes from libraries.
+`shown_ref` is the one way a reference is shown: messages are built from it in the first place;
+this is the second line, for text that comes from libraries, and it finds references in free text
+only to hand each to `shown_ref`.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ import os
 import re
 from collections.abc import Mapping
 
+from mt_assets.jobs.media import shown_ref
+
 _SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.IGNORECASE)
 _NOT_SECRET = {"HF_HUB_DISABLE_IMPLICIT_TOKEN", "TOKENIZERS_PARALLELISM"}  # names that only look like it
 _MIN_SECRET_CHARS = 6  # shorter values ('1', 'true') would mask ordinary words
-# The query up to whitespace, a quote or the end, leaving trailing punctuation (': ' after a URL in
-# a message) alone; a query already shown as '?…' is left as it is.
-_URL_QUERY = re.compile(r"""(?i)\b(https?://[^\s?#"'<>]*)\?(?!…)[^\s"'<>]*?(?=[:,;.)\]]*(?:[\s"'<>]|$))""")
-_URL_USERINFO = re.compile(r"""(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@"'<>]+@""")
-_DATA_PAYLOAD = re.compile(r"""(?i)\b(data:[^\s,"']{0,100},)[A-Za-z0-9+/=%]{8,}""")
+# A URL (any scheme://) up to whitespace, a quote or the end, leaving trailing punctuation (': '
+# after a URL in a message) alone; a data: URI with a payload of 8+ characters.
+_URL = re.compile(r"""(?i)\b[a-z][a-z0-9+.-]*://[^\s"'<>]*?(?=[:,;.)\]]*(?:[\s"'<>]|$))""")
+_DATA_URI = re.compile(r"""(?i)\bdata:[^\s,"']{0,100},[A-Za-z0-9+/=%]{8,}""")
 MASK = "***"
 
 
@@ -47,9 +50,8 @@ def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
 def redact(text: str, env: Mapping[str, str] | None = None) -> str:
     for value in secret_values(env):
         text = text.replace(value, MASK)
-    text = _URL_USERINFO.sub(rf"\1{MASK}@", text)
-    text = _URL_QUERY.sub(r"\1?…", text)
-    return _DATA_PAYLOAD.sub(r"\1…", text)
+    text = _URL.sub(lambda m: shown_ref(m.group()), text)
+    return _DATA_URI.sub(lambda m: shown_ref(m.group()), text)
 
 
 class RedactingFilter(logging.Filter):

@@ -45,7 +45,7 @@ from mt_assets.jobs.media import (
     remote_suffix,
     shown_ref,
 )
-from mt_assets.jobs.schema import SPEAKERS, JobError, RenderJob, parse_job
+from mt_assets.jobs.schema import SPEAKERS, JobError, RenderJob, describe_kind, parse_job
 
 RETURN_VIDEO = ("s3", "volume", "base64")
 WORKER_FIELDS = ("return_video", "output_s3")
@@ -74,11 +74,11 @@ class WorkerRequest:
 
     @property
     def media(self) -> dict[str, str]:
-        """Every media reference as it may be shown (https without its query, data: without payload)."""
-        shown = {"cond_image": self.job.cond_image}
+        """Every media reference as `shown_ref` shows it (no query string, no data: payload)."""
+        shown = {"cond_image": shown_ref(self.job.cond_image)}
         for name, ref in zip(SPEAKERS, self.job.cond_audio, strict=False):
             if ref is not None:
-                shown[f"cond_audio.{name}"] = ref
+                shown[f"cond_audio.{name}"] = shown_ref(ref)
         shown.update({r.field: r.shown for r in self.remote})
         return shown
 
@@ -120,11 +120,13 @@ def parse_request(
     if "output_s3" in doc:
         expected = doc.pop("output_s3")
         if expected != output_s3:
+            given = repr(shown_ref(expected)) if isinstance(expected, str) else describe_kind(expected)
             raise JobError(
                 source,
                 "output_s3",
-                f"{shown_ref(str(expected))!r}: this worker uploads to its own MT_OUTPUT_S3 only "
-                f"({output_s3 or 'not set'}); leave output_s3 out or set the endpoint's MT_OUTPUT_S3",
+                f"{given}: this worker uploads to its own MT_OUTPUT_S3 only "
+                f"({shown_ref(output_s3) if output_s3 else 'not set'}); leave output_s3 out or set the "
+                "endpoint's MT_OUTPUT_S3",
             )
     if "id" not in doc:
         if not runpod_id:

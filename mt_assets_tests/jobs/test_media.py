@@ -25,6 +25,7 @@ from mt_assets.jobs import media
 from mt_assets.jobs.media import (
     MediaError,
     download_https,
+    endpoint_shown,
     fetch_remote,
     load_audio,
     load_image,
@@ -341,12 +342,31 @@ def test_remote_references_are_left_to_the_worker(tree, ref):
     assert "beefcafe" not in str(caught.value) and "AAAA" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("ref", "says"),
+    [
+        ("s3://b/k.png?X-Amz-Signature=beefcafe", "'s3://b/k.png?…': an s3:// URI has no query string"),
+        ("s3://AKIA:beefcafe@b/k.png", "s3://***@b/k.png: credentials do not belong in the URI"),
+    ],
+)
+def test_an_s3_uri_with_a_query_or_credentials_is_refused_without_showing_them(tree, ref, says):
+    with pytest.raises(MediaError) as caught:
+        resolve(tree, ref)
+    assert says in str(caught.value) and "beefcafe" not in str(caught.value)
+
+
 def test_shown_refs_keep_no_query_credentials_or_payload():
     assert shown_ref("https://h.example/a/b.png?X-Amz-Signature=s&e=1") == "https://h.example/a/b.png?…"
     assert shown_ref("https://user:pw@h.example/b.png") == "https://***@h.example/b.png"
     assert shown_ref("https://h.example/b.png") == "https://h.example/b.png"
     assert shown_ref("data:audio/wav;base64,UklGRg==") == "data:audio/wav;base64,… (30 characters)"
     assert shown_ref("volume:media/a.png") == "volume:media/a.png"
+    assert shown_ref("s3://b/out?X-Amz-Signature=s") == "s3://b/out?…"  # any URL, not only https
+    assert shown_ref("s3://key:secret@b/out") == "s3://***@b/out"
+    assert shown_ref("http://h:9000/x#part") == "http://h:9000/x"
+    assert shown_ref("S3://b/k") == "S3://b/k" and shown_ref("/in/a?b.png") == "/in/a?b.png"  # kept as given
+    assert endpoint_shown("http://u:pw@127.0.0.1:9000") == "http://***@127.0.0.1:9000"
+    assert endpoint_shown(None) == "AWS default"
     assert remote_suffix("https://h/in/Face.JPG?x=1") == ".jpg"
     assert remote_suffix("data:audio/x-wav;base64,AAAA") == ".wav"
     assert remote_suffix("data:application/x-unknown-thing;base64,AAAA") == ""

@@ -93,8 +93,20 @@ def test_secrets_signatures_and_payloads_are_redacted() -> None:
         "data:image/png;base64,iVBORw0KGgoAAAANSUhEUg== in /runpod-volume (false)"
     )
     assert redact(text, env) == (
-        "key ***, token ***, at https://***@host/a.wav?…: refused; data:image/png;base64,… in /runpod-volume (false)"
+        "key ***, token ***, at https://***@host/a.wav?…: refused; data:image/png;base64,… (46 characters) "
+        "in /runpod-volume (false)"
     )
+
+
+def test_redaction_shows_every_url_as_shown_ref_does() -> None:
+    text = (
+        "output s3://b/p?X-Amz-Signature=sig, endpoint (http://u:pw@127.0.0.1:9000/?x=1) and "
+        "'https://h/a.png#frag' at s3://b/key."
+    )
+    assert redact(text, {}) == (
+        "output s3://b/p?…, endpoint (http://***@127.0.0.1:9000/?…) and 'https://h/a.png' at s3://b/key."
+    )
+    assert redact(redact(text, {}), {}) == redact(text, {})  # what is shown already stays as it is
 
 
 def test_output_s3_in_the_input_is_only_a_check_against_the_workers_own(roots) -> None:
@@ -106,3 +118,15 @@ def test_output_s3_in_the_input_is_only_a_check_against_the_workers_own(roots) -
         parse(roots, tiny_job(output_s3="s3://other/x"), output_s3="s3://b/p")
     with pytest.raises(JobError, match=r"field 'output_s3': .*\(not set\)"):
         parse(roots, tiny_job(output_s3="s3://b/p"))
+
+
+def test_an_output_s3_mismatch_shows_no_query_string(roots) -> None:
+    with pytest.raises(JobError) as caught:
+        parse(roots, tiny_job(output_s3="s3://b/p?X-Amz-Signature=abc123secret"), output_s3="s3://b/p")
+    assert (
+        "field 'output_s3': 's3://b/p?…': this worker uploads to its own MT_OUTPUT_S3 only (s3://b/p)"
+        in str(caught.value)
+    )
+    assert "abc123secret" not in str(caught.value)
+    with pytest.raises(JobError, match=r"field 'output_s3': a mapping: this worker"):
+        parse(roots, tiny_job(output_s3={"url": "https://h/x?X-Amz-Signature=abc123secret"}))
