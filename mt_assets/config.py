@@ -320,6 +320,12 @@ PIPELINE_GOLDEN_DIR: Variable[str | None] = _variable(
     "The reference outputs of the original MultiTalk pipeline for the tiny model.",
     "a folder", _text, shown_default="`../shared/golden/multitalk-tiny-pipeline`",
 )  # fmt: skip
+ACCEL_GOLDEN_DIR: Variable[str | None] = _variable(
+    "MT_ACCEL_GOLDEN_DIR", "tests", None,
+    "The reference outputs of the original MultiTalk code's acceleration paths (LoRA merging, TeaCache, "
+    "quantized weights) for the tiny model.",
+    "a folder", _text, shown_default="`../shared/golden/multitalk-tiny-accel`",
+)  # fmt: skip
 
 
 def get(name: str, env: Env | None = None) -> Any:

@@ -235,7 +235,12 @@ SLOW_TESTS = (
     "bench/test_cold_start.py::test_time_to_first_step_is_measured_cold_with_the_dit_in_the_background_and_without",
     "models/test_bounded_load.py::test_transient_host_memory_of_the_dit_load_stays_under_one_and_a_half_shards",
     "tiny/test_profile.py::test_cli_tiny_build_then_provision_the_tiny_profile",
-    "render/test_one_renderer.py",  # the tiny profile materialized, one job through the CLI, Dagster and the worker
+    "render/test_one_renderer.py",
+    # hostile input refused by the CLI in fresh processes whose peak memory is measured (about 13 s each)
+    "test_hostile.py::test_a_poison_job_file_is_refused_by_the_cli_in_one_line",
+    "test_hostile.py::test_a_job_file_over_the_size_limit_is_refused_before_it_is_read",
+    "test_hostile.py::test_a_prompt_over_the_limit_is_refused_naming_the_field",
+    "test_media_limits.py::test_cli_refuses_amplifying_media_in_one_line_naming_the_field_and_stays_small",  # the tiny profile materialized, one job through the CLI, Dagster and the worker
 )
 
 
