@@ -17,6 +17,8 @@ Where it departs from diffusers' stock `WanTransformer3DModel.forward` (measured
   * two speakers: the label RoPE positions come from a reference-attention map computed from
     the self-attention's post-RoPE q/k (keys of latent frame 0, heads averaged in 2 chunks).
 With `audio=None` it computes what stock diffusers computes (no adapter at all).
+With a `teacache` state (render/teacache.py) the blocks may be replaced by a cached residual, as the
+reference's TeaCache does; without one every call runs them (the default, unchanged).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,9 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 from torch import nn
+
+if TYPE_CHECKING:
+    from mt_assets.render.teacache import TeaCache
 
 # Hard-coded in the reference (not constructor arguments there either).
 IMAGE_TOKENS = 257  # CLIP ViT-H/14 at 224 px: 256 patches + class token
@@ -241,6 +246,7 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
         ref_target_masks: torch.Tensor | None = None,
         return_dict: bool = True,
         intermediates: dict[str, torch.Tensor] | None = None,
+        teacache: TeaCache | None = None,
     ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
         """Predict the flow for one denoising step.
 
@@ -256,6 +262,8 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
             resolution; needed when S == 2 (drives the label RoPE), ignored when S == 1.
         intermediates: if a dict is given, it is filled with the tensors named like the golden
             `dit_intermediates.safetensors` (for locating a mismatch).
+        teacache: None (every call runs the blocks), or the clip's `TeaCache` state: it measures e0
+            and either runs the blocks (caching their residual) or adds the cached residual.
         Returns the prediction [B, out_dim, F, H, W] in float32.
         """
         rec = intermediates if intermediates is not None else None
@@ -287,8 +295,12 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
         if rec is not None:
             rec["human_num"] = torch.tensor([human_num])
 
-        for i, block in enumerate(self.blocks):
-            x = self._block(i, block, x, e0, text, image, cos, sin, grid, tokens, human_num, masks, rec)
+        def blocks(x: torch.Tensor) -> torch.Tensor:
+            for i, block in enumerate(self.blocks):
+                x = self._block(i, block, x, e0, text, image, cos, sin, grid, tokens, human_num, masks, rec)
+            return x
+
+        x = blocks(x) if teacache is None else teacache.run(x, e0, blocks)
 
         shift, scale = (self.scale_shift_table.float() + temb.float().unsqueeze(1)).chunk(2, dim=1)
         x = (self.norm_out(x.float()) * (1 + scale) + shift).to(self.proj_out.weight.dtype)
@@ -309,12 +321,13 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
         audio: torch.Tensor | None,
         ref_target_masks: torch.Tensor | None = None,
         intermediates: dict[str, torch.Tensor] | None = None,
+        teacache: TeaCache | None = None,
     ) -> torch.Tensor:
         """The reference's call, `WanModel([x], t, [context], seq_len, clip_fea, y, audio, masks)`.
 
         x [16, F, H, W] latent; t [1]; context [L, text_dim] unpadded T5 features (L <= text_len);
         clip_fea [1, 257, image_dim]; y [1, 20, F, H, W]; audio [S, F_video, window, blocks,
-        channels]; ref_target_masks [3, h, w]. Returns [1, out_dim, F, H, W].
+        channels]; ref_target_masks [3, h, w]; teacache: see `forward`. Returns [1, out_dim, F, H, W].
         """
         text_len = self.multitalk_config.text_len
         if context.shape[0] > text_len:
@@ -323,7 +336,7 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
         hidden = torch.cat([x.unsqueeze(0), y.to(x.dtype)], dim=1)
         result = self(
             hidden, t, padded.unsqueeze(0), clip_fea, audio=audio, ref_target_masks=ref_target_masks,
-            return_dict=False, intermediates=intermediates,
+            return_dict=False, intermediates=intermediates, teacache=teacache,
         )  # fmt: skip
         return result[0]
 
@@ -375,6 +388,10 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
             rec["audio_proj_out"] = proj[0]
             rec["audio_embedding"] = tokens[:1]
         return tokens, speakers
+
+    def teacache_input(self, timestep: torch.Tensor) -> torch.Tensor:
+        """e0 [B, 6, dim] float32 for timestep [B]: the tensor TeaCache measures (a function of t alone)."""
+        return self._time_embedding(timestep)[1]
 
     def _time_embedding(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # float64 sinusoid (cos half first) as the reference; diffusers' float32 one is off by ~2e-5.

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from mt_assets.jobs.schema import RenderJob
     from mt_assets.manifest import Manifest
     from mt_assets.models.reading import LoadStrategy
+    from mt_assets.render.teacache import TeaCache
     from mt_assets.volume import LocalVolume
 
 log = logging.getLogger("mt_assets.render")
@@ -174,12 +175,15 @@ def make_denoiser(
     y: torch.Tensor,
     audio: torch.Tensor,
     masks: torch.Tensor,
+    teacache: TeaCache | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor, bool, bool], torch.Tensor]:
     """The DiT as the sampler calls it: (latent, t, use_prompt, use_audio) -> prediction.
 
     Dropped audio is ONE speaker of zeros, also with two speakers (the reference's `zeros_like(a)[-1:]`).
+    teacache: the clip's TeaCache state (render/teacache.py), consulted on every call; the caller resets it.
     """
     null_audio = torch.zeros_like(audio)[-1:]
+    extra = {} if teacache is None else {"teacache": teacache}
 
     @torch.no_grad()
     def denoise(latent: torch.Tensor, t: torch.Tensor, use_prompt: bool, use_audio: bool) -> torch.Tensor:
@@ -191,6 +195,7 @@ def make_denoiser(
             y,
             audio if use_audio else null_audio,
             masks,
+            **extra,
         )[0]
 
     return denoise
@@ -254,12 +259,15 @@ def generate_video(
     on_step: Callable[[int, int, int, int], None] | None = None,
     trace: list[ClipTrace] | None = None,
     first_clip_inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    teacache: TeaCache | None = None,
 ) -> torch.Tensor:
     """Every clip of `plan`, decoded and joined: [3, N, H, W] float32 in [-1, 1].
 
     clip_features(frame [1, 3, H, W]) -> [1, tokens, width]. on_step(clip, clips, step, steps).
     first_clip_inputs: the first clip's `encode_clip_inputs(..., cond.cond_image, ...)`, when the
     caller computed them already (while the DiT was still loading); the same values either way.
+    teacache: step skipping (render/teacache.py); reset at the start of every clip, so each clip
+    makes the first clip's decisions (the reference carries its call counter over: a defect).
     """
     timings = timings or Timings()
     generator = torch.Generator().manual_seed(seed)
@@ -284,6 +292,8 @@ def generate_video(
             [frame_mask(frames, clip.cond_frames, latent_hw).to(vae_latent), vae_latent[None]], dim=1
         )
         motion = vae_latent[:, : motion_latent_frames(clip.cond_frames)] if clip.index > 0 else None
+        if teacache is not None:
+            teacache.reset()
         denoise = make_denoiser(
             transformer,
             context=cond.context,
@@ -292,6 +302,7 @@ def generate_video(
             y=y,
             audio=audio,
             masks=cond.masks.to(device),
+            teacache=teacache,
         )
         records: list[StepRecord] | None = [] if trace is not None else None
         last_step = [time.perf_counter()]
