@@ -7,6 +7,7 @@ from pathlib import Path
 from mt_assets.manifest.schema import (
     BUNDLE_LOADERS,
     KINDS,
+    PRESETS,
     Bundle,
     Component,
     Manifest,
@@ -36,9 +37,15 @@ def load_profile(name: str) -> Manifest:
     return load_manifest(profile_path(name), display=f"profiles/{name}.yaml")
 
 
+def profiles_serving(preset: str) -> list[str]:
+    """The shipped profiles whose `presets` include `preset` (for messages that say where to go)."""
+    return [name for name in profile_names() if preset in load_profile(name).presets]
+
+
 __all__ = [
     "BUNDLE_LOADERS",
     "KINDS",
+    "PRESETS",
     "PROFILES_DIR",
     "Bundle",
     "Component",
@@ -51,4 +58,5 @@ __all__ = [
     "parse_manifest",
     "profile_names",
     "profile_path",
+    "profiles_serving",
 ]

@@ -15,6 +15,13 @@ A manifest (a "profile") is a YAML document that people write by hand:
             git_sha1: <40 hex>            # files kept in git: the git blob id instead
             kind: weights                 # weights | tokenizer | processor | config
             estimated_size: 380000000     # bytes; planning only, for files not yet locked
+      - name: lora-fusionx
+        lora_scale: 1.0                   # a LoRA add-on: each weights file merged into the DiT at
+        ...                               # load with this scale, in the order listed
+
+    extends: multitalk-480p               # optional: a shipped profile whose components and bundles
+                                          # come first; this document adds its own (an add-on)
+    presets: [fusionx]                    # optional: the job presets (jobs/schema.py) this profile serves
 
     bundles:                              # optional: files that must load together
       - name: t5-tokenizer                # unique, [a-z0-9_-]+
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,10 +59,11 @@ _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HEX = re.compile(r"^[0-9a-f]+$")
 _REF = re.compile(r"^[A-Za-z0-9._/-]+$")
 
-_TOP_FIELDS = ("profile", "components", "bundles")
+_TOP_FIELDS = ("profile", "extends", "presets", "components", "bundles")
+PRESETS = ("fusionx", "lightx2v")  # the step-distilled settings MeiGen's README runs (jobs/schema.py)
 _BUNDLE_FIELDS = ("name", "loader", "component", "folder")
 BUNDLE_LOADERS = ("tokenizer", "feature_extractor")
-_COMPONENT_FIELDS = ("name", "repo", "revision", "dir", "files")
+_COMPONENT_FIELDS = ("name", "repo", "revision", "dir", "files", "lora_scale")
 _FILE_FIELDS = ("path", "size", "sha256", "git_sha1", "kind", "estimated_size")
 
 
@@ -99,6 +108,7 @@ class Component:
     revision: str
     dir: str
     files: tuple[ManifestFile, ...]
+    lora_scale: float | None = None  # set: a LoRA add-on, its weights files merged into the DiT at load
 
     @property
     def locked(self) -> bool:
@@ -127,16 +137,32 @@ class Manifest:
     source: str  # where it was read from, as shown in messages
     components: tuple[Component, ...]
     bundles: tuple[Bundle, ...] = ()
+    presets: tuple[str, ...] = ()  # job presets this profile serves
+    extends: str | None = None  # the shipped profile it adds to (already composed in `components`)
 
     @property
     def files(self) -> tuple[ManifestFile, ...]:
         return tuple(f for c in self.components for f in c.files)
 
+    @property
+    def loras(self) -> tuple[tuple[ManifestFile, float], ...]:
+        """(file, scale) of every LoRA file, in the order they are merged: components, then files."""
+        return tuple(
+            (f, c.lora_scale) for c in self.components if c.lora_scale is not None for f in c.files if f.kind == "weights"
+        )
+
     def select(self, names: list[str]) -> Manifest:
         """The same manifest with only the named components (each must exist)."""
         chosen = [self.component(n) for n in names]
         bundles = tuple(b for b in self.bundles if b.component in names)
-        return Manifest(profile=self.profile, source=self.source, components=tuple(chosen), bundles=bundles)
+        return Manifest(
+            profile=self.profile,
+            source=self.source,
+            components=tuple(chosen),
+            bundles=bundles,
+            presets=self.presets,
+            extends=self.extends,
+        )
 
     def only(self, targets: set[str]) -> Manifest:
         """The same manifest with only the files whose target is in `targets` (no bundles)."""
@@ -145,9 +171,17 @@ class Manifest:
             files = tuple(f for f in c.files if f.target in targets)
             if files:
                 components.append(
-                    Component(name=c.name, repo=c.repo, revision=c.revision, dir=c.dir, files=files)
+                    Component(
+                        name=c.name, repo=c.repo, revision=c.revision, dir=c.dir, files=files, lora_scale=c.lora_scale
+                    )
                 )
-        return Manifest(profile=self.profile, source=self.source, components=tuple(components))
+        return Manifest(
+            profile=self.profile,
+            source=self.source,
+            components=tuple(components),
+            presets=self.presets,
+            extends=self.extends,
+        )
 
     def component(self, name: str) -> Component:
         for c in self.components:
@@ -161,8 +195,11 @@ def is_commit(revision: str) -> bool:
     return len(revision) == 40 and bool(_HEX.match(revision))
 
 
-def parse_manifest(text: str, source: str) -> Manifest:
-    """Parse and validate manifest YAML; `source` names it in error messages."""
+def parse_manifest(text: str, source: str, *, base: Callable[[str], Manifest] | None = None) -> Manifest:
+    """Parse and validate manifest YAML; `source` names it in error messages.
+
+    `base(name)` gives the profile an `extends:` names (default: the shipped profiles).
+    """
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -170,7 +207,7 @@ def parse_manifest(text: str, source: str) -> Manifest:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ManifestError(f"manifest {source}: not valid YAML{where}: {problem}") from None
-    return _Parser(source).manifest(data)
+    return _Parser(source, base).manifest(data)
 
 
 def load_manifest(path: str | Path, display: str | None = None) -> Manifest:
@@ -204,7 +241,8 @@ def check_relative_path(value: str) -> str | None:
 
 
 class _Parser:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, base: Callable[[str], Manifest] | None = None) -> None:
+        self.base = base
         self.source = source
 
     def fail(self, where: str, message: str) -> ManifestError:
@@ -260,13 +298,18 @@ class _Parser:
         profile = self.string(top, "profile", "")
         if not _NAME.match(profile):
             raise self.fail("", f"field 'profile' must match [a-z0-9_-]+, got '{profile}'")
+        extends = top.get("extends")
+        inherited = self.base_profile(extends) if extends is not None else None
+        presets = self.presets(top.get("presets", []))
         raw_components = top.get("components")
         if not isinstance(raw_components, list) or not raw_components:
             raise self.fail("", "field 'components' must be a non-empty list")
 
-        components: list[Component] = []
-        names: set[str] = set()
-        targets: dict[str, str] = {}
+        components: list[Component] = list(inherited.components) if inherited else []
+        names: set[str] = {c.name for c in components}
+        targets: dict[str, str] = {
+            f.target: f"component '{c.name}' of profile {extends}" for c in components for f in c.files
+        }
         for index, raw in enumerate(raw_components, start=1):
             component = self.component(raw, index)
             if component.name in names:
@@ -285,15 +328,43 @@ class _Parser:
         raw_bundles = top.get("bundles", [])
         if not isinstance(raw_bundles, list):
             raise self.fail("", f"field 'bundles' must be a list, got {_kind_of(raw_bundles)}")
-        bundles: list[Bundle] = []
+        bundles: list[Bundle] = list(inherited.bundles) if inherited else []
         for index, raw in enumerate(raw_bundles, start=1):
             bundle = self.bundle(raw, index, {c.name: c for c in components})
             if any(b.name == bundle.name for b in bundles):
                 raise self.fail(f"bundle #{index}: ", f"field 'name': duplicate bundle name '{bundle.name}'")
             bundles.append(bundle)
         return Manifest(
-            profile=profile, source=self.source, components=tuple(components), bundles=tuple(bundles)
+            profile=profile,
+            source=self.source,
+            components=tuple(components),
+            bundles=tuple(bundles),
+            presets=presets,
+            extends=extends,
         )
+
+    def base_profile(self, name: Any) -> Manifest:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise self.fail("", f"field 'extends' must name a shipped profile, got {name!r}")
+        if self.base is None:
+            from mt_assets.manifest import load_profile
+
+            self.base = load_profile
+        try:
+            base = self.base(name)
+        except ManifestError as e:
+            raise self.fail("", f"field 'extends': {e}") from None
+        if base.extends is not None:
+            raise self.fail("", f"field 'extends': profile {name} extends another profile itself; extend {base.extends}")
+        return base
+
+    def presets(self, raw: Any) -> tuple[str, ...]:
+        if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+            raise self.fail("", f"field 'presets' must be a list of names, got {_kind_of(raw)}")
+        for name in raw:
+            if name not in PRESETS:
+                raise self.fail("", f"field 'presets': unknown preset '{name}' (known: {', '.join(PRESETS)})")
+        return tuple(raw)
 
     def bundle(self, raw: Any, index: int, components: dict[str, Component]) -> Bundle:
         where = f"bundle #{index}: "
@@ -362,7 +433,16 @@ class _Parser:
             self.file(raw_file, file_index, name, repo, revision, directory)
             for file_index, raw_file in enumerate(raw_files, start=1)
         )
-        return Component(name=name, repo=repo, revision=revision, dir=directory, files=files)
+        lora_scale = mapping.get("lora_scale")
+        if lora_scale is not None:
+            if isinstance(lora_scale, bool) or not isinstance(lora_scale, (int, float)) or not 0 < lora_scale <= 10:
+                raise self.fail(where, f"field 'lora_scale' must be a number in (0, 10], got {lora_scale!r}")
+            if not any(f.kind == "weights" for f in files):
+                raise self.fail(where, "field 'lora_scale': a LoRA component needs at least one weights file")
+            lora_scale = float(lora_scale)
+        return Component(
+            name=name, repo=repo, revision=revision, dir=directory, files=files, lora_scale=lora_scale
+        )
 
     def file(
         self, raw: Any, index: int, component: str, repo: str, revision: str, directory: str

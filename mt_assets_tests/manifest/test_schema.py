@@ -182,7 +182,7 @@ def test_duplicate_component_names() -> None:
             "component 'wav2vec2': field 'revision' must be a 40-hex commit or a ref name, got 'main branch'",
         ),
         ("files", [], "component 'wav2vec2': field 'files' must be a non-empty list"),
-        ("url", "x", "component 'wav2vec2': unknown field 'url' (known: name, repo, revision, dir, files)"),
+        ("url", "x", "component 'wav2vec2': unknown field 'url' (known: name, repo, revision, dir, files, lora_scale)"),
     ],
 )
 def test_bad_component_fields_are_named(field: str, value: Any, message: str) -> None:
@@ -197,7 +197,7 @@ def test_unknown_top_level_field() -> None:
         doc["profiles"] = "x"
 
     assert error_for(edit) == (
-        "manifest profiles/custom.yaml: unknown field 'profiles' (known: profile, components, bundles); did you mean 'profile'?"
+        "manifest profiles/custom.yaml: unknown field 'profiles' (known: profile, extends, presets, components, bundles); did you mean 'profile'?"
     )
 
 
