@@ -30,6 +30,15 @@ plus our settings, each with the default `generate_multitalk.py` uses:
                      momentum in [-1, 1], norm_threshold > 0)
     motion_frames    25; 1 mod 4; in streaming mode fewer than `frames`
     rerender         false
+    teacache         false | true | {threshold: 0.2}: skip DiT evaluations whose time modulation barely
+                     moved (MeiGen's --use_teacache; render/teacache.py); true means threshold 0.2; > 0
+    preset           fusionx | lightx2v (optional): the settings MeiGen's README runs with a step-distilled
+                     LoRA; they replace the defaults of steps, text_guidance, audio_guidance and shift,
+                     and fields the job gives win over them:
+                         fusionx   steps 8, text_guidance 1.0, audio_guidance 2.0, shift 2
+                         lightx2v  steps 4, text_guidance 1.0, audio_guidance 2.0, shift 2
+                     The profile must serve the preset (its `presets`: the LoRA merged into the DiT);
+                     `check_preset_served` refuses it elsewhere, naming the profiles that serve it.
     job_sha256       set by the reader (reader.py): the sha256 of the job file as read; a value given in
                      a file is replaced, a stored job keeps the one recorded when it was accepted
 
@@ -47,7 +56,8 @@ Validation stops at the first problem and names the field and the value:
     render job a1.json: field 'frams': unknown field; did you mean 'frames'?
 
 `RenderJob.to_json()` gives every effective setting in this same format (media references resolved
-to absolute paths or s3:// URIs), so parse_job(job.to_json(), ...) gives the job back.
+to absolute paths or s3:// URIs; `teacache` as false or {threshold}, `preset` as given or null, and the
+preset's settings as the explicit fields they became), so parse_job(job.to_json(), ...) gives the job back.
 """
 
 from __future__ import annotations
@@ -56,7 +66,7 @@ import difflib
 import math
 import re
 import reprlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +98,25 @@ SIDE_RANGE = (16, 2048)
 SEED_MAX = 2**32 - 1
 GUIDANCE_MAX = 100.0
 SHIFT_MAX = 100.0
+TEACACHE_THRESHOLD = 0.2  # `teacache: true` (the reference CLI's --teacache_thresh)
+TEACACHE_THRESHOLD_MAX = 1e12  # tests use thresholds of 10^5 on the tiny random weights
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The settings a preset gives a job (fields the job gives win)."""
+
+    steps: int
+    text_guidance: float
+    audio_guidance: float
+    shift: float
+
+
+# MeiGen's README, for the FusionX and lightx2v LoRAs. The profiles that serve them: manifest `presets`.
+PRESETS: dict[str, Preset] = {
+    "fusionx": Preset(steps=8, text_guidance=1.0, audio_guidance=2.0, shift=2.0),
+    "lightx2v": Preset(steps=4, text_guidance=1.0, audio_guidance=2.0, shift=2.0),
+}
 
 FIELDS = (
     "id",
@@ -109,9 +138,12 @@ FIELDS = (
     "apg",
     "motion_frames",
     "rerender",
+    "teacache",
+    "preset",
     "job_sha256",
 )
 _APG_FIELDS = ("momentum", "norm_threshold")
+_TEACACHE_FIELDS = ("threshold",)
 _UNSUPPORTED = {
     "tts_audio": "text-to-speech input is not supported; synthesise the speech first and give it as "
     "cond_audio (a WAV, FLAC, MP3, M4A or video file)",
@@ -149,6 +181,13 @@ class Apg:
 
 
 @dataclass(frozen=True)
+class TeaCacheSettings:
+    """TeaCache step skipping (`generate_multitalk.py --use_teacache --teacache_thresh`)."""
+
+    threshold: float
+
+
+@dataclass(frozen=True)
 class RenderJob:
     """A validated job: every setting effective, media references resolved."""
 
@@ -173,6 +212,8 @@ class RenderJob:
     rerender: bool
     source: str  # the job file, or '<dict>'
     job_sha256: str | None = None  # of the job file's bytes as read (reader.py); None for a job given as a mapping
+    teacache: TeaCacheSettings | None = None
+    preset: str | None = None  # its settings are in steps, text_guidance, ... already
 
     @property
     def speakers(self) -> int:
@@ -211,6 +252,8 @@ class RenderJob:
             else {"momentum": self.apg.momentum, "norm_threshold": self.apg.norm_threshold},
             "motion_frames": self.motion_frames,
             "rerender": self.rerender,
+            "teacache": False if self.teacache is None else {"threshold": self.teacache.threshold},
+            "preset": self.preset,
             **({JOB_SHA256: self.job_sha256} if self.job_sha256 else {}),
         }
 
@@ -265,10 +308,22 @@ def parse_job(
     if (frames - 1) % 4:
         raise JobError(source, "frames", f"must be 4n+1 (5, 9, ..., 81, ...), got {frames}")
     size = fields.size()
-    steps = fields.integer("steps", *STEPS_RANGE, default=40)
-    shift = fields.number("shift", 0.0, SHIFT_MAX, default=DEFAULT_SHIFT.get(size, WXH_SHIFT), low_open=True)
-    text_guidance = fields.number("text_guidance", 0.0, GUIDANCE_MAX, default=5.0)
-    audio_guidance = fields.number("audio_guidance", 0.0, GUIDANCE_MAX, default=4.0)
+    preset = fields.preset()
+    given = PRESETS[preset] if preset else None  # the preset's settings replace the defaults
+    steps = fields.integer("steps", *STEPS_RANGE, default=given.steps if given else 40)
+    shift = fields.number(
+        "shift",
+        0.0,
+        SHIFT_MAX,
+        default=given.shift if given else DEFAULT_SHIFT.get(size, WXH_SHIFT),
+        low_open=True,
+    )
+    text_guidance = fields.number(
+        "text_guidance", 0.0, GUIDANCE_MAX, default=given.text_guidance if given else 5.0
+    )
+    audio_guidance = fields.number(
+        "audio_guidance", 0.0, GUIDANCE_MAX, default=given.audio_guidance if given else 4.0
+    )
     seed = fields.integer("seed", 0, SEED_MAX, default=42)
     color_correction = fields.number("color_correction", 0.0, 1.0, default=1.0)
     apg = fields.apg()
@@ -283,6 +338,7 @@ def parse_job(
             "from the last motion_frames of the previous one",
         )
     rerender = fields.boolean("rerender", default=False)
+    teacache = fields.teacache()
     job_sha256 = fields.sha256(JOB_SHA256)
 
     job = RenderJob(
@@ -307,6 +363,8 @@ def parse_job(
         rerender=rerender,
         source=source,
         job_sha256=job_sha256,
+        teacache=teacache,
+        preset=preset,
     )
     if check_media:
         from mt_assets.jobs.decode import load_job_media  # decode.py reads RenderJob: imported here
@@ -531,6 +589,55 @@ class _Fields:
             "norm_threshold", 0.0, APG_NORM_THRESHOLD_MAX, default=APG_NORM_THRESHOLD, low_open=True
         )
         return Apg(momentum, threshold)
+
+    def preset(self) -> str | None:
+        value = self.doc.get("preset")
+        if value is None:
+            return None
+        if not isinstance(value, str) or value not in PRESETS:
+            raise self.error(
+                "preset",
+                f"{quote(value)} is not one of {', '.join(PRESETS)}{_did_you_mean(value, tuple(PRESETS))}",
+            )
+        return value
+
+    def teacache(self) -> TeaCacheSettings | None:
+        value = self.doc.get("teacache", False)
+        if value is False:
+            return None
+        if value is True:
+            return TeaCacheSettings(TEACACHE_THRESHOLD)
+        if not isinstance(value, Mapping):
+            raise self.error("teacache", f"must be true, false or {{threshold}}, got {quote(value)}")
+        for key in value:
+            if key not in _TEACACHE_FIELDS:
+                raise self.error(f"teacache.{key}", f"unknown field{_suggest(str(key), _TEACACHE_FIELDS)}")
+        sub = _Fields(value, self.source, prefix="teacache.")
+        threshold = sub.number(
+            "threshold", 0.0, TEACACHE_THRESHOLD_MAX, default=TEACACHE_THRESHOLD, low_open=True
+        )
+        return TeaCacheSettings(threshold)
+
+
+def check_preset_served(job: RenderJob, profile: str, presets: Collection[str]) -> None:
+    """JobError (field 'preset') when the job's preset is not one `profile` serves (its manifest's `presets`).
+
+    The message names the preset, the profile and the shipped profiles that serve the preset: a
+    preset's settings without its LoRA merged into the DiT would render at 4 or 8 steps with weights
+    made for 40.
+    """
+    if job.preset is None or job.preset in presets:
+        return
+    from mt_assets.manifest import profiles_serving  # reads the shipped profiles (YAML, no torch)
+
+    serving = profiles_serving(job.preset)
+    where = f"profile {', '.join(serving)}" if serving else "no shipped profile"
+    raise JobError(
+        job.source,
+        "preset",
+        f"{job.preset!r} is not served by profile {profile!r} (it serves: {', '.join(presets) or 'no preset'}); "
+        f"{where} serves it: render with that profile, or leave preset out",
+    )
 
 
 def _suggest(value: object, choices: Sequence[str]) -> str:

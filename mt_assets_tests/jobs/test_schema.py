@@ -205,7 +205,7 @@ def test_to_json_round_trips(jobs):
     data = json.loads(json.dumps(job.to_json()))
     assert set(data) == set(doc) | {
         "id", "negative_prompt", "mode", "steps", "shift", "text_guidance", "audio_guidance", "seed",
-        "color_correction", "motion_frames", "rerender",
+        "color_correction", "motion_frames", "rerender", "teacache", "preset",
     }  # fmt: skip
     assert data["cond_audio"] == {"person1": str(jobs / "1.wav"), "person2": None}
     assert data["apg"] == {"momentum": -0.75, "norm_threshold": 20.0} and data["shift"] == 11.0
