@@ -318,6 +318,12 @@ def lock(profile: str | None, manifest_path: str | None, output: str | None, as_
 )
 @click.option("--t5-cpu", is_flag=True, help="Keep the T5 encoder on the CPU (saves ~11 GB of GPU memory).")
 @click.option("--offload", is_flag=True, help="Move each model to the GPU only while it is used.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the DiT evaluations the job will run and skip, and its clip plan, without rendering "
+    "(with teacache only the DiT is loaded, for its time embedding; without it no model).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout, nothing else.")
 @_bad_input_exits
 def render(
@@ -329,6 +335,7 @@ def render(
     device: str,
     t5_cpu: bool,
     offload: bool,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Render a job file (YAML or JSON, MultiTalk's input format) or job folder to <out>/<id>/video.mp4."""
@@ -336,7 +343,7 @@ def render(
     from mt_assets.jobs.decode import load_job_media
     from mt_assets.jobs.outputs import OutputExists, check_output_free, output_dir
     from mt_assets.jobs.reader import load_job
-    from mt_assets.jobs.schema import JobError
+    from mt_assets.jobs.schema import JobError, check_preset_served
     from mt_assets.render.pipeline import DeviceError, MultiTalkRenderer, RenderError, resolve_device
     from mt_assets.render.run import render_job
     from mt_assets.render.terminal import StepProgress, print_render
@@ -349,16 +356,20 @@ def render(
     try:
         # Decoded once: the same media validate the job and feed the render.
         job = load_job(job_file, volume_root=vol.root, check_media=False)
+        check_preset_served(job, manifest.profile, manifest.presets)
         media = load_job_media(job)
-        check_output_free(job, out_dir)
+        if not dry_run:
+            check_output_free(job, out_dir)
     except (JobError, OutputExists) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     try:
-        resolve_device(device)  # before minutes of audit and loading
+        resolved = resolve_device(device)  # before minutes of audit and loading
     except DeviceError as e:
         click.echo(f"error: --device {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    if dry_run and job.teacache is None:
+        _print_dry_run(job, media, vol, manifest, resolved, as_json)  # no model needed: no audit
     # The volume must hold every file, verified (the hash cache makes this cheap), before any load.
     report = run_audit(manifest, vol)
     if not report.complete:
@@ -368,6 +379,9 @@ def render(
             click.echo(f"  {f.status:14} {f.file.target}", err=True)
         err.print(audit_summary(report), highlight=False)
         sys.exit(EXIT_PROBLEM)
+    if dry_run:
+        with err.status("loading the DiT for its time embedding") if err.is_terminal else contextlib.nullcontext():
+            _print_dry_run(job, media, vol, manifest, resolved, as_json)
 
     with err.status("loading the models from the volume") if err.is_terminal else contextlib.nullcontext():
         # The DiT is read in the background while the encoders load and condition the job.
@@ -387,6 +401,30 @@ def render(
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         print_render(result, Console(highlight=False))
+    sys.exit(EXIT_OK)
+
+
+def _print_dry_run(job: Any, media: Any, vol: LocalVolume, manifest: Manifest, device: Any, as_json: bool) -> None:
+    """`render --dry-run`: the job's evaluation plan (render/cost.py), then exit 0 (2 when its audio is too short)."""
+    from mt_assets.render.cost import PlanError, dry_run
+    from mt_assets.render.pipeline import render_dtype
+
+    try:
+        plan = dry_run(job, media, vol, manifest, dtype=render_dtype(device))
+    except PlanError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    doc = {"id": job.id, **plan.to_json()}
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        teacache = doc["teacache"]
+        skipped = f", TeaCache {teacache['threshold']:g} skips {plan.skipped}" if teacache else ""
+        click.echo(
+            f"{job.id}: {plan.clips} clip(s) of {plan.frames_per_clip} frames, {plan.steps} steps x "
+            f"{plan.evaluations_per_step} DiT evaluations per step{skipped}: {plan.planned} DiT evaluations"
+        )
+        click.echo(f"next: mt-assets render {job.source} --profile {manifest.profile}")
     sys.exit(EXIT_OK)
 
 

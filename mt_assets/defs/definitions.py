@@ -69,7 +69,7 @@ def build_definitions(
         ],
         sensors=[
             build_drift_sensor(manifest),
-            *([build_inbox_sensor()] if renders else []),
+            *([build_inbox_sensor(manifest=manifest)] if renders else []),
             dg.AutomationConditionSensorDefinition(
                 "volume_automation",
                 target=dg.AssetSelection.groups("bundles", "offline", "repacks"),

@@ -16,6 +16,7 @@ import dagster as dg
 from mt_assets.defs.renders import PARTITIONS, RENDERS_KEY
 from mt_assets.defs.resources import VolumeResource
 from mt_assets.jobs.queue import JobQueue
+from mt_assets.manifest import Manifest
 
 INBOX_SENSOR = "render_inbox"
 
@@ -40,7 +41,9 @@ def _has_run(context: dg.SensorEvaluationContext, run_key: str) -> bool:
     return bool(context.instance.get_run_ids(filters=dg.RunsFilter(tags=tags), limit=1))
 
 
-def build_inbox_sensor(minimum_interval_seconds: int = 30) -> dg.SensorDefinition:
+def build_inbox_sensor(minimum_interval_seconds: int = 30, *, manifest: Manifest | None = None) -> dg.SensorDefinition:
+    """manifest: the Definitions' profile; a dropped job whose preset it does not serve is rejected."""
+
     @dg.sensor(
         name=INBOX_SENSOR,
         minimum_interval_seconds=minimum_interval_seconds,
@@ -49,7 +52,7 @@ def build_inbox_sensor(minimum_interval_seconds: int = 30) -> dg.SensorDefinitio
         description="Job files dropped in <volume>/jobs/inbox/: validated, queued as partitions of renders, run.",
     )
     def render_inbox(context: dg.SensorEvaluationContext, volume: VolumeResource) -> dg.SensorResult:
-        queue = JobQueue(volume.open().root)
+        queue = JobQueue(volume.open().root, manifest=manifest)
         scan = queue.scan_inbox()
         if scan.recovered:
             context.log.warning(

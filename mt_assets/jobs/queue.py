@@ -70,14 +70,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from mt_assets import config
 from mt_assets.jobs.media import S3_PREFIX, VOLUME_PREFIX, MediaError
 from mt_assets.jobs.outputs import OUTPUTS_DIR
 from mt_assets.jobs.reader import FOLDER_JOB_NAMES, JOB_SUFFIXES, load_job, read_job_document, read_job_entry
-from mt_assets.jobs.schema import JOB_ID, JOB_ID_RULE, JobError, RenderJob, parse_job
+from mt_assets.jobs.schema import JOB_ID, JOB_ID_RULE, JobError, RenderJob, check_preset_served, parse_job
 from mt_assets.volume.lock import LockOwner, WriterLock
+
+if TYPE_CHECKING:
+    from mt_assets.manifest import Manifest
 
 JOBS_DIR = "jobs"
 MEDIA_DIR = "media"
@@ -168,8 +171,13 @@ class JobQueue:
         rendering_stale_after: float = RENDERING_STALE_SECONDS,
         claim_lease_seconds: float | None = None,
         stable_seconds: float | None = None,
+        manifest: Manifest | None = None,
     ) -> None:
+        """manifest: the profile the queued jobs are rendered with; a dropped job whose `preset` it does
+        not serve is rejected, naming the preset and the profiles that serve it. None (`mt-assets jobs
+        submit`, which knows no profile): any preset is accepted, and the scanner decides."""
         self.root = Path(volume_root).resolve()
+        self.manifest = manifest
         self.settle_seconds = settle_seconds
         self.stable_seconds = config.INBOX_STABLE_SECONDS.read() if stable_seconds is None else stable_seconds
         self.rendering_stale_after = rendering_stale_after
@@ -323,6 +331,8 @@ class JobQueue:
             raise
         except Exception as e:  # whatever a hostile or broken entry makes a parser raise: its rejection
             raise JobError(source, None, f"cannot be read as a job: {type(e).__name__}: {quote_error(e)}") from None
+        if self.manifest is not None:
+            check_preset_served(job, self.manifest.profile, self.manifest.presets)
         self._check_free(job, source)
         queued = self.folder("queued") / f"{job.id}.json"
         try:

@@ -19,6 +19,12 @@ the caller wants the first step to overlap the encoders, and records what it res
                 (colour.py); the last motion frames condition the next clip (streaming.py)
     write       frames to uint8, H.264 + AAC mp4, poster, job.json (video.py)
 
+Per-job settings never reload a model: the guidance, the schedule and, with `teacache`, a fresh
+TeaCache for the job's threshold and size bucket (render/cost.py) are built per job, and
+`generate_video` resets the TeaCache per clip. Before sampling the job's DiT evaluations are planned
+(`plan_evaluations`: TeaCache's decisions follow from the schedule and the time embedding); while
+sampling they are counted (`EvaluationCount`); job.json records both.
+
 Device and dtype are parameters: fp32 on the CPU reproduces the reference's numbers; on a GPU bf16
 (the reference's param dtype, with TF32 off for its exact path). `t5_cpu` keeps the T5 encoder on the
 CPU; `offload` moves each module to the device only while it is used, as the reference's offload does.
@@ -54,8 +60,17 @@ from mt_assets.render.conditioning import (
     preprocess_image,
     target_size,
 )
-from mt_assets.render.sampler import Guidance, StepRecord, sample, timesteps
-from mt_assets.render.streaming import ClipPlan, StreamPlan, plan_clips
+from mt_assets.render.cost import (
+    EvaluationPlan,
+    PlanError,
+    job_clips,
+    job_guidance,
+    job_schedule,
+    job_teacache,
+    plan_evaluations,
+)
+from mt_assets.render.sampler import Guidance, StepRecord, sample
+from mt_assets.render.streaming import ClipPlan, StreamPlan
 
 if TYPE_CHECKING:
     from mt_assets.jobs.decode import JobMedia
@@ -157,6 +172,14 @@ class Timings:
 
 
 @dataclass
+class EvaluationCount:
+    """DiT evaluations counted while sampling: run (the blocks ran) and skipped (TeaCache reused a residual)."""
+
+    run: int = 0
+    skipped: int = 0
+
+
+@dataclass
 class RenderedVideo:
     video: torch.Tensor  # [3, N, H, W] float32 in [-1, 1]
     audio: PreparedAudio
@@ -164,6 +187,16 @@ class RenderedVideo:
     target_hw: tuple[int, int]
     timings: Timings
     media_files: dict[str, Any] = field(default_factory=dict)  # JobMedia.files: job.json's `media`
+    evaluations: EvaluationPlan | None = None  # what the plan said (render/cost.py)
+    counted: EvaluationCount = field(default_factory=EvaluationCount)  # what sampling ran
+
+    def evaluations_json(self) -> dict[str, int]:
+        """job.json's flat keys: planned and skipped from the plan, run as counted."""
+        return {
+            "dit_evaluations_planned": self.evaluations.planned if self.evaluations else self.counted.run,
+            "dit_evaluations_run": self.counted.run,
+            "dit_evaluations_skipped": self.evaluations.skipped if self.evaluations else self.counted.skipped,
+        }
 
 
 def make_denoiser(
@@ -260,6 +293,7 @@ def generate_video(
     trace: list[ClipTrace] | None = None,
     first_clip_inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
     teacache: TeaCache | None = None,
+    counted: EvaluationCount | None = None,
 ) -> torch.Tensor:
     """Every clip of `plan`, decoded and joined: [3, N, H, W] float32 in [-1, 1].
 
@@ -268,6 +302,7 @@ def generate_video(
     caller computed them already (while the DiT was still loading); the same values either way.
     teacache: step skipping (render/teacache.py); reset at the start of every clip, so each clip
     makes the first clip's decisions (the reference carries its call counter over: a defect).
+    counted: DiT evaluations run and skipped are added to it, clip by clip.
     """
     timings = timings or Timings()
     generator = torch.Generator().manual_seed(seed)
@@ -304,6 +339,12 @@ def generate_video(
             masks=cond.masks.to(device),
             teacache=teacache,
         )
+        calls = [0]
+
+        def counting(*args: Any, denoise: Any = denoise, calls: list[int] = calls) -> torch.Tensor:
+            calls[0] += 1
+            return denoise(*args)
+
         records: list[StepRecord] | None = [] if trace is not None else None
         last_step = [time.perf_counter()]
 
@@ -318,7 +359,7 @@ def generate_video(
 
         with timings.stage("sampling"):
             latent = sample(
-                denoise,
+                counting,
                 noise.to(device),
                 schedule,
                 guidance,
@@ -327,6 +368,10 @@ def generate_video(
                 on_step=step_done,
                 record=records,
             )
+        if counted is not None:
+            skipped = teacache.evaluations_skipped if teacache is not None else 0
+            counted.run += calls[0] - skipped
+            counted.skipped += skipped
         with timings.stage("vae_decode"):
             video = decode_latent(vae, latent)[None].float().cpu()  # [1, 3, F, H, W]
         if reference is not None:
@@ -490,9 +535,9 @@ class MultiTalkRenderer:
             embeddings = self.audio_embeddings(media.audio)
         audio_frames = min(e.shape[0] for e in embeddings)
         try:
-            plan = plan_clips(job.frames, job.motion_frames, audio_frames, streaming=job.mode == "streaming")
-        except ValueError as e:
-            raise RenderError(f"render job {job.source}: field 'cond_audio': {e}") from None
+            plan = job_clips(job, audio_frames)
+        except PlanError as e:
+            raise RenderError(str(e)) from None
         masks = latent_speaker_masks(
             (image.height, image.width), target_hw, len(embeddings), job.bbox
         )  # fmt: skip
@@ -503,13 +548,11 @@ class MultiTalkRenderer:
             embeddings=embeddings,
             masks=masks,
         )
-        guidance = Guidance(
-            text=job.text_guidance,
-            audio=job.audio_guidance,
-            apg_momentum=job.apg.momentum if job.apg else None,
-            apg_norm_threshold=job.apg.norm_threshold if job.apg else 55.0,
-        )
-        schedule = timesteps(job.steps, job.shift)
+        guidance = job_guidance(job)
+        schedule = job_schedule(job)
+        # Per job, never a reload: a fresh TeaCache for the job's threshold and size bucket (None: off).
+        teacache = job_teacache(job)
+        counted = EvaluationCount()
         progress.start("clips", f"{job.id}: clips", len(plan.clips))
         progress.start("steps", f"{job.id}: steps", job.steps * len(plan.clips))
 
@@ -532,6 +575,8 @@ class MultiTalkRenderer:
         if on_models_ready is not None:
             on_models_ready()
         with self._using(self.c.transformer), self._using(self.c.vae):
+            # The skip decisions follow from the schedule and the time embedding: planned before sampling.
+            evaluations = plan_evaluations(job, plan, self.c.transformer)
             video = generate_video(
                 self.c.transformer,
                 self.c.vae,
@@ -546,7 +591,9 @@ class MultiTalkRenderer:
                 timings=timings,
                 on_step=on_step,
                 first_clip_inputs=first_clip_inputs,
+                teacache=teacache,
+                counted=counted,
             )
         progress.finish("steps")
         progress.finish("clips")
-        return RenderedVideo(video, media.audio, plan, target_hw, timings, media.files)
+        return RenderedVideo(video, media.audio, plan, target_hw, timings, media.files, evaluations, counted)

@@ -4,7 +4,9 @@ The record (`job.json` beside `video.mp4`) holds the job as given, the sha256 an
 decoded (`media`: mt_assets.jobs.hashes), every effective setting, how the renderer was built
 (`renderer`: device, dtype, TF32, load strategy, repacks read), the profile and the sha256 of every
 model file the render loaded (from the manifest, which the audit checked against the volume before
-the components were loaded), seconds per stage and per step, and the video's own sha256 (added by
+the components were loaded), seconds per stage and per step, the DiT evaluations planned, run and skipped (flat keys
+`dit_evaluations_planned`, `dit_evaluations_run`, `dit_evaluations_skipped`: render/cost.py), and the
+video's own sha256 (added by
 `video.write_render_output`). The CLI, the Dagster `renders` asset and the RunPod
 worker all call `render_job`, with a renderer from `MultiTalkRenderer.from_volume`.
 """
@@ -23,7 +25,7 @@ from mt_assets import __version__
 from mt_assets.jobs.audio_prep import pcm16
 from mt_assets.jobs.decode import JobMedia
 from mt_assets.jobs.outputs import check_output_free
-from mt_assets.jobs.schema import RenderJob
+from mt_assets.jobs.schema import RenderJob, check_preset_served
 from mt_assets.manifest import Manifest
 from mt_assets.models.pipeline import UNITS
 from mt_assets.progress import Progress
@@ -81,6 +83,8 @@ def render_record(
     steps = rendered.timings.steps
     return {
         "job": job.to_json(),
+        # planned and skipped: what the plan said (render/cost.py); run: counted while sampling
+        **rendered.evaluations_json(),
         "media": rendered.media_files,
         "settings": {
             "width": width,
@@ -112,7 +116,11 @@ def render_job(
     media: JobMedia | None = None,
     progress: Progress | None = None,
 ) -> RenderResult:
-    """Render `job` and write `<out_dir>/<job.id>/` atomically; OutputExists if it is there already."""
+    """Render `job` and write `<out_dir>/<job.id>/` atomically; OutputExists if it is there already.
+
+    JobError (field 'preset') when the job's preset is not one the manifest's profile serves.
+    """
+    check_preset_served(job, manifest.profile, manifest.presets)
     check_output_free(job, out_dir)
     rendered = renderer.render(job, media, progress=progress)
     record = render_record(job, rendered, manifest, renderer)

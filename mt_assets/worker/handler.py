@@ -32,7 +32,7 @@ from typing import Any
 from mt_assets.jobs.decode import load_job_media
 from mt_assets.jobs.hashes import job_media_hashes
 from mt_assets.jobs.outputs import OutputExists
-from mt_assets.jobs.schema import JobError
+from mt_assets.jobs.schema import JobError, check_preset_served
 from mt_assets.render.pipeline import RenderError
 from mt_assets.render.run import render_job
 from mt_assets.worker.outputs import OutputError, deliver, finished_output
@@ -83,6 +83,8 @@ def _handle(job: Mapping[str, Any], worker: Worker, runpod_id: str, notify: Noti
             output_s3=settings.output_s3,
         )
         rjob = request.job
+        # Before anything is fetched: a preset this worker's profile does not serve fails naming it.
+        check_preset_served(rjob, worker.manifest.profile, worker.manifest.presets)
 
         def media_hashes() -> dict[str, Any]:
             # Called only for a finished render with the same settings: it is returned (same media)

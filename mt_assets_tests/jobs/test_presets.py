@@ -111,3 +111,42 @@ def test_a_preset_the_profile_does_not_serve_is_refused_naming_it_and_the_profil
     served = dataclasses.replace(tiny, presets=("fusionx",))
     check_preset_served(job, served.profile, served.presets)  # no error
     check_preset_served(parse(jobs, base()), tiny.profile, tiny.presets)  # no preset: any profile
+
+
+# ---- the inbox ---------------------------------------------------------------------------------
+
+
+def test_the_inbox_of_a_profile_rejects_a_preset_it_does_not_serve_with_the_reason(tmp_path: Path) -> None:
+    from mt_assets.jobs.queue import JobQueue
+    from mt_assets_tests.jobs.test_queue import drop_folder, job_doc
+
+    volume = tmp_path / "volume"
+    tiny = load_profile("tiny")
+    queue = JobQueue(volume, settle_seconds=0, stable_seconds=0, manifest=tiny)
+    drop_folder(queue, "fast", job_doc(preset="fusionx"))
+    drop_folder(queue, "plain", job_doc())
+    scan = queue.scan_inbox()
+    assert [a.id for a in scan.accepted] == ["plain"]
+    [rejected] = scan.rejected
+    assert rejected.name == "fast"
+    assert (
+        "field 'preset'" in rejected.error and "'fusionx' is not served by profile 'tiny'" in rejected.error
+    )
+    assert "'fusionx' is not served" in (queue.folder("rejected") / "fast.error.txt").read_text()
+
+    served = JobQueue(
+        volume, settle_seconds=0, stable_seconds=0, manifest=dataclasses.replace(tiny, presets=("fusionx",))
+    )
+    drop_folder(served, "fast2", job_doc(preset="fusionx"))
+    assert [a.id for a in served.scan_inbox().accepted] == ["fast2"]
+
+
+def test_a_queue_that_knows_no_profile_accepts_any_preset(tmp_path: Path) -> None:
+    """`mt-assets jobs submit` has no --profile: it leaves the preset to the scanner, which knows the profile."""
+    from mt_assets.jobs.queue import JobQueue
+    from mt_assets_tests.jobs.test_queue import drop_folder, job_doc
+
+    queue = JobQueue(tmp_path / "volume", settle_seconds=0, stable_seconds=0)
+    drop_folder(queue, "fast", job_doc(preset="lightx2v", teacache=True))
+    [accepted] = queue.scan_inbox().accepted
+    assert accepted.job.preset == "lightx2v" and accepted.job.steps == 4 and accepted.job.teacache is not None

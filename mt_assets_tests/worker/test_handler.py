@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,27 @@ def test_an_unexpected_failure_asks_for_a_fresh_worker(worker: Worker) -> None:
     response = handle({"id": "broken", "input": tiny_job()}, broken)
     assert response["refresh_worker"] is True
     assert response["error"].startswith("render job runpod:broken: AttributeError: ")
+
+
+def test_a_preset_the_workers_profile_does_not_serve_fails_naming_it(worker: Worker) -> None:
+    response = handle({"id": "fast-1", "input": tiny_job(preset="fusionx")}, worker)
+    assert set(response) == {"error"}
+    assert response["error"].startswith(
+        "render job runpod:fast-1: field 'preset': 'fusionx' is not served by profile 'tiny'"
+    )
+    assert not (worker.outputs / "fast-1").exists()
+
+
+def test_a_worker_whose_profile_serves_the_preset_renders_it_with_the_presets_settings(
+    worker: Worker,
+) -> None:
+    serving = dataclasses.replace(
+        worker, manifest=dataclasses.replace(worker.manifest, presets=("lightx2v",))
+    )
+    doc = tiny_job(preset="lightx2v")
+    del doc["steps"]  # the preset's 4
+    response = handle({"id": "fast-2", "input": doc}, serving)
+    assert "error" not in response, response
+    record = json.loads(Path(response["job_json"]).read_text())
+    assert record["job"]["preset"] == "lightx2v" and record["job"]["steps"] == 4
+    assert record["dit_evaluations_planned"] == record["dit_evaluations_run"] == 4 * 2
