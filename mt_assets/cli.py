@@ -368,8 +368,10 @@ def render(
     except DeviceError as e:
         click.echo(f"error: --device {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    # How the next command names the manifest, as this one did.
+    where = f"--manifest {manifest_path}" if manifest_path else f"--profile {manifest.profile}"
     if dry_run and job.teacache is None:
-        _print_dry_run(job, media, vol, manifest, resolved, as_json)  # no model needed: no audit
+        _print_dry_run(job, media, vol, manifest, resolved, as_json, where)  # no model needed: no audit
     # The volume must hold every file, verified (the hash cache makes this cheap), before any load.
     report = run_audit(manifest, vol)
     if not report.complete:
@@ -381,7 +383,7 @@ def render(
         sys.exit(EXIT_PROBLEM)
     if dry_run:
         with err.status("loading the DiT for its time embedding") if err.is_terminal else contextlib.nullcontext():
-            _print_dry_run(job, media, vol, manifest, resolved, as_json)
+            _print_dry_run(job, media, vol, manifest, resolved, as_json, where)
 
     with err.status("loading the models from the volume") if err.is_terminal else contextlib.nullcontext():
         # The DiT is read in the background while the encoders load and condition the job.
@@ -404,7 +406,9 @@ def render(
     sys.exit(EXIT_OK)
 
 
-def _print_dry_run(job: Any, media: Any, vol: LocalVolume, manifest: Manifest, device: Any, as_json: bool) -> None:
+def _print_dry_run(
+    job: Any, media: Any, vol: LocalVolume, manifest: Manifest, device: Any, as_json: bool, where: str
+) -> None:
     """`render --dry-run`: the job's evaluation plan (render/cost.py), then exit 0 (2 when its audio is too short)."""
     from mt_assets.render.cost import PlanError, dry_run
     from mt_assets.render.pipeline import render_dtype
@@ -424,7 +428,7 @@ def _print_dry_run(job: Any, media: Any, vol: LocalVolume, manifest: Manifest, d
             f"{job.id}: {plan.clips} clip(s) of {plan.frames_per_clip} frames, {plan.steps} steps x "
             f"{plan.evaluations_per_step} DiT evaluations per step{skipped}: {plan.planned} DiT evaluations"
         )
-        click.echo(f"next: mt-assets render {job.source} --profile {manifest.profile}")
+        click.echo(f"next: mt-assets render {job.source} {where} --volume {vol.root}")
     sys.exit(EXIT_OK)
 
 

@@ -47,6 +47,8 @@ log = logging.getLogger("mt_assets.worker")
 
 MAX_INLINE_VIDEO_BYTES = 10 * 1024**2  # 13.3 MB as base64: under RunPod's 20 MB /runsync payload
 MEDIA_FIELDS = ("cond_image", "cond_audio")  # compared by their sha256: a fetched medium's path differs
+# Job settings added after renders were first recorded: a job.json without them had these values.
+LATER_FIELDS = {"teacache": False, "preset": None}
 _CONTENT_TYPES = {VIDEO_NAME: "video/mp4", POSTER_NAME: "image/png", JOB_JSON_NAME: "application/json"}
 _RESPONSE_KEYS = {VIDEO_NAME: "video", POSTER_NAME: "poster", JOB_JSON_NAME: "job_json"}
 
@@ -87,8 +89,9 @@ def finished_output(
     for name, value in job.to_json().items():
         if name in MEDIA_FIELDS or name == "rerender":
             continue
-        if before.get(name) != value:
-            raise JobError(job.source, name, _differs(folder, name, repr(before.get(name)), repr(value)))
+        earlier = before.get(name, LATER_FIELDS.get(name))
+        if earlier != value:
+            raise JobError(job.source, name, _differs(folder, name, repr(earlier), repr(value)))
     if not isinstance(media_before, Mapping):
         raise JobError(
             job.source,

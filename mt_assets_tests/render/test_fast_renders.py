@@ -204,3 +204,17 @@ def test_cli_refuses_a_preset_the_profile_does_not_serve_with_exit_2_naming_it(
     assert "field 'preset': 'fusionx' is not served by profile 'tiny'" in done.stderr
     assert "serves it" in done.stderr
     assert not (tmp_path / "unserved").exists()
+
+
+def test_dry_run_without_json_says_the_cost_in_one_line_and_what_to_run_next(
+    media, serving_manifest, tmp_path
+) -> None:
+    job = write_job(media, "dry-text", preset="fusionx")
+    dry = cli(str(job), "--manifest", str(serving_manifest), "--volume", str(tmp_path), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert (
+        lines[0]
+        == "dry-text: 1 clip(s) of 13 frames, 8 steps x 2 DiT evaluations per step: 16 DiT evaluations"
+    )
+    assert lines[1].startswith("next: mt-assets render ") and f"--manifest {serving_manifest}" in lines[1]

@@ -138,3 +138,17 @@ def test_a_worker_whose_profile_serves_the_preset_renders_it_with_the_presets_se
     record = json.loads(Path(response["job_json"]).read_text())
     assert record["job"]["preset"] == "lightx2v" and record["job"]["steps"] == 4
     assert record["dit_evaluations_planned"] == record["dit_evaluations_run"] == 4 * 2
+
+
+def test_a_render_recorded_before_teacache_and_preset_existed_is_still_reused(worker: Worker) -> None:
+    first = handle({"id": "older-1", "input": tiny_job()}, worker)
+    assert "error" not in first, first
+    path = Path(first["job_json"])
+    record = json.loads(path.read_text())
+    for name in ("teacache", "preset"):
+        del record["job"][name]
+    path.write_text(json.dumps(record))
+    again = handle({"id": "older-1", "input": tiny_job()}, worker)
+    assert again["reused"] is True, again
+    other = handle({"id": "older-1", "input": tiny_job(teacache=True)}, worker)
+    assert "field 'teacache'" in other["error"] and "False" in other["error"]
