@@ -34,9 +34,9 @@ from mt_assets.defs.offline_cache import ASSET_KEY as OFFLINE_CACHE_KEY
 from mt_assets.defs.offline_cache import CHECK_NAME as OFFLINE_CHECK
 from mt_assets.defs.offline_cache import MODEL_VERSIONS, models_data_versions
 from mt_assets.defs.resources import VolumeResource
-from mt_assets.jobs.outputs import OutputExists, output_dir
+from mt_assets.jobs.outputs import EVALUATION_KEYS, OutputExists, output_dir
 from mt_assets.jobs.queue import JobBusy, JobQueue
-from mt_assets.jobs.schema import JobError
+from mt_assets.jobs.schema import JobError, check_preset_served
 from mt_assets.manifest import Manifest
 from mt_assets.render.run import RenderResult, render_job
 from mt_assets.render.video import poster_preview_markdown
@@ -145,6 +145,7 @@ def render_metadata(result: RenderResult) -> dict[str, Any]:
         "seconds_per_step": doc["seconds_per_step"],
         "seconds": doc["seconds"],
         "stages": dg.MetadataValue.json(doc["stages"]),
+        **{key: doc[key] for key in EVALUATION_KEYS if key in doc},
         "settings": dg.MetadataValue.md(settings_markdown(result.job.to_json())),
     }
 
@@ -181,6 +182,12 @@ def build_renders_asset(manifest: Manifest) -> dg.AssetsDefinition:
             job = queue.load(job_id)
         except (JobError, LookupError) as e:
             raise dg.Failure(description=f"render {job_id}: {e}", allow_retries=False) from None
+        try:
+            # Queued under another profile (or before the sensor checked presets): no retry can serve it.
+            check_preset_served(job, manifest.profile, manifest.presets)
+        except JobError as e:
+            queue.mark_failed(job_id, str(e))
+            raise dg.Failure(description=f"render {job_id}: {e}; moved to jobs/failed/", allow_retries=False) from None
         renderer = render.renderer(str(root), manifest)
         context.log.info(f"render {job_id}: {job.frames} frames per clip, {job.steps} steps, mode {job.mode}")
         try:

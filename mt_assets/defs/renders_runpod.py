@@ -52,7 +52,7 @@ from mt_assets.dispatch import (
     worker_input,
 )
 from mt_assets.dispatch.outcomes import judge, timing_seconds, timing_text
-from mt_assets.jobs.outputs import OUTPUTS_DIR
+from mt_assets.jobs.outputs import EVALUATION_KEYS, OUTPUTS_DIR
 from mt_assets.jobs.queue import JobBusy, JobQueue
 from mt_assets.jobs.schema import JobError
 from mt_assets.manifest import Manifest
@@ -272,6 +272,7 @@ def runpod_metadata(output: WorkerOutput, job_input: dict[str, Any]) -> dict[str
         "seconds_per_step",
         "seconds",
         "handler_seconds",
+        *EVALUATION_KEYS,
     ):
         value = output.fields.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):

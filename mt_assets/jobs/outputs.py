@@ -11,6 +11,9 @@ from pathlib import Path
 from mt_assets.jobs.schema import RenderJob
 
 OUTPUTS_DIR = "outputs"
+# job.json's DiT evaluation counts (render/cost.py), also in `render --json`, the worker's response and
+# the renders' Dagster metadata.
+EVALUATION_KEYS = ("dit_evaluations_planned", "dit_evaluations_run", "dit_evaluations_skipped")
 
 
 class OutputExists(FileExistsError):

@@ -14,7 +14,7 @@ worker all call `render_job`, with a renderer from `MultiTalkRenderer.from_volum
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class RenderResult:
     clips: int
     seconds_per_step: float
     timings: dict[str, Any]
+    evaluations: dict[str, int] = field(default_factory=dict)  # job.json's dit_evaluations_* keys
 
     @property
     def duration(self) -> float:
@@ -63,6 +64,7 @@ class RenderResult:
             "seconds_per_step": round(self.seconds_per_step, 4),
             "seconds": self.timings["seconds"],
             "stages": self.timings["stages"],
+            **self.evaluations,
         }
 
 
@@ -138,6 +140,7 @@ def render_job(
         clips=len(rendered.plan.clips),
         seconds_per_step=record["timings"]["seconds_per_step"],
         timings=record["timings"],
+        evaluations=rendered.evaluations_json(),
     )
 
 

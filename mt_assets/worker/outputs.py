@@ -39,6 +39,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from mt_assets import config
 from mt_assets.jobs.hashes import media_differences
 from mt_assets.jobs.media import endpoint_shown
+from mt_assets.jobs.outputs import EVALUATION_KEYS
 from mt_assets.jobs.schema import JobError, RenderJob
 from mt_assets.render.video import FPS, JOB_JSON_NAME, POSTER_NAME, VIDEO_NAME
 from mt_assets.sources.s3 import parse_s3_uri
@@ -137,6 +138,8 @@ def response_from_record(folder: Path, record: dict[str, Any]) -> dict[str, Any]
         "seconds_per_step": round(timings["seconds_per_step"], 4),
         "seconds": timings["seconds"],
         "stages": timings["stages"],
+        # None for a render recorded before they were
+        **{key: record.get(key) for key in EVALUATION_KEYS},
     }
 
 

@@ -163,6 +163,10 @@ def test_dry_run_says_what_the_render_then_runs(
     done = cli(str(job), *where, "--out", str(tmp_path), "--json")
     assert done.returncode == 0, done.stderr
     record = json.loads((tmp_path / name / "job.json").read_text())
+    printed = json.loads(done.stdout)  # `render --json` prints the same counts
+    assert {k: printed[k] for k in printed if k.startswith("dit_")} == {
+        k: record[k] for k in record if k.startswith("dit_")
+    }
     assert (
         plan["dit_evaluations_planned"] == record["dit_evaluations_run"] == record["dit_evaluations_planned"]
     )
