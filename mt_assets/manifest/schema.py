@@ -39,10 +39,13 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
+
+from mt_assets.manifest.yamldata import load_yaml_owned
 
 KINDS = ("weights", "tokenizer", "processor", "config")
 
@@ -50,6 +53,7 @@ _NAME = re.compile(r"^[a-z0-9_-]+$")
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HEX = re.compile(r"^[0-9a-f]+$")
 _REF = re.compile(r"^[A-Za-z0-9._/-]+$")
+_DRIVE = re.compile(r"^[A-Za-z]:")
 
 _TOP_FIELDS = ("profile", "components", "bundles")
 _BUNDLE_FIELDS = ("name", "loader", "component", "folder")
@@ -62,7 +66,7 @@ class ManifestError(ValueError):
     """A manifest that cannot be used; the message names where, what and what was expected."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestFile:
     """One file the system loads, with everything needed to fetch and verify it."""
 
@@ -128,7 +132,7 @@ class Manifest:
     components: tuple[Component, ...]
     bundles: tuple[Bundle, ...] = ()
 
-    @property
+    @cached_property
     def files(self) -> tuple[ManifestFile, ...]:
         return tuple(f for c in self.components for f in c.files)
 
@@ -163,26 +167,33 @@ def is_commit(revision: str) -> bool:
 
 def parse_manifest(text: str, source: str) -> Manifest:
     """Parse and validate manifest YAML; `source` names it in error messages."""
+    return _parse(text, source)
+
+
+def load_manifest(path: str | Path, display: str | None = None) -> Manifest:
+    """Read a manifest file; `display` is the name used in messages (default: the path given).
+
+    The file is parsed as it is read: a million entries' text is never held whole.
+    """
+    shown = display or str(path)
     try:
-        data = yaml.safe_load(text)
+        with open(path, encoding="utf-8") as stream:
+            return _parse(stream, shown)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest {shown}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"manifest {shown}: cannot be read: {e}") from None
+
+
+def _parse(document: str | TextIO, source: str) -> Manifest:
+    try:
+        data, owned = load_yaml_owned(document)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ManifestError(f"manifest {source}: not valid YAML{where}: {problem}") from None
-    return _Parser(source).manifest(data)
-
-
-def load_manifest(path: str | Path, display: str | None = None) -> Manifest:
-    """Read a manifest file; `display` is the name used in messages (default: the path given)."""
-    shown = display or str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"manifest {shown}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"manifest {shown}: cannot be read: {e}") from None
-    return parse_manifest(text, shown)
+    return _Parser(source, consume=owned).manifest(data)
 
 
 def check_relative_path(value: str) -> str | None:
@@ -193,7 +204,7 @@ def check_relative_path(value: str) -> str | None:
         return "must not contain a NUL character"
     if "\\" in value:
         return "must use '/' separators, not backslashes"
-    if value.startswith("/") or re.match(r"^[A-Za-z]:", value):
+    if value.startswith("/") or _DRIVE.match(value):
         return "must be relative, not absolute"
     parts = value.split("/")
     if ".." in parts:
@@ -204,8 +215,11 @@ def check_relative_path(value: str) -> str | None:
 
 
 class _Parser:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, *, consume: bool = False) -> None:
         self.source = source
+        # Drop each component's raw entries once parsed, so that the raw data and what is made of
+        # it are never both whole (for a million files); only for data no alias reaches twice.
+        self.consume = consume
 
     def fail(self, where: str, message: str) -> ManifestError:
         return ManifestError(f"manifest {self.source}: {where}{message}")
@@ -266,30 +280,37 @@ class _Parser:
 
         components: list[Component] = []
         names: set[str] = set()
-        targets: dict[str, str] = {}
+        targets: set[str] = set()
         for index, raw in enumerate(raw_components, start=1):
             component = self.component(raw, index)
+            if self.consume:
+                raw_components[index - 1] = None
             if component.name in names:
                 raise self.fail(
                     f"component #{index}: ", f"field 'name': duplicate component name '{component.name}'"
                 )
             names.add(component.name)
             for file_index, f in enumerate(component.files, start=1):
-                if f.target in targets:
+                target = f.target
+                if target in targets:
                     raise self.fail(
                         f"component '{component.name}', file #{file_index}: ",
-                        f"field 'path': target {f.target} is already declared by {targets[f.target]}",
+                        f"field 'path': target {target} is already declared by "
+                        f"{_declared_by(target, [*components, component])}",
                     )
-                targets[f.target] = f"component '{component.name}', file #{file_index}"
+                targets.add(target)
             components.append(component)
         raw_bundles = top.get("bundles", [])
         if not isinstance(raw_bundles, list):
             raise self.fail("", f"field 'bundles' must be a list, got {_kind_of(raw_bundles)}")
         bundles: list[Bundle] = []
+        by_name = {c.name: c for c in components}
+        bundle_names: set[str] = set()
         for index, raw in enumerate(raw_bundles, start=1):
-            bundle = self.bundle(raw, index, {c.name: c for c in components})
-            if any(b.name == bundle.name for b in bundles):
+            bundle = self.bundle(raw, index, by_name)
+            if bundle.name in bundle_names:
                 raise self.fail(f"bundle #{index}: ", f"field 'name': duplicate bundle name '{bundle.name}'")
+            bundle_names.add(bundle.name)
             bundles.append(bundle)
         return Manifest(
             profile=profile, source=self.source, components=tuple(components), bundles=tuple(bundles)
@@ -362,6 +383,8 @@ class _Parser:
             self.file(raw_file, file_index, name, repo, revision, directory)
             for file_index, raw_file in enumerate(raw_files, start=1)
         )
+        if self.consume:
+            raw_files.clear()
         return Component(name=name, repo=repo, revision=revision, dir=directory, files=files)
 
     def file(
@@ -389,6 +412,15 @@ class _Parser:
             git_sha1=self.hex_digest(mapping, "git_sha1", 40, where),
             estimated_size=self.size(mapping, "estimated_size", where),
         )
+
+
+def _declared_by(target: str, components: list[Component]) -> str:
+    """Where `target` is first declared, as errors name it (only looked up for an error)."""
+    for c in components:
+        for index, f in enumerate(c.files, start=1):
+            if f.target == target:
+                return f"component '{c.name}', file #{index}"
+    raise AssertionError(target)
 
 
 def _kind_of(value: Any) -> str:
