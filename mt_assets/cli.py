@@ -99,11 +99,13 @@ def audit(
     manifest = resolve_manifest(profile, manifest_path)
     vol = resolve_volume(volume)
     err = Console(stderr=True)
-    total = sum((f.size or f.estimated_size or 0) for f in manifest.files)
-    with RichProgress(err, "hashing" if full else "checking", total) as progress:
+    # Files checked count on their own bar; the bytes read are known up front only with --full.
+    total = sum((f.size or f.estimated_size or 0) for f in manifest.files) if full else None
+    with RichProgress(err, "hashing", total) as progress:
         report = run_audit(manifest, vol, full=full, jobs=jobs, progress=progress)
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        report.write_json(sys.stdout)  # a file at a time: a million files' document is never held whole
+        sys.stdout.write("\n")
     else:
         print_audit(report, Console(highlight=False))
     sys.exit(EXIT_OK if report.complete else EXIT_PROBLEM)
@@ -143,7 +145,7 @@ def provision(
     vol = resolve_volume(volume)
     err = Console(stderr=True)
     out = Console(highlight=False)
-    with RichProgress(err, "checking", None) as progress:
+    with RichProgress(err, "hashing", None) as progress:
         the_plan = provision_core.plan(manifest, vol, progress=progress)
     if dry_run:
         if as_json:

@@ -234,6 +234,8 @@ SLOW_TESTS = (
     "bench/test_cold_start.py::test_a_cold_load_runs_in_a_fresh_process_with_the_files_evicted",
     "bench/test_cold_start.py::test_time_to_first_step_is_measured_cold_with_the_dit_in_the_background_and_without",
     "models/test_bounded_load.py::test_transient_host_memory_of_the_dit_load_stays_under_one_and_a_half_shards",
+    # 20,000 files written, then audited twice by the CLI in fresh processes on a pseudo-terminal, memory measured
+    "test_audit_scale.py::test_an_audit_of_twenty_thousand_files_shows_files_checked_as_it_goes_in_memory_for_a_million",
     "tiny/test_profile.py::test_cli_tiny_build_then_provision_the_tiny_profile",
     "render/test_one_renderer.py",
     # hostile input refused by the CLI in fresh processes whose peak memory is measured (about 13 s each)
