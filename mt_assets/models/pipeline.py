@@ -252,8 +252,20 @@ def load_pipeline_components(
             log.info("%s", r.summary())
         return [(f.target, f.size or volume.path(f.target).stat().st_size) for f, _ in loras]
 
+    def check_loras() -> None:
+        """A LoRA file that is not there fails the load before the DiT's shards are read (minutes)."""
+        from mt_assets.models.lora import LoraError
+
+        for f, _ in loras:
+            if not volume.path(f.target).is_file():
+                raise LoraError(
+                    f"LoRA {volume.path(f.target)} (component '{f.component}'): missing from the volume"
+                )
+
     def load_unit(unit: str) -> Any:
         components = unit_components(manifest, unit)
+        if unit == "transformer":
+            check_loras()
         files = tuple(f for name in UNITS[unit] for f in manifest.component(name).files)  # LoRAs: merge_into
         started = time.perf_counter()
         repack = (
