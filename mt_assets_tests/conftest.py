@@ -144,6 +144,23 @@ def tiny_volume(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_fusionx_volume(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A volume of the tiny-fusionx profile (tiny plus its LoRA file), provisioned from the same tiny
+    mirror through the real provisioner (read-only use; copy it to damage it)."""
+    from mt_assets import provision
+    from mt_assets.manifest import load_profile
+    from mt_assets.sources import MirrorSource
+
+    root = tmp_path_factory.mktemp("tiny-fusionx-volume")
+    volume = LocalVolume(root)
+    report = provision.apply(
+        provision.plan(load_profile("tiny-fusionx"), volume), MirrorSource(tiny_mirror), volume
+    )
+    assert report.complete, [r.detail for r in report.results if r.outcome == "failed"]
+    return root
+
+
 def rot_bit(volume: LocalVolume, target: str, offset: int = 0) -> None:
     """Corrupt a byte the way failing storage does: the bytes change and no stat field shows it.
 
