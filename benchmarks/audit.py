@@ -222,7 +222,7 @@ ENTRIES_PER_COMPONENT = 1000
 ENTRIES_PER_FOLDER = 100
 ENTRIES_GOALS = {100_000: 60.0}  # seconds of the CLI audit, warm cache (issue 20)
 
-# The CLI in a child that writes its own peak RSS (VmHWM, KiB) to $MT_BENCH_PEAK on the way out: a
+# The CLI in a child that writes its own peak RSS (VmHWM, KiB) to $AUDIT_BENCH_PEAK_FILE on the way out: a
 # child's ru_maxrss would carry this process's memory into it across the fork and exec.
 CLI_WITH_PEAK = """
 import atexit, os, sys
@@ -230,7 +230,7 @@ import atexit, os, sys
 def peak():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
-            with open(os.environ["MT_BENCH_PEAK"], "w") as f:
+            with open(os.environ["AUDIT_BENCH_PEAK_FILE"], "w") as f:
                 f.write(line.split()[1])
 
 atexit.register(peak)
@@ -314,7 +314,7 @@ def find_stat(small: SmallFiles) -> float:
 def cli_audit_with_peak(small: SmallFiles, work: Path) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of `mt-assets audit --json` (warm cache), stdout to a file."""
     out, peak = work / "cli-audit.json", work / "cli-peak"
-    env = {**os.environ, "MT_BENCH_PEAK": str(peak)}
+    env = {**os.environ, "AUDIT_BENCH_PEAK_FILE": str(peak)}
     args = ["audit", "--manifest", str(small.manifest_path), "--volume", str(small.root), "--json"]
     with open(out, "w") as stdout:
         start = time.perf_counter()

@@ -47,7 +47,7 @@ def status(field):
 from mt_assets.cli import main
 
 base = status("VmRSS")
-atexit.register(lambda: json.dump({"base": base, "peak": status("VmHWM")}, open(os.environ["MT_TEST_MEMORY"], "w")))
+atexit.register(lambda: json.dump({"base": base, "peak": status("VmHWM")}, open(os.environ["AUDIT_TEST_MEMORY_FILE"], "w")))
 sys.argv[0] = "mt-assets"
 main()
 """
@@ -83,7 +83,7 @@ def _audit_on_a_terminal(manifest: Path, volume: Path, tmp: Path) -> tuple[dict,
     """`mt-assets audit --json` with stderr on a pseudo-terminal: (its JSON, what the terminal showed, memory)."""
     memory = tmp / "memory.json"
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "NO_COLOR")}
-    env.update(TERM="xterm-256color", COLUMNS="120", MT_TEST_MEMORY=str(memory))
+    env.update(TERM="xterm-256color", COLUMNS="120", AUDIT_TEST_MEMORY_FILE=str(memory))
     master, slave = pty.openpty()
     ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     with open(tmp / "stdout.json", "w+", encoding="utf-8") as stdout:
