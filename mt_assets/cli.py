@@ -99,11 +99,13 @@ def audit(
     manifest = resolve_manifest(profile, manifest_path)
     vol = resolve_volume(volume)
     err = Console(stderr=True)
-    total = sum((f.size or f.estimated_size or 0) for f in manifest.files)
-    with RichProgress(err, "hashing" if full else "checking", total) as progress:
+    # Files checked count on their own bar; the bytes read are known up front only with --full.
+    total = sum((f.size or f.estimated_size or 0) for f in manifest.files) if full else None
+    with RichProgress(err, "hashing", total) as progress:
         report = run_audit(manifest, vol, full=full, jobs=jobs, progress=progress)
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        report.write_json(sys.stdout)  # a file at a time: a million files' document is never held whole
+        sys.stdout.write("\n")
     else:
         print_audit(report, Console(highlight=False))
     sys.exit(EXIT_OK if report.complete else EXIT_PROBLEM)
@@ -143,7 +145,7 @@ def provision(
     vol = resolve_volume(volume)
     err = Console(stderr=True)
     out = Console(highlight=False)
-    with RichProgress(err, "checking", None) as progress:
+    with RichProgress(err, "hashing", None) as progress:
         the_plan = provision_core.plan(manifest, vol, progress=progress)
     if dry_run:
         if as_json:
@@ -500,20 +502,27 @@ def tiny() -> None:
     type=click.Choice(["tiny", "medium"]),
     default="tiny",
     show_default=True,
-    help="tiny: the shipped tiny profile; medium: the same files at benchmark size (~2.8 GB, not shipped).",
+    help="tiny: the shipped tiny profiles; medium: the same files at benchmark size (~2.8 GB, not shipped).",
 )
 @click.option(
-    "--update-profile", is_flag=True, help="Rewrite the shipped profiles/tiny.yaml from this build."
+    "--update-profile",
+    is_flag=True,
+    help="Rewrite the shipped tiny profiles (profiles/tiny.yaml and its add-on twins) from this build.",
 )
 @_bad_input_exits
 def tiny_build(directory: str, seed: int, scale: str, update_profile: bool) -> None:
-    """Write a mirror of the tiny profile into DIRECTORY (new or empty), plus its pinned manifest."""
+    """Write a mirror of every tiny profile's files into DIRECTORY (new or empty), plus their pinned manifests.
+
+    One mirror serves `tiny` and its add-on twins (`tiny-fusionx`, `tiny-lightx2v`: the same files
+    plus a tiny LoRA each); each manifest is written beside the model folders as <profile>.yaml.
+    """
     from mt_assets.manifest import profile_path
-    from mt_assets.tiny.profile import TINY_PROFILE, build_tiny_mirror, tiny_profile_yaml
+    from mt_assets.tiny.lora import TINY_LORAS
+    from mt_assets.tiny.profile import TINY_PROFILE, build_tiny_mirror, tiny_addon_yaml, tiny_profile_yaml
 
     if update_profile and scale != "tiny":
         click.echo(
-            f"error: --update-profile rewrites the shipped tiny profile; --scale {scale} is not shipped",
+            f"error: --update-profile rewrites the shipped tiny profiles; --scale {scale} is not shipped",
             err=True,
         )
         sys.exit(EXIT_BAD_INPUT)
@@ -531,14 +540,24 @@ def tiny_build(directory: str, seed: int, scale: str, update_profile: bool) -> N
     if scale != "tiny":
         click.echo(f"next: mt-assets provision --manifest {written} --source {directory}")
         return
-    shipped = profile_path(TINY_PROFILE)
-    if update_profile:
-        shipped.write_text(text)
-        click.echo(f"updated {shipped}")
-    elif shipped.read_text() != text:
+    texts = {TINY_PROFILE: text}
+    for spec in TINY_LORAS:
+        texts[spec.profile] = tiny_addon_yaml(directory, spec.profile)
+        (Path(directory) / f"{spec.profile}.yaml").write_text(texts[spec.profile])
+        click.echo(f"add-on {spec.profile}: manifest {Path(directory) / f'{spec.profile}.yaml'}")
+    differ = []
+    for name, built in texts.items():
+        shipped = profile_path(name)
+        if update_profile:
+            if shipped.read_text() != built:
+                shipped.write_text(built)
+                click.echo(f"updated {shipped}")
+        elif shipped.read_text() != built:
+            differ.append(str(shipped))
+    if differ:
         click.echo(
-            f"error: this build differs from the shipped {shipped}: pass --update-profile if the builder "
-            "changed on purpose",
+            f"error: this build differs from the shipped {', '.join(differ)}: pass --update-profile if the "
+            "builder changed on purpose",
             err=True,
         )
         sys.exit(EXIT_PROBLEM)

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
+FILES = "files"
+"""The key of work counted in files, not bytes: an audit's files checked (`start` with how many in
+all, `advance` by files done, a batch at a time). The audit's and the provisioner's other keys are
+files' targets, counted in bytes and started only for files whose bytes are read or written."""
+
 
 class Progress(Protocol):
     def start(self, key: str, label: str, total: int | None) -> None:

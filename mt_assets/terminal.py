@@ -1,10 +1,13 @@
 """What the command line shows: rich progress while bytes move, tables and a closing line.
 
-Progress goes to stderr (and only on a terminal), so `--json` keeps stdout to one document.
+Progress goes to stderr (and only on a terminal), so `--json` keeps stdout to one document. The
+display redraws itself 10 times a second from its own thread, never once per file; the files
+table lists at most FILE_ROWS files (those not ok first): `--json` has every one.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Self
 
@@ -14,16 +17,21 @@ from rich.progress import (
     DownloadColumn,
     Progress,
     ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from mt_assets.audit import SPACE_MARGIN, AuditReport
+from mt_assets.progress import FILES
 from mt_assets.provision import Plan, ProvisionReport
 from mt_assets.units import human_bytes
+
+FILE_ROWS = 200  # files listed in the audit's table at most
 
 STATUS_STYLE = {
     "ok": "green",
@@ -34,11 +42,23 @@ STATUS_STYLE = {
 }
 
 
+class _Progress(Progress):
+    """rich's Progress without the redraw that `add_task` forces: an audit starts a task per file it
+    reads, and a redraw each (~1 ms, and the whole display written out) cost more than the file.
+    The display's own thread redraws 10 times a second; `redraw` does it now."""
+
+    def refresh(self) -> None:
+        pass
+
+    def redraw(self) -> None:
+        super().refresh()
+
+
 class TaskProgress:
     """A rich display with one bar per task in flight (`mt_assets.progress.Progress`), on stderr."""
 
     def __init__(self, console: Console, *columns: ProgressColumn) -> None:
-        self._progress = Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
+        self._progress = _Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
         self._tasks: dict[str, TaskID] = {}
         self._lock = threading.Lock()
 
@@ -65,26 +85,66 @@ class TaskProgress:
             self._progress.remove_task(task)
 
 
+class _AmountColumn(DownloadColumn):
+    """Bytes done of the total; for the task counted in files (FILES), files done of the total."""
+
+    def render(self, task: Task) -> Text:
+        if task.fields.get("unit") != FILES:
+            return super().render(task)
+        total = f"/{int(task.total):,}" if task.total is not None else ""
+        return Text(f"{int(task.completed):,}{total} files", style="progress.download")
+
+
+class _RateColumn(TransferSpeedColumn):
+    """Bytes per second; files per second for the task counted in files."""
+
+    def render(self, task: Task) -> Text:
+        if task.fields.get("unit") != FILES:
+            return super().render(task)
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} files/s" if speed else "?", style="progress.data.speed")
+
+
 class RichProgress(TaskProgress):
-    """Bytes moving: one overall bar and one bar per file in flight."""
+    """Bytes moving: one overall bar, one bar per file in flight, and the files checked (FILES).
+
+    The overall bar shows once bytes move, or from the start when their total is known.
+    """
 
     def __init__(self, console: Console, overall_label: str, overall_total: int | None) -> None:
         super().__init__(
             console,
             TextColumn("{task.description}", justify="left"),
             BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
+            _AmountColumn(),
+            _RateColumn(),
             TimeRemainingColumn(),
         )
-        self._overall = self._progress.add_task(overall_label, total=overall_total)
+        self._overall_shown = overall_total is not None
+        self._overall = self._progress.add_task(
+            overall_label, total=overall_total, visible=self._overall_shown
+        )
 
     def start(self, key: str, label: str, total: int | None) -> None:
-        super().start(key, f"  {label}", total)
+        if key == FILES:  # drawn at once, and when done: a quick audit shows its count too
+            with self._lock:
+                self._tasks[key] = self._progress.add_task(label, total=total, unit=FILES)
+            self._progress.redraw()
+        else:
+            super().start(key, f"  {label}", total)
+
+    def finish(self, key: str) -> None:
+        if key == FILES:
+            self._progress.redraw()
+        super().finish(key)
 
     def advance(self, key: str, n: int) -> None:
         super().advance(key, n)
-        self._progress.advance(self._overall, n)
+        if key != FILES:
+            if not self._overall_shown:
+                self._overall_shown = True
+                self._progress.update(self._overall, visible=True)
+            self._progress.advance(self._overall, n)
 
 
 def print_audit(report: AuditReport, console: Console, *, show_ok: bool = True) -> None:
@@ -116,23 +176,34 @@ def print_audit(report: AuditReport, console: Console, *, show_ok: bool = True) 
     )
     console.print(components)
 
-    files = Table(title="files", title_justify="left")
-    for col in ("status", "component", "path", "size", "expected", "detail"):
-        files.add_column(col, overflow="fold")
-    for fa in report.files:
-        if fa.status == "ok" and not show_ok:
-            continue
-        files.add_row(
-            f"[{STATUS_STYLE[fa.status]}]{fa.status}[/]",
-            fa.file.component,
-            fa.file.path,
-            human_bytes(fa.size) if fa.size is not None else "-",
-            human_bytes(fa.file.size)
-            if fa.file.size is not None
-            else f"~{human_bytes(fa.file.estimated_size)}",
-            fa.detail or "",
+    # Every file while there are few; beyond FILE_ROWS, those not ok, up to FILE_ROWS of them.
+    few = len(report.files) <= FILE_ROWS
+    wanted = (fa for fa in report.files if (show_ok and few) or fa.status != "ok")
+    listed = list(itertools.islice(wanted, FILE_ROWS))
+    unlisted = 0 if few else len(report.files) - len(listed)
+    if listed or few:
+        files = Table(
+            title="files",
+            title_justify="left",
+            caption=f"{unlisted:,} more not listed here (--json lists every file)" if unlisted else None,
+            caption_justify="left",
         )
-    console.print(files)
+        for col in ("status", "component", "path", "size", "expected", "detail"):
+            files.add_column(col, overflow="fold")
+        for fa in listed:
+            files.add_row(
+                f"[{STATUS_STYLE[fa.status]}]{fa.status}[/]",
+                fa.file.component,
+                fa.file.path,
+                human_bytes(fa.size) if fa.size is not None else "-",
+                human_bytes(fa.file.size)
+                if fa.file.size is not None
+                else f"~{human_bytes(fa.file.estimated_size)}",
+                fa.detail or "",
+            )
+        console.print(files)
+    else:
+        console.print(f"files: all {unlisted:,} ok, not listed here (--json lists every file)")
     console.print(audit_summary(report))
 
 

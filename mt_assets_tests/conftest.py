@@ -144,6 +144,23 @@ def tiny_volume(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_fusionx_volume(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A volume of the tiny-fusionx profile (tiny plus its LoRA file), provisioned from the same tiny
+    mirror through the real provisioner (read-only use; copy it to damage it)."""
+    from mt_assets import provision
+    from mt_assets.manifest import load_profile
+    from mt_assets.sources import MirrorSource
+
+    root = tmp_path_factory.mktemp("tiny-fusionx-volume")
+    volume = LocalVolume(root)
+    report = provision.apply(
+        provision.plan(load_profile("tiny-fusionx"), volume), MirrorSource(tiny_mirror), volume
+    )
+    assert report.complete, [r.detail for r in report.results if r.outcome == "failed"]
+    return root
+
+
 def rot_bit(volume: LocalVolume, target: str, offset: int = 0) -> None:
     """Corrupt a byte the way failing storage does: the bytes change and no stat field shows it.
 
@@ -234,6 +251,8 @@ SLOW_TESTS = (
     "bench/test_cold_start.py::test_a_cold_load_runs_in_a_fresh_process_with_the_files_evicted",
     "bench/test_cold_start.py::test_time_to_first_step_is_measured_cold_with_the_dit_in_the_background_and_without",
     "models/test_bounded_load.py::test_transient_host_memory_of_the_dit_load_stays_under_one_and_a_half_shards",
+    # 20,000 files written, then audited twice by the CLI in fresh processes on a pseudo-terminal, memory measured
+    "test_audit_scale.py::test_an_audit_of_twenty_thousand_files_shows_files_checked_as_it_goes_in_memory_for_a_million",
     "tiny/test_profile.py::test_cli_tiny_build_then_provision_the_tiny_profile",
     "render/test_one_renderer.py",
     # hostile input refused by the CLI in fresh processes whose peak memory is measured (about 13 s each)

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+import mt_assets.audit as audit_module
 import mt_assets.volume.local as volume_local
 from mt_assets.audit import audit
 from mt_assets.manifest import parse_manifest
+from mt_assets.progress import FILES
 from mt_assets_tests.conftest import SyntheticVolume, flip_bit_keep_mtime, manifest_yaml, rot_bit
 
 
@@ -231,3 +233,78 @@ def test_an_unchanged_volume_is_audited_without_reading_its_bytes_by_the_kernels
     assert audit(sv.manifest, sv.volume()).complete
     read = rchar() - before
     assert read < 1_000_000, f"the second audit read {read} bytes of a 12 MB volume"
+
+
+def test_files_across_batches_keep_their_order_and_status_whether_hashed_or_from_the_cache(
+    synthetic_volume: Callable[..., SyntheticVolume], monkeypatch: pytest.MonkeyPatch, hash_reads: list[str]
+) -> None:
+    monkeypatch.setattr(audit_module, "BATCH", 3)  # stat, cache look-ups and hashing, 3 files at a time
+    monkeypatch.setattr(audit_module, "READING_PER_JOB", 1)  # and at most 2 files queued for hashing
+    names = [f"f{i:02d}.bin" for i in range(14)]
+    sv = synthetic_volume({"alpha": dict.fromkeys(names[:7], 700), "beta": dict.fromkeys(names[7:], 300)})
+    assert audit(sv.manifest, sv.volume(), jobs=2).complete
+    sv.target("f01.bin").unlink()
+    flip_bit_keep_mtime(sv.target("f05.bin"))
+    with open(sv.target("f09.bin"), "ab") as f:
+        f.write(b"tail")
+    os.utime(sv.target("f12.bin"))  # touched: read again, still ok
+
+    hash_reads.clear()
+    report = audit(sv.manifest, sv.volume(), jobs=2)
+    assert [fa.file.path for fa in report.files] == names  # the manifest's order
+    assert statuses(report) == {
+        **dict.fromkeys(names, "ok"),
+        "f01.bin": "missing",
+        "f05.bin": "hash_mismatch",
+        "f09.bin": "size_mismatch",
+    }
+    assert sorted(hash_reads) == ["f05.bin", "f12.bin"]
+    assert report.bytes_read == 700 + 300
+
+
+def test_progress_counts_every_file_checked_and_has_a_bar_only_for_files_read(
+    synthetic_volume: Callable[..., SyntheticVolume], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_module, "BATCH", 2)
+    sv = synthetic_volume({"alpha": {"a.bin": 1000, "b.bin": 2000, "c.bin": 3000, "gone.bin": 10}})
+    sv.target("gone.bin").unlink()
+    audit(sv.manifest, sv.volume())
+    os.utime(sv.target("b.bin"))
+
+    calls: list[tuple[str, str, int | None]] = []
+
+    class Recorder:
+        def start(self, key: str, label: str, total: int | None) -> None:
+            calls.append(("start", key, total))
+
+        def advance(self, key: str, n: int) -> None:
+            calls.append(("advance", key, n))
+
+        def finish(self, key: str) -> None:
+            calls.append(("finish", key, None))
+
+    audit(sv.manifest, sv.volume(), progress=Recorder())
+    assert calls[0] == ("start", FILES, 4) and calls[-1] == ("finish", FILES, None)
+    assert sum(n for what, key, n in calls if what == "advance" and key == FILES) == 4
+    assert len([c for c in calls if c[:2] == ("advance", FILES) and c[2]]) >= 2  # a batch at a time
+    b = "models/alpha/b.bin"
+    assert [c for c in calls if c[1] != FILES] == [
+        ("start", b, 2000),
+        ("advance", b, 2000),
+        ("finish", b, None),
+    ]
+
+
+def test_a_symlinked_folder_is_refused_for_every_file_under_it(
+    synthetic_volume: Callable[..., SyntheticVolume], tmp_path: Path
+) -> None:
+    sv = synthetic_volume({"alpha": {"sub/a.bin": 100, "sub/b.bin": 100, "c.bin": 100}})
+    real = tmp_path / "elsewhere"
+    (sv.root / "models/alpha/sub").rename(real)
+    (sv.root / "models/alpha/sub").symlink_to(real)
+    report = audit(sv.manifest, sv.volume())
+    assert statuses(report) == {"sub/a.bin": "missing", "sub/b.bin": "missing", "c.bin": "ok"}
+    for fa in report.files[:2]:
+        assert fa.detail == (
+            f"models/alpha/sub is a symlink (on the way to {fa.file.target}); the volume keeps real folders"
+        )

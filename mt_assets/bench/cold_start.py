@@ -49,7 +49,7 @@ import pandas as pd
 
 from mt_assets.manifest import Manifest
 from mt_assets.manifest.lockfile import to_yaml
-from mt_assets.models.pipeline import UNITS
+from mt_assets.models.pipeline import UNITS, unit_components
 from mt_assets.models.reading import STRATEGIES, evict, resident_fraction
 from mt_assets.volume import LocalVolume
 
@@ -100,7 +100,7 @@ class ColdStart:
 
 def load_files(volume: LocalVolume, manifest: Manifest, units: Sequence[str]) -> list[Path]:
     """The volume paths of every file the units read, in manifest order."""
-    names = {c for u in units for c in UNITS[u]}
+    names = {c for u in units for c in unit_components(manifest, u)}
     return [volume.path(f.target) for c in manifest.components if c.name in names for f in c.files]
 
 

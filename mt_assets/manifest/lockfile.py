@@ -7,7 +7,9 @@ The result is a manifest in the same format (a *lock file*), so everything that 
     files in git    size + git_sha1 (the blob id); a sha256 written by hand for such a file
                     cannot be confirmed by the Hub and is dropped in favour of git_sha1
 
-`estimated_size` is dropped once a size is known. What changed against the previous lock is
+`estimated_size` is dropped once a size is known. A profile that `extends` another is written flat:
+the base's components and bundles, then its own, with no `extends` (a lock stands alone); its
+`presets` and the components' `lora_scale` are kept. What changed against the previous lock is
 returned as a list of changes to show. Any file the Hub does not have at the commit is an
 error, and nothing is written: a lock is all or nothing.
 """
@@ -76,12 +78,22 @@ def lock_manifest(manifest: Manifest, hub: MetadataSource) -> Manifest:
                     f"{f.path} does not exist in {c.repo} at {commit}"
                 )
             files.append(_pinned(f, commit, remote))
-        components.append(Component(name=c.name, repo=c.repo, revision=commit, dir=c.dir, files=tuple(files)))
+        components.append(
+            Component(
+                name=c.name,
+                repo=c.repo,
+                revision=commit,
+                dir=c.dir,
+                files=tuple(files),
+                lora_scale=c.lora_scale,
+            )
+        )
     locked = Manifest(
         profile=manifest.profile,
         source=manifest.source,
         components=tuple(components),
         bundles=manifest.bundles,
+        presets=manifest.presets,
     )
     # Re-parsing ties the bundles to the locked files and validates the result like any manifest.
     return parse_manifest(to_yaml(locked), manifest.source)
@@ -120,19 +132,22 @@ def diff(old: Manifest | None, new: Manifest) -> list[Change]:
 
 
 def to_yaml(manifest: Manifest, header: str = "") -> str:
-    doc: dict[str, Any] = {
-        "profile": manifest.profile,
-        "components": [
-            {
-                "name": c.name,
-                "repo": c.repo,
-                "revision": c.revision,
-                "dir": c.dir,
-                "files": [_file_doc(f) for f in c.files],
-            }
-            for c in manifest.components
-        ],
-    }
+    """The manifest as a flat document: every component and bundle (an `extends` base's included, no
+    `extends`), `presets` and `lora_scale` kept."""
+    doc: dict[str, Any] = {"profile": manifest.profile}
+    if manifest.presets:
+        doc["presets"] = list(manifest.presets)
+    doc["components"] = [
+        {
+            "name": c.name,
+            "repo": c.repo,
+            "revision": c.revision,
+            "dir": c.dir,
+            **({"lora_scale": c.lora_scale} if c.lora_scale is not None else {}),
+            "files": [_file_doc(f) for f in c.files],
+        }
+        for c in manifest.components
+    ]
     if manifest.bundles:
         doc["bundles"] = [
             {
@@ -151,9 +166,12 @@ def write_lock(manifest: Manifest, path: Path, header: str = "") -> None:
     """Write atomically (temp file + rename), after checking the text parses back to the same manifest."""
     text = to_yaml(manifest, header)
     reparsed = parse_manifest(text, str(path))
-    assert reparsed.files == manifest.files and reparsed.bundles == manifest.bundles, (
-        "lock file does not round-trip"
-    )
+    assert (
+        reparsed.files == manifest.files
+        and reparsed.bundles == manifest.bundles
+        and reparsed.loras == manifest.loras
+        and reparsed.presets == manifest.presets
+    ), "lock file does not round-trip"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

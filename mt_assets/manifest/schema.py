@@ -47,10 +47,13 @@ import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
+
+from mt_assets.manifest.yamldata import load_yaml_owned
 
 KINDS = ("weights", "tokenizer", "processor", "config")
 
@@ -58,6 +61,7 @@ _NAME = re.compile(r"^[a-z0-9_-]+$")
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HEX = re.compile(r"^[0-9a-f]+$")
 _REF = re.compile(r"^[A-Za-z0-9._/-]+$")
+_DRIVE = re.compile(r"^[A-Za-z]:")
 
 _TOP_FIELDS = ("profile", "extends", "presets", "components", "bundles")
 PRESETS = ("fusionx", "lightx2v")  # the step-distilled settings MeiGen's README runs (jobs/schema.py)
@@ -71,7 +75,7 @@ class ManifestError(ValueError):
     """A manifest that cannot be used; the message names where, what and what was expected."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestFile:
     """One file the system loads, with everything needed to fetch and verify it."""
 
@@ -140,7 +144,7 @@ class Manifest:
     presets: tuple[str, ...] = ()  # job presets this profile serves
     extends: str | None = None  # the shipped profile it adds to (already composed in `components`)
 
-    @property
+    @cached_property
     def files(self) -> tuple[ManifestFile, ...]:
         return tuple(f for c in self.components for f in c.files)
 
@@ -200,26 +204,33 @@ def parse_manifest(text: str, source: str, *, base: Callable[[str], Manifest] | 
 
     `base(name)` gives the profile an `extends:` names (default: the shipped profiles).
     """
+    return _parse(text, source, base)
+
+
+def load_manifest(path: str | Path, display: str | None = None) -> Manifest:
+    """Read a manifest file; `display` is the name used in messages (default: the path given).
+
+    The file is parsed as it is read: a million entries' text is never held whole.
+    """
+    shown = display or str(path)
     try:
-        data = yaml.safe_load(text)
+        with open(path, encoding="utf-8") as stream:
+            return _parse(stream, shown)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest {shown}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"manifest {shown}: cannot be read: {e}") from None
+
+
+def _parse(document: str | TextIO, source: str, base: Callable[[str], Manifest] | None = None) -> Manifest:
+    try:
+        data, owned = load_yaml_owned(document)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ManifestError(f"manifest {source}: not valid YAML{where}: {problem}") from None
-    return _Parser(source, base).manifest(data)
-
-
-def load_manifest(path: str | Path, display: str | None = None) -> Manifest:
-    """Read a manifest file; `display` is the name used in messages (default: the path given)."""
-    shown = display or str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"manifest {shown}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"manifest {shown}: cannot be read: {e}") from None
-    return parse_manifest(text, shown)
+    return _Parser(source, base=base, consume=owned).manifest(data)
 
 
 def check_relative_path(value: str) -> str | None:
@@ -230,7 +241,7 @@ def check_relative_path(value: str) -> str | None:
         return "must not contain a NUL character"
     if "\\" in value:
         return "must use '/' separators, not backslashes"
-    if value.startswith("/") or re.match(r"^[A-Za-z]:", value):
+    if value.startswith("/") or _DRIVE.match(value):
         return "must be relative, not absolute"
     parts = value.split("/")
     if ".." in parts:
@@ -241,9 +252,14 @@ def check_relative_path(value: str) -> str | None:
 
 
 class _Parser:
-    def __init__(self, source: str, base: Callable[[str], Manifest] | None = None) -> None:
+    def __init__(
+        self, source: str, *, base: Callable[[str], Manifest] | None = None, consume: bool = False
+    ) -> None:
         self.base = base
         self.source = source
+        # Drop each component's raw entries once parsed, so that the raw data and what is made of
+        # it are never both whole (for a million files); only for data no alias reaches twice.
+        self.consume = consume
 
     def fail(self, where: str, message: str) -> ManifestError:
         return ManifestError(f"manifest {self.source}: {where}{message}")
@@ -307,32 +323,37 @@ class _Parser:
 
         components: list[Component] = list(inherited.components) if inherited else []
         names: set[str] = {c.name for c in components}
-        targets: dict[str, str] = {
-            f.target: f"component '{c.name}' of profile {extends}" for c in components for f in c.files
-        }
+        targets: set[str] = {f.target for c in components for f in c.files}
         for index, raw in enumerate(raw_components, start=1):
             component = self.component(raw, index)
+            if self.consume:
+                raw_components[index - 1] = None
             if component.name in names:
                 raise self.fail(
                     f"component #{index}: ", f"field 'name': duplicate component name '{component.name}'"
                 )
             names.add(component.name)
             for file_index, f in enumerate(component.files, start=1):
-                if f.target in targets:
+                target = f.target
+                if target in targets:
                     raise self.fail(
                         f"component '{component.name}', file #{file_index}: ",
-                        f"field 'path': target {f.target} is already declared by {targets[f.target]}",
+                        f"field 'path': target {target} is already declared by "
+                        f"{_declared_by(target, [*components, component])}",
                     )
-                targets[f.target] = f"component '{component.name}', file #{file_index}"
+                targets.add(target)
             components.append(component)
         raw_bundles = top.get("bundles", [])
         if not isinstance(raw_bundles, list):
             raise self.fail("", f"field 'bundles' must be a list, got {_kind_of(raw_bundles)}")
         bundles: list[Bundle] = list(inherited.bundles) if inherited else []
+        by_name = {c.name: c for c in components}
+        bundle_names: set[str] = {b.name for b in bundles}
         for index, raw in enumerate(raw_bundles, start=1):
-            bundle = self.bundle(raw, index, {c.name: c for c in components})
-            if any(b.name == bundle.name for b in bundles):
+            bundle = self.bundle(raw, index, by_name)
+            if bundle.name in bundle_names:
                 raise self.fail(f"bundle #{index}: ", f"field 'name': duplicate bundle name '{bundle.name}'")
+            bundle_names.add(bundle.name)
             bundles.append(bundle)
         return Manifest(
             profile=profile,
@@ -433,6 +454,8 @@ class _Parser:
             self.file(raw_file, file_index, name, repo, revision, directory)
             for file_index, raw_file in enumerate(raw_files, start=1)
         )
+        if self.consume:
+            raw_files.clear()
         lora_scale = mapping.get("lora_scale")
         if lora_scale is not None:
             if isinstance(lora_scale, bool) or not isinstance(lora_scale, (int, float)) or not 0 < lora_scale <= 10:
@@ -469,6 +492,15 @@ class _Parser:
             git_sha1=self.hex_digest(mapping, "git_sha1", 40, where),
             estimated_size=self.size(mapping, "estimated_size", where),
         )
+
+
+def _declared_by(target: str, components: list[Component]) -> str:
+    """Where `target` is first declared, as errors name it (only looked up for an error)."""
+    for c in components:
+        for index, f in enumerate(c.files, start=1):
+            if f.target == target:
+                return f"component '{c.name}', file #{index}"
+    raise AssertionError(target)
 
 
 def _kind_of(value: Any) -> str:

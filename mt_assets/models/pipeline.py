@@ -4,7 +4,9 @@ The renderer, the offline verifier and the RunPod worker all call this one funct
 is proved offline is what renders. Each load unit reads the files of one or two manifest
 components from `<volume>/models/<dir>/...`:
 
-    transformer     wan-dit (config, shards, index) + multitalk (adapter, MeiGen's index)
+    transformer     wan-dit (config, shards, index) + multitalk (adapter, MeiGen's index), then
+                    the profile's LoRA components (`lora_scale`), merged into the DiT in order
+                    (models/lora.py; each file's report logged)
     t5              models_t5_umt5-xxl-enc-bf16.pth
     t5-tokenizer    google/umt5-xxl/
     clip            models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth (vision tower)
@@ -12,7 +14,8 @@ components from `<volume>/models/<dir>/...`:
     vae             Wan2.1_VAE.pth
     wav2vec2        chinese-wav2vec2-base/ (model + feature extractor)
 
-Per unit it reports seconds and bytes (the on-volume size of the files it loads).
+Per unit it reports seconds and bytes (the on-volume size of the files it loads); `unit_components`
+gives a unit's components for a manifest (UNITS, plus the LoRA components for the transformer).
 
 Time to first step. `background=("transformer",)` loads the other units first, then starts those
 in one background thread and returns; `PipelineComponents.wait(unit)` blocks until a background
@@ -29,6 +32,7 @@ encoders' last byte next to the DiT's and the encoding after both.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -45,7 +49,10 @@ if TYPE_CHECKING:  # torch is imported when loading, not when this module is (De
 
     from mt_assets.models.reading import LoadStrategy
 
-# unit -> the manifest components whose files it reads
+log = logging.getLogger(__name__)
+
+# unit -> the manifest components whose files it reads (the transformer: also the LoRA add-ons,
+# which depend on the profile; see unit_components)
 UNITS: dict[str, tuple[str, ...]] = {
     "transformer": ("wan-dit", "multitalk"),
     "t5": ("t5",),
@@ -55,6 +62,19 @@ UNITS: dict[str, tuple[str, ...]] = {
     "vae": ("vae",),
     "wav2vec2": ("wav2vec2",),
 }
+
+
+def unit_components(manifest: Manifest, unit: str) -> tuple[str, ...]:
+    """The components whose files `unit` reads from this manifest: UNITS[unit], and for the
+    transformer the manifest's LoRA components (those with a `lora_scale`), in merge order."""
+    if unit == "transformer":
+        return UNITS[unit] + tuple(c.name for c in manifest.components if c.lora_scale is not None)
+    return UNITS[unit]
+
+
+def loaded_components(manifest: Manifest) -> set[str]:
+    """Every component a whole load reads from this manifest (the render record's model files)."""
+    return {name for unit in UNITS for name in unit_components(manifest, unit)}
 
 
 @dataclass(frozen=True)
@@ -214,9 +234,39 @@ def load_pipeline_components(
         )
     result = PipelineComponents()
 
+    loras = [(f, scale) for f, scale in manifest.loras]
+
+    def merge_into(transformer: Any) -> list[tuple[str, int]]:
+        """Merge the manifest's LoRA files into the loaded DiT; (target, size) of each file read."""
+        if not loras:
+            return []
+        from mt_assets.models.lora import merge_loras
+
+        reports = merge_loras(
+            transformer,
+            [(volume.path(f.target), scale) for f, scale in loras],
+            dtype=dtype,
+            strategy=strategy,
+        )
+        for r in reports:
+            log.info("%s", r.summary())
+        return [(f.target, f.size or volume.path(f.target).stat().st_size) for f, _ in loras]
+
+    def check_loras() -> None:
+        """A LoRA file that is not there fails the load before the DiT's shards are read (minutes)."""
+        from mt_assets.models.lora import LoraError
+
+        for f, _ in loras:
+            if not volume.path(f.target).is_file():
+                raise LoraError(
+                    f"LoRA {volume.path(f.target)} (component '{f.component}'): missing from the volume"
+                )
+
     def load_unit(unit: str) -> Any:
-        components = UNITS[unit]
-        files = tuple(f for name in components for f in manifest.component(name).files)
+        components = unit_components(manifest, unit)
+        if unit == "transformer":
+            check_loras()
+        files = tuple(f for name in UNITS[unit] for f in manifest.component(name).files)  # LoRAs: merge_into
         started = time.perf_counter()
         repack = (
             usable_repack(volume, manifest, UNIT_REPACK[unit])
@@ -230,6 +280,8 @@ def load_pipeline_components(
         else:
             loaded = loaders[unit]()
             read = [(f.target, f.size or volume.path(f.target).stat().st_size) for f in files]
+        if unit == "transformer":
+            read += merge_into(loaded)  # after the originals or the bf16 repack alike
         report = LoadReport(
             unit=unit,
             components=components,

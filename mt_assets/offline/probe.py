@@ -314,7 +314,7 @@ def main(argv: list) -> int:
     import sysconfig
 
     from mt_assets.manifest import load_manifest
-    from mt_assets.models.pipeline import UNITS, load_pipeline_components
+    from mt_assets.models.pipeline import UNITS, load_pipeline_components, unit_components
     from mt_assets.offline.overrides import UNIT_LOADERS, apply_overrides
     from mt_assets.volume import LocalVolume
 
@@ -365,7 +365,7 @@ def main(argv: list) -> int:
             first = (str(e).strip().splitlines() or [""])[0]
             units[failed] = {
                 "unit": failed,
-                "components": list(UNITS.get(failed, ())),
+                "components": list(unit_components(manifest, failed)) if failed in UNITS else [],
                 "status": "failed",
                 "seconds": round(time.perf_counter() - started["at"], 3),
                 "bytes": None,
@@ -385,7 +385,7 @@ def main(argv: list) -> int:
             unit,
             {
                 "unit": unit,
-                "components": list(UNITS.get(unit, ())),
+                "components": list(unit_components(manifest, unit)) if unit in UNITS else [],
                 "status": "not_run",
                 "seconds": None,
                 "bytes": None,

@@ -391,8 +391,10 @@ def verify_offline(
             check_unit(unit)
         except ValueError as e:
             raise ManifestError(str(e)) from None
+    from mt_assets.models.pipeline import unit_components
+
     for unit in requested:
-        for name in UNITS[unit]:
+        for name in unit_components(manifest, unit):
             manifest.component(name)  # a ManifestError naming the component it lacks
     cut = resolve_isolation(isolation)
 
@@ -515,7 +517,7 @@ def _judge(
     wall: float,
     sandbox: Path,
 ) -> OfflineReport:
-    from mt_assets.models.pipeline import UNITS
+    from mt_assets.models.pipeline import unit_components
     from mt_assets.models.repack import declared_targets
 
     roots = raw.get("roots") or {}
@@ -561,7 +563,7 @@ def _judge(
         for u in raw.get("units", [])
     ]
     if not units:  # the probe gave no answer: every unit is unproven
-        units = [UnitResult(u, UNITS[u], "not_run", None, None, ()) for u in requested]
+        units = [UnitResult(u, unit_components(manifest, u), "not_run", None, None, ()) for u in requested]
     for unit, applied in (raw.get("overrides") or {}).items():
         if not applied and any(u.unit == unit and u.status != "not_run" for u in units):
             errors.append(
@@ -570,7 +572,7 @@ def _judge(
     missing = sorted(
         f.target
         for u in requested
-        for name in UNITS[u]
+        for name in unit_components(manifest, u)
         for f in manifest.component(name).files
         if not vol.state(f.target).present
     )

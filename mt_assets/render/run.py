@@ -27,7 +27,7 @@ from mt_assets.jobs.decode import JobMedia
 from mt_assets.jobs.outputs import check_output_free
 from mt_assets.jobs.schema import RenderJob, check_preset_served
 from mt_assets.manifest import Manifest
-from mt_assets.models.pipeline import UNITS
+from mt_assets.models.pipeline import loaded_components
 from mt_assets.progress import Progress
 from mt_assets.render.pipeline import MultiTalkRenderer, RenderedVideo
 from mt_assets.render.video import FPS, RenderOutput, frames_to_uint8, write_render_output
@@ -69,8 +69,8 @@ class RenderResult:
 
 
 def model_files(manifest: Manifest) -> list[dict[str, Any]]:
-    """The files a render loads (every component of the load units), as pinned by the manifest."""
-    components = {name for names in UNITS.values() for name in names}
+    """The files a render loads (every component of the load units, LoRAs included), as pinned by the manifest."""
+    components = loaded_components(manifest)
     return [
         {"component": f.component, "target": f.target, "size": f.size, "sha256": f.sha256}
         for f in manifest.files

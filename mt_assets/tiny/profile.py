@@ -11,6 +11,11 @@ profile's components, dirs and paths, with the tiny files' sizes and sha256s and
 `tiny-local` (these files exist on no Hub). `tiny_manifest(DIR)` derives it from a build, so
 a test can show the shipped profile is what the builder writes.
 
+The same mirror holds the tiny add-ons' LoRA files (tiny/lora.py, at the paths of the real LoRA
+profiles), so one mirror serves every tiny profile: `tiny` and its twins `tiny-fusionx`,
+`tiny-lightx2v` (`extends: tiny` plus one pinned LoRA component; `tiny_addon_yaml(DIR, name)`
+derives each from a build, as `tiny_manifest` does for `tiny`).
+
 `build_tiny_mirror(DIR, scale="medium")` writes the same files at a benchmark size (~2.8 GB:
 a DiT of dim 1536 and 10 blocks, 1.55 GB in 7 shards of 200-240 MB, split by bytes like the published
 shards; an adapter of ~0.4 GB; a bf16 T5, a CLIP with both towers, a VAE and a wav2vec2 of
@@ -157,13 +162,22 @@ def medium_scale(divisor: int = 1) -> MirrorScale:
     )
 
 
+def tiny_profile_names() -> list[str]:
+    """The shipped tiny profiles: `tiny` and its add-on twins (tiny/lora.py TINY_LORAS)."""
+    from mt_assets.tiny.lora import TINY_LORAS
+
+    return [TINY_PROFILE, *(spec.profile for spec in TINY_LORAS)]
+
+
 def stale_tiny_files(root: str | Path) -> list[str]:
-    """Targets of the shipped tiny profile whose file in the mirror at `root` is missing or has other
-    bytes (an older build: the tokenizers' bytes follow the sentencepiece version). 5 MB hashed."""
+    """Targets of the shipped tiny profiles (tiny and its add-on twins) whose file in the mirror at
+    `root` is missing or has other bytes (an older build: the tokenizers' bytes follow the
+    sentencepiece version). 5 MB hashed."""
     from mt_assets.volume.hashing import hash_file
 
     stale = []
-    for f in load_profile(TINY_PROFILE).files:
+    files = {f.target: f for name in tiny_profile_names() for f in load_profile(name).files}
+    for f in files.values():
         path = Path(root) / f.dir / f.path
         if not path.is_file() or path.stat().st_size != f.size or hash_file(path).sha256 != f.sha256:
             stale.append(f.target)
@@ -178,6 +192,7 @@ def build_tiny_mirror(root: str | Path, *, seed: int = 0, scale: str | MirrorSca
     interrupted build leaves no half mirror behind.
     """
     from mt_assets.tiny.dit import write_tiny_dit
+    from mt_assets.tiny.lora import write_tiny_loras
     from mt_assets.tiny.wan_parts import (
         write_tiny_clip,
         write_tiny_t5,
@@ -209,6 +224,7 @@ def build_tiny_mirror(root: str | Path, *, seed: int = 0, scale: str | MirrorSca
         write_tiny_vae(wan, seed=seed, sizes=sizes.vae_sizes())
         write_tiny_tokenizers(wan)
         write_tiny_wav2vec2(work / WAV2VEC2_DIR, seed=seed, sizes=sizes.wav2vec2)
+        write_tiny_loras(work, config=sizes.dit)  # the add-ons' LoRA files, for the tiny twins
         manifest = mirror_manifest(work, profile=sizes.profile, revision=sizes.revision)
         if root.exists():
             root.rmdir()
@@ -281,7 +297,7 @@ def mirror_manifest(
     """
     mirror = Path(mirror)
     template = load_profile(TEMPLATE_PROFILE)
-    expected = {f"{f.dir}/{f.path}" for f in template.files}
+    expected = {f"{f.dir}/{f.path}" for f in template.files} | set(_addon_files())
     written = {p.relative_to(mirror).as_posix() for p in mirror.rglob("*") if p.is_file()}
     if written != expected:
         extra, missing = sorted(written - expected), sorted(expected - written)
@@ -289,7 +305,7 @@ def mirror_manifest(
             f"{profile} mirror {mirror}: files differ from profile {TEMPLATE_PROFILE}: extra {extra}, missing {missing}"
         )
     components = []
-    for c in template.components:
+    for c in template.components:  # the add-ons' LoRA files are the twins' (tiny_addon_yaml)
         files = []
         for f in c.files:
             data_path = mirror / f.dir / f.path
@@ -311,6 +327,59 @@ def mirror_manifest(
     source = f"profiles/{profile}.yaml" if profile == TINY_PROFILE else f"{profile}.yaml"
     draft = Manifest(profile=profile, source=source, components=tuple(components), bundles=template.bundles)
     return parse_manifest(to_yaml(draft), source)
+
+
+def _addon_files() -> dict[str, Any]:
+    """{`<dir>/<path>` of each tiny add-on's LoRA file: its TinyLora}."""
+    from mt_assets.tiny.lora import TINY_LORAS, lora_target
+
+    return {"/".join(lora_target(spec)): spec for spec in TINY_LORAS}
+
+
+def tiny_addon_yaml(mirror: str | Path, name: str) -> str:
+    """The shipped text of a tiny add-on profile (`tiny-fusionx`, ...) for a built mirror: `extends: tiny`,
+    the real add-on profile's presets, and its LoRA component (name, repo, dir, path, lora_scale) with
+    the mirror file's size and sha256 and the revision `tiny-local`."""
+    import yaml
+
+    from mt_assets.tiny.lora import TINY_LORAS
+
+    specs = {spec.profile: spec for spec in TINY_LORAS}
+    if name not in specs:
+        raise ManifestError(f"tiny add-on profile '{name}': not one of {', '.join(specs)}")
+    spec = specs[name]
+    real = load_profile(spec.real_profile)
+    component = real.component(spec.component)
+    files = []
+    for f in component.files:
+        path = Path(mirror) / f.dir / f.path
+        if not path.is_file():
+            raise ManifestError(
+                f"{name} mirror {mirror}: {f.dir}/{f.path} is missing; build the mirror again"
+            )
+        files.append({"path": f.path, "kind": f.kind, "size": path.stat().st_size, "sha256": _sha256(path)})
+    doc = {
+        "profile": name,
+        "extends": TINY_PROFILE,
+        "presets": list(real.presets),
+        "components": [
+            {
+                "name": component.name,
+                "repo": component.repo,
+                "revision": TINY_REVISION,
+                "dir": component.dir,
+                "lora_scale": component.lora_scale,
+                "files": files,
+            }
+        ],
+    }
+    header = (
+        f"The {name} profile: the tiny profile plus {spec.real_profile}'s LoRA at toy scale (random\n"
+        f"weights in the real file's key families; tiny/lora.py), built by `mt-assets tiny build DIR`.\n"
+        "Generated: do not edit; rebuild with `mt-assets tiny build DIR --update-profile`."
+    )
+    text = yaml.safe_dump(doc, sort_keys=False, width=200)
+    return "".join(f"# {line}\n" for line in header.splitlines()) + text
 
 
 def tiny_profile_yaml(manifest: Manifest) -> str:

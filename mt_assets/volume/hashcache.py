@@ -17,6 +17,11 @@ is left out on purpose: it changes with every mount of a network volume.
 
 The cache is disposable: a database that is unreadable or corrupt (a crash on a network
 filesystem, say) is moved aside and started afresh, which only costs re-hashing.
+
+An audit of many files asks in batches (`lookup_many`: one query per LOOKUP_BATCH paths) and,
+inside `batched()`, writes the rows of the files it hashed STORE_BATCH at a time, in one
+transaction each. A transaction per row creates and deletes the rollback journal: ~32 µs a row on
+a local ext4 against ~4 µs batched, and a round trip or more each on a network filesystem.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +51,15 @@ CREATE TABLE IF NOT EXISTS hashes_v2 (
 """
 
 CACHE_NAME = "hashes.sqlite"  # in <volume>/.mt/
+LOOKUP_BATCH = 500  # paths per query (SQLite allows 999 parameters before 3.32)
+STORE_BATCH = 1000  # rows per write transaction inside batched()
+
+_COLUMNS = "size, mtime_ns, inode, ctime_ns, sha256, git_sha1"
+_INSERT = (
+    "INSERT OR REPLACE INTO hashes_v2 (path, size, mtime_ns, inode, ctime_ns, sha256, git_sha1, hashed_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_Row = tuple[int, int, int, int, str, "str | None"]
 
 
 class HashCache:
@@ -52,6 +67,7 @@ class HashCache:
         self.db_path = db_path
         self._lock = threading.Lock()
         self._conn = self._open()
+        self._pending: list[tuple[Any, ...]] | None = None  # rows to write, inside batched()
 
     def _open(self) -> sqlite3.Connection:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,44 +98,105 @@ class HashCache:
         try:
             with self._lock:
                 row = self._conn.execute(
-                    "SELECT size, mtime_ns, inode, ctime_ns, sha256, git_sha1 FROM hashes_v2 WHERE path = ?",
-                    (path,),
+                    f"SELECT {_COLUMNS} FROM hashes_v2 WHERE path = ?", (path,)
                 ).fetchone()
         except sqlite3.Error:
             return None  # a busy or damaged cache only costs a re-hash
-        if row is None:
-            return None
-        size, mtime_ns, inode, ctime_ns, sha256, git_sha1 = row
-        if (size, mtime_ns, inode, ctime_ns) != (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns):
-            return None
-        return Digest(size=size, sha256=sha256, git_sha1=git_sha1)
+        return _trusted(row, st)
+
+    def lookup_many(self, files: Sequence[tuple[str, os.stat_result]]) -> dict[str, Digest]:
+        """`lookup` of each (path, stat), a query per LOOKUP_BATCH paths: the paths answered."""
+        found: dict[str, Digest] = {}
+        for start in range(0, len(files), LOOKUP_BATCH):
+            batch = dict(files[start : start + LOOKUP_BATCH])
+            marks = ",".join("?" * len(batch))
+            try:
+                with self._lock:
+                    rows = self._conn.execute(
+                        f"SELECT path, {_COLUMNS} FROM hashes_v2 WHERE path IN ({marks})", tuple(batch)
+                    ).fetchall()
+            except sqlite3.Error:
+                continue  # a busy or damaged cache only costs re-hashing
+            for path, *row in rows:
+                digest = _trusted(tuple(row), batch[path])
+                if digest is not None:
+                    found[path] = digest
+        return found
 
     def store(self, path: str, st: os.stat_result, digest: Digest) -> None:
-        """Remember a digest; a cache that cannot be written (busy, read-only) is skipped."""
-        with self._lock, contextlib.suppress(sqlite3.Error):
-            self._conn.execute(
-                "INSERT OR REPLACE INTO hashes_v2"
-                " (path, size, mtime_ns, inode, ctime_ns, sha256, git_sha1, hashed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    path,
-                    st.st_size,
-                    st.st_mtime_ns,
-                    st.st_ino,
-                    st.st_ctime_ns,
-                    digest.sha256,
-                    digest.git_sha1,
-                    time.time(),
-                ),
-            )
+        """Remember a digest; a cache that cannot be written (busy, read-only) is skipped.
+
+        Inside `batched()` the row is written with the next STORE_BATCH, at the latest on leaving.
+        """
+        row = (
+            path,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ino,
+            st.st_ctime_ns,
+            digest.sha256,
+            digest.git_sha1,
+            time.time(),
+        )
+        with self._lock:
+            if self._pending is None:
+                self._write([row])
+                return
+            self._pending.append(row)
+            if len(self._pending) >= STORE_BATCH:
+                self._write(self._pending)
+                self._pending = []
+
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """Within: `store` gathers rows and writes STORE_BATCH of them per transaction."""
+        with self._lock:
+            outer = self._pending is not None
+            if not outer:
+                self._pending = []
+        try:
+            yield
+        finally:
+            if not outer:
+                with self._lock:
+                    rows, self._pending = self._pending or [], None
+                    self._write(rows)
+
+    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        """Write rows in one transaction (called holding the lock); a cache that cannot be written is skipped."""
+        if not rows:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            if len(rows) == 1:
+                self._conn.execute(_INSERT, rows[0])
+                return
+            self._conn.execute("BEGIN")
+            try:
+                self._conn.executemany(_INSERT, rows)
+                self._conn.execute("COMMIT")
+            except sqlite3.Error:
+                self._conn.execute("ROLLBACK")
+                raise
 
     def forget(self, path: str) -> None:
         with self._lock:
+            if self._pending:
+                self._pending = [row for row in self._pending if row[0] != path]
             self._conn.execute("DELETE FROM hashes_v2 WHERE path = ?", (path,))
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _trusted(row: _Row | None, st: os.stat_result) -> Digest | None:
+    """The digest of a row, if the file's stat still matches the one it was hashed with."""
+    if row is None:
+        return None
+    size, mtime_ns, inode, ctime_ns, sha256, git_sha1 = row
+    if (size, mtime_ns, inode, ctime_ns) != (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns):
+        return None
+    return Digest(size=size, sha256=sha256, git_sha1=git_sha1)
 
 
 class ReadOnlyHashCache(HashCache):

@@ -57,7 +57,9 @@ def hash_file(
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         hasher = StreamHasher(total_size=size, git_sha1=git_sha1)
-        buffer = bytearray(CHUNK_SIZE)
+        # No bigger than the file (+1 to see its end in one read): zeroing 8 MiB for each small
+        # file cost more than hashing it (~1 ms; an audit of 20,000 small files spent 20 s on it).
+        buffer = bytearray(min(CHUNK_SIZE, size + 1))
         view = memoryview(buffer)
         while True:
             n = f.readinto(buffer)

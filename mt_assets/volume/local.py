@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat as stat_module
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cached_property
@@ -49,7 +49,7 @@ class WriterBusy(RuntimeError):
         super().__init__(f"{target}: being written by {who}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileState:
     """What a stat of a target found: a regular file with its stat, or why not."""
 
@@ -97,6 +97,10 @@ class LocalVolume:
     # -- paths and state -------------------------------------------------------------------
 
     def path(self, target: str) -> Path:
+        return Path(self._checked_path(target, None))
+
+    def _checked_path(self, target: str, real: set[str] | None) -> str:
+        """The target's path under the root, as a string, once checked (see `path`)."""
         problem = check_relative_path(target)
         if problem:
             raise VolumeError(f"volume {self.root}: target {target!r} {problem}")
@@ -104,32 +108,46 @@ class LocalVolume:
             raise VolumeError(
                 f"volume {self.root}: target {target!r} is inside the state folder {STATE_DIR}/"
             )
-        self.refuse_symlinked_parents(target)
-        return self.root / target
+        self.refuse_symlinked_parents(target, real)
+        return os.path.join(self.root, target)
 
-    def refuse_symlinked_parents(self, relative: str) -> None:
+    def refuse_symlinked_parents(self, relative: str, real: set[str] | None = None) -> None:
         """Raise VolumeError when a folder on the way to `relative` is a symlink.
 
         A symlinked folder would carry writes (and reads) outside the volume; the volume keeps
         real folders, as network filesystems and the S3 API do. Folders not there yet are fine:
-        they are created as real ones.
+        they are created as real ones. `real`: the folders already found real during one pass over
+        many files (an audit), not looked at again, and where those found now are added.
         """
-        current = self.root
+        folder = ""
         for part in relative.split("/")[:-1]:
-            current = current / part
+            folder = f"{folder}/{part}" if folder else part
+            if real is not None and folder in real:
+                continue
             try:
-                st = os.lstat(current)
+                st = os.lstat(os.path.join(self.root, folder))
             except (FileNotFoundError, NotADirectoryError):
                 return
             if stat_module.S_ISLNK(st.st_mode):
                 raise VolumeError(
-                    f"volume {self.root}: {current.relative_to(self.root)} is a symlink (on the way to "
+                    f"volume {self.root}: {folder} is a symlink (on the way to "
                     f"{relative}); the volume keeps real folders"
                 )
+            if real is not None:
+                real.add(folder)
 
     def state(self, target: str) -> FileState:
+        return self._state(target, None)
+
+    def states(self, targets: Iterable[str]) -> Iterator[FileState]:
+        """`state` of each target in turn, each folder on the way looked at once, not once per file."""
+        real: set[str] = set()
+        for target in targets:
+            yield self._state(target, real)
+
+    def _state(self, target: str, real: set[str] | None) -> FileState:
         try:
-            path = self.path(target)
+            path = self._checked_path(target, real)
         except VolumeError as e:
             return FileState(None, str(e).split(": ", 1)[1])
         try:

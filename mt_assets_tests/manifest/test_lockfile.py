@@ -49,3 +49,38 @@ def test_write_lock_leaves_the_previous_file_when_interrupted(
         write_lock(m, out)
     assert out.read_text() == "previous\n"
     assert [p.name for p in tmp_path.iterdir()] == ["x.lock.yaml"]
+
+
+def test_a_lock_of_an_extends_profile_is_flat_and_keeps_presets_and_lora_scales(tmp_path: Path) -> None:
+    from dataclasses import dataclass
+
+    from mt_assets.manifest.lockfile import lock_manifest
+
+    @dataclass
+    class Info:
+        size: int
+        sha256: str | None
+        git_sha1: str | None
+
+    class Hub:  # every ref resolves to one commit; every file an LFS file of 7 bytes
+        def resolve_revision(self, repo: str, revision: str) -> str:
+            return "d" * 40
+
+        def paths_info(self, repo: str, commit: str, paths: list[str]) -> dict[str, Info]:
+            return {p: Info(7, "e" * 64, None) for p in paths}
+
+    m = load_profile("multitalk-480p-fusionx")
+    locked = lock_manifest(m, Hub())
+    out = tmp_path / "fusionx.lock.yaml"
+    write_lock(locked, out)
+    text = out.read_text()
+    assert "extends" not in text  # a lock stands alone: the base's components are written out
+    again = load_manifest(out)
+    assert again.extends is None and again.presets == ("fusionx",)
+    assert [c.name for c in again.components] == [c.name for c in m.components]
+    assert [b.name for b in again.bundles] == [b.name for b in m.bundles]
+    [(lora, scale)] = again.loras
+    assert (lora.target, scale) == (m.loras[0][0].target, 1.0)
+    assert (lora.revision, lora.size, lora.sha256) == ("d" * 40, 7, "e" * 64)
+    assert again.component("lora-fusionx").locked
+    assert diff(locked, again) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -191,3 +192,68 @@ def test_every_strategy_loads_every_unit_to_the_same_weights(tiny_volume: Path, 
                     strategy,
                     key,
                 )
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa
+    )
+
+
+def test_a_lora_profile_merges_its_lora_into_the_transformer_and_reports_the_file(
+    tiny_fusionx_volume: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mt_assets.models.lora import merge_loras
+
+    volume, fusionx = LocalVolume(tiny_fusionx_volume), load_profile("tiny-fusionx")
+    [(lora, scale)] = fusionx.loras
+    with caplog.at_level(logging.INFO, logger="mt_assets.models.pipeline"):
+        merged = load_pipeline_components(volume, fusionx, only=["transformer"])
+    plain = load_pipeline_components(volume, load_profile("tiny"), only=["transformer"]).transformer
+    assert not _same_weights(merged.transformer, plain)
+    [expected] = merge_loras(plain, [(volume.path(lora.target), scale)], dtype=torch.float32)
+    assert _same_weights(merged.transformer, plain)  # the DiT as loaded, then the LoRA merged at its scale
+    report = merged.reports["transformer"]
+    assert report.components == ("wan-dit", "multitalk", "lora-fusionx")
+    assert report.files[-1] == lora.target
+    assert report.bytes == sum(Path(tiny_fusionx_volume, t).stat().st_size for t in report.files)
+    assert expected.summary() in caplog.text and "78 weight adjustments" in caplog.text
+
+
+def test_a_bf16_load_from_the_repack_merges_the_lora_too(tiny_fusionx_volume: Path, tmp_path: Path) -> None:
+    from mt_assets.models.repack import TRANSFORMER, repack_transformer
+    from mt_assets_tests.offline.conftest import copy_volume
+
+    volume, fusionx = (
+        LocalVolume(copy_volume(tiny_fusionx_volume, tmp_path / "volume")),
+        load_profile("tiny-fusionx"),
+    )
+    repack_transformer(volume, fusionx)
+    from_repack = load_pipeline_components(volume, fusionx, dtype=torch.bfloat16, only=["transformer"])
+    originals = load_pipeline_components(
+        volume, fusionx, dtype=torch.bfloat16, only=["transformer"], repacks=False
+    )
+    report = from_repack.reports["transformer"]
+    assert report.repack == TRANSFORMER and report.files[-1] == fusionx.loras[0][0].target
+    assert _same_weights(from_repack.transformer, originals.transformer)
+
+
+def test_a_lora_whose_keys_match_nothing_is_an_error_naming_the_file(
+    tiny_fusionx_volume: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    from mt_assets.models.lora import LoraError
+    from mt_assets_tests.offline.conftest import copy_volume
+
+    volume, fusionx = (
+        LocalVolume(copy_volume(tiny_fusionx_volume, tmp_path / "volume")),
+        load_profile("tiny-fusionx"),
+    )
+    [(lora, _)] = fusionx.loras
+    save_file(
+        {"lora_unet_blocks_0_ffn_2.lora_down.weight": torch.zeros(4, 48)}, str(volume.path(lora.target))
+    )
+    with pytest.raises(LoraError, match=rf"LoRA {volume.path(lora.target)}: none of its 1 keys applies"):
+        load_pipeline_components(volume, fusionx, only=["transformer"])

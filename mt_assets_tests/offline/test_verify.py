@@ -199,3 +199,45 @@ def test_what_counts_as_outside(tmp_path: Path) -> None:
     assert classify(f"{home}/lib/libsneaky.so") == "outside"
     assert classify("/tmp/config.json") == "outside"
     assert classify("/etc/hosts") == "outside"
+
+
+def test_the_offline_proof_traces_a_lora_profiles_lora_file_as_declared(tiny_fusionx_volume: Path) -> None:
+    fusionx = load_profile("tiny-fusionx")
+    [(lora, _)] = fusionx.loras
+    report = verify_offline(tiny_fusionx_volume, fusionx, only=["transformer"])
+    doc = report.to_json()
+    assert doc["ok"] is True, json.dumps({k: doc[k] for k in ("undeclared", "outside_volume", "errors")})
+    transformer = doc["components"]["transformer"]
+    assert transformer["status"] == "loaded"
+    assert lora.target in transformer["files"]  # read by the load, and declared by the manifest
+    assert doc["undeclared"] == []
+
+
+def test_a_lora_file_deleted_from_the_volume_is_named_by_the_audit_the_offline_proof_and_the_worker(
+    tiny_fusionx_volume: Path, tmp_path: Path
+) -> None:
+    from mt_assets.worker.environment import WorkerSettings
+    from mt_assets.worker.startup import StartupError, startup
+    from mt_assets_tests.conftest import run_cli
+    from mt_assets_tests.offline.conftest import copy_volume
+
+    volume = copy_volume(tiny_fusionx_volume, tmp_path / "volume")
+    fusionx = load_profile("tiny-fusionx")
+    [(lora, _)] = fusionx.loras
+    (volume / lora.target).unlink()
+
+    audited = run_cli("audit", "--profile", "tiny-fusionx", "--volume", str(volume), "--json")
+    assert audited.returncode == 1, audited.stderr
+    missing = [f["target"] for f in json.loads(audited.stdout)["files"] if f["status"] == "missing"]
+    assert missing == [lora.target]
+
+    report = verify_offline(volume, fusionx, only=["transformer"])
+    assert report.to_json()["ok"] is False
+    assert report.missing == [lora.target]
+    [unit] = report.units
+    assert unit.status == "failed" and "lora-fusionx" in unit.components
+    assert f"{lora.target} (component 'lora-fusionx'): missing from the volume" in (unit.error or "")
+
+    settings = WorkerSettings.from_env({"MT_VOLUME": str(volume), "MT_PROFILE": "tiny-fusionx"})
+    with pytest.raises(StartupError, match=rf"missing\s+{lora.target}"):
+        startup(settings)
