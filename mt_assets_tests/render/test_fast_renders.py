@@ -222,3 +222,33 @@ def test_dry_run_without_json_says_the_cost_in_one_line_and_what_to_run_next(
         == "dry-text: 1 clip(s) of 13 frames, 8 steps x 2 DiT evaluations per step: 16 DiT evaluations"
     )
     assert lines[1].startswith("next: mt-assets render ") and f"--manifest {serving_manifest}" in lines[1]
+
+
+# ---- the shipped LoRA twins ----------------------------------------------------------------------
+
+
+def test_a_fusionx_render_on_tiny_fusionx_merges_its_lora_and_runs_16_evaluations_per_clip(
+    tiny_fusionx_volume, media, tmp_path
+) -> None:
+    job = write_job(media, "twin-fusionx", preset="fusionx", teacache=True)
+    where = ["--profile", "tiny-fusionx", "--volume", str(tiny_fusionx_volume)]
+    dry = cli(str(job), *where, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    done = cli(str(job), *where, "--out", str(tmp_path), "--json")
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "twin-fusionx" / "job.json").read_text())
+    assert record["profile"] == "tiny-fusionx" and record["job"]["preset"] == "fusionx"
+    # 8 steps x 2: all 16 calls fall in TeaCache's warm-up (15 calls) but the last, which 0.2 cannot skip here
+    assert record["dit_evaluations_planned"] == record["dit_evaluations_run"] == 16
+    assert record["dit_evaluations_skipped"] == 0
+    plan = json.loads(dry.stdout)
+    assert (plan["dit_evaluations_planned"], plan["dit_evaluations_skipped"]) == (16, 0)
+    assert any("lora" in m["component"] for m in record["models"])
+
+
+def test_the_refusal_names_the_shipped_profiles_that_serve_the_preset(tiny_volume, media, tmp_path) -> None:
+    job = write_job(media, "unserved-light", preset="lightx2v")
+    done = cli(str(job), "--profile", "tiny", "--volume", str(tiny_volume), "--out", str(tmp_path))
+    assert done.returncode == 2
+    assert "'lightx2v' is not served by profile 'tiny'" in done.stderr
+    assert "multitalk-480p-lightx2v" in done.stderr and "tiny-lightx2v" in done.stderr
