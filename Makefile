@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export MT_VOLUME ?= $(CURDIR)/var/volume
+# The demo (and `make ui` on its instance) runs the tiny profile with its FusionX LoRA twin.
+export MT_PROFILE ?= tiny-fusionx
 # The demo's source: the tiny profile's mirror, built locally on first use (nothing downloaded).
 export MT_SOURCE ?= $(CURDIR)/var/tiny-mirror
 

@@ -8,6 +8,7 @@ face image and speech-like audio made here are submitted to `<volume>/jobs/inbox
 partition of `renders`. It prints what happened, the mp4 paths, and how to look at it.
 """
 
+import dataclasses
 import logging
 import shutil
 import sys
@@ -27,16 +28,22 @@ from mt_assets.defs.definitions import build_definitions, manifest_from_env, mod
 from mt_assets.defs.renders import RENDERS_KEY
 from mt_assets.defs.resources import VolumeResource
 from mt_assets.jobs.queue import SETTLE_SECONDS, JobQueue
-from mt_assets.manifest import load_profile
-from mt_assets.tiny.profile import TINY_PROFILE, build_tiny_mirror, stale_tiny_files
+from mt_assets.manifest import Manifest, load_profile
+from mt_assets.tiny.profile import build_tiny_mirror, stale_tiny_files, tiny_profile_names
 from mt_assets.tiny.samples import write_face_image, write_speech
 from mt_assets.units import human_bytes
+
+# The demo's profile when MT_PROFILE is unset: the tiny profile with the FusionX LoRA twin, so one of
+# its jobs renders with the fusionx preset (8 steps at text guidance 1.0) as MultiTalk's users run it.
+DEMO_PROFILE = "tiny-fusionx"
 
 
 def main() -> int:
     console = Console(highlight=False)
     settings = Settings.from_env()
-    if settings.profile == TINY_PROFILE and not config.MANIFEST.read():
+    if not config.PROFILE.read_or(None) and not config.MANIFEST.read():
+        settings = dataclasses.replace(settings, profile=DEMO_PROFILE)
+    if settings.profile in tiny_profile_names() and not config.MANIFEST.read():
         mirror = Path(settings.source)
         stale = stale_tiny_files(mirror) if settings.source != "hub" and mirror.exists() else []
         if stale:  # built by an older version (e.g. other tokenizer bytes): the profile would refuse it
@@ -90,7 +97,7 @@ def main() -> int:
             "[green]every model file is on the volume and verified; the bundles and the worker's whole load "
             "path loaded from it with the network cut.[/]"
         )
-        videos = demo_renders(defs, instance, Path(settings.volume).resolve(), quiet, console)
+        videos = demo_renders(defs, manifest, instance, Path(settings.volume).resolve(), quiet, console)
         if videos is None:
             return 1
         console.print("mp4 files:")
@@ -112,11 +119,16 @@ def main() -> int:
 
 
 # Small enough for 2 CPU cores in seconds; the tiny profile's weights are random, so the video is noise.
-DEMO_JOB = {"size": "128x96", "frames": 17, "steps": 4, "rerender": True}
+DEMO_JOB = {"size": "128x96", "frames": 17, "rerender": True}
 
 
 def demo_renders(
-    defs: dg.Definitions, instance: dg.DagsterInstance, volume: Path, quiet: dict, console: Console
+    defs: dg.Definitions,
+    manifest: Manifest,
+    instance: dg.DagsterInstance,
+    volume: Path,
+    quiet: dict,
+    console: Console,
 ) -> list[Path] | None:
     """Two jobs through the inbox, the sensor and the renders asset; the mp4 paths, or None on failure."""
     queue = JobQueue(volume)
@@ -128,10 +140,15 @@ def demo_renders(
         write_speech(work / "two" / "left.wav", 1.2, pitch=120, seed=2)
         write_speech(work / "two" / "right.wav", 1.2, pitch=220, seed=3)
         jobs = {
-            "demo-one-speaker": ("one", {"cond_image": "face.png", "cond_audio": {"person1": "speech.wav"}}),
+            # The fusionx preset where the profile serves it (8 steps x 2 DiT evaluations).
+            "demo-one-speaker": (
+                "one",
+                {"cond_image": "face.png", "cond_audio": {"person1": "speech.wav"},
+                 **({"preset": "fusionx"} if "fusionx" in manifest.presets else {"steps": 4})},
+            ),
             "demo-two-speakers": (
                 "two",
-                {"cond_image": "faces.png", "audio_type": "para",
+                {"cond_image": "faces.png", "audio_type": "para", "steps": 4,
                  "cond_audio": {"person1": "left.wav", "person2": "right.wav"}},
             ),
         }  # fmt: skip
@@ -186,7 +203,7 @@ def demo_renders(
         videos.append(Path(str(md["video"].value)))
         console.print(
             f"rendered {request.partition_key}: {md['frames'].value} frames, {md['width'].value}x{md['height'].value}, "
-            f"{md['seconds'].value:.1f} s → {md['video'].value}"
+            f"{md['dit_evaluations_run'].value} DiT evaluations, {md['seconds'].value:.1f} s → {md['video'].value}"
         )
     if len(videos) != len(jobs):
         console.print(

@@ -41,14 +41,21 @@ def test_the_demo_builds_the_tiny_mirror_materializes_everything_and_a_rerun_fet
 
     first = demo()
     assert "building the tiny mirror" in first
-    assert "model files placed │ 25" in first
-    assert "checks passed │ 28/28" in first  # 25 files, the offline proof, 2 repacks
+    assert "materializing 26 model files and 3 bundles of profile tiny-fusionx" in first  # the default
+    assert "model files placed │ 26" in first  # tiny's 25 and the FusionX LoRA twin
+    assert "checks passed │ 29/29" in first  # 26 files, the offline proof, 2 repacks
     videos = mp4_paths(first)
     assert [v.parent.name for v in videos] == ["demo-one-speaker", "demo-two-speakers"]
     for video in videos:
         with av.open(str(video)) as container:
             assert sum(1 for _ in container.decode(video=0)) == 17  # the frames the demo asks for
-    two = json.loads((videos[1].parent / "job.json").read_text())
+    one, two = (json.loads((v.parent / "job.json").read_text()) for v in videos)
+    assert one["job"]["preset"] == "fusionx" and one["job"]["steps"] == 8 and one["job"]["text_guidance"] == 1.0
+    assert one["dit_evaluations_planned"] == one["dit_evaluations_run"] == 16  # 8 steps x 2 evaluations
+    assert "models/Wan14BT2VFusioniX/FusionX_LoRa/Wan2.1_I2V_14B_FusionX_LoRA.safetensors" in {
+        m["target"] for m in one["models"]
+    }
+    assert "rendered demo-one-speaker: 17 frames, 128x96, 16 DiT evaluations" in first
     assert two["settings"]["speakers"] == 2 and two["job"]["audio_type"] == "para"
     # a demo interrupted after submitting leaves its job in the inbox: the next demo clears it and goes on
     leftover = tmp_path / "volume" / "jobs" / "inbox" / "demo-one-speaker"
@@ -56,7 +63,7 @@ def test_the_demo_builds_the_tiny_mirror_materializes_everything_and_a_rerun_fet
     (leftover / "job.json").write_text(json.dumps({"id": "demo-one-speaker", "prompt": "left over"}))
     second = demo()
     assert f"removed {leftover}, left by an interrupted demo" in second
-    assert "model files skipped │ 25" in second
+    assert "model files skipped │ 26" in second
     assert "building the tiny mirror" not in second
     assert mp4_paths(second) == videos  # the demo's jobs say rerender: true, so a rerun renders again
 
