@@ -28,3 +28,20 @@ def requires_golden(folder: Path, marker_file: str) -> pytest.MarkDecorator:
 requires_pipeline_golden = requires_golden(PIPELINE_GOLDEN_DIR, "golden_manifest.json")
 requires_dit_golden = requires_golden(DIT_GOLDEN_DIR, "dit_outputs.safetensors")
 requires_accel_golden = requires_golden(ACCEL_GOLDEN_DIR, "golden_manifest.json")
+
+
+def chained_denoiser(model: object, dit_inputs: dict, speakers: int, **options: object) -> object:
+    """The DiT as the sampler calls it, on the chained tiny DiT's inputs (`dit_inputs.safetensors`)
+    for one or two speakers; `options` go to make_denoiser (e.g. teacache)."""
+    from mt_assets.render.pipeline import make_denoiser
+
+    return make_denoiser(
+        model,
+        context=dit_inputs["context"],
+        context_null=dit_inputs["context_null"],
+        clip_fea=dit_inputs["clip_fea"],
+        y=dit_inputs["y"],
+        audio=dit_inputs["audio"][:speakers],
+        masks=dit_inputs[f"ref_target_masks_{speakers}spk"],
+        **options,
+    )

@@ -19,12 +19,12 @@ from mt_assets.models.dit import MultiTalkTransformer3DModel
 from mt_assets.models.dit_loading import diffusers_to_reference_key, load_multitalk_transformer
 from mt_assets.models.lora import LoraError, merge_loras, pair_loras, parse_lora_keys
 from mt_assets.models.reading import read_safetensors_header
-from mt_assets.render.pipeline import make_denoiser
 from mt_assets.render.sampler import Guidance, StepRecord, sample, timesteps
 from mt_assets.tiny.dit import write_original_format
 from mt_assets_tests.golden import (
     ACCEL_GOLDEN_DIR,
     DIT_GOLDEN_DIR,
+    chained_denoiser,
     requires_accel_golden,
     requires_dit_golden,
 )
@@ -312,15 +312,7 @@ def test_lora_sampler_reproduces_every_step(name: str, accel, lora_golden, dit_i
     model = load_multitalk_transformer(*dit_files)
     merge_loras(model, _loras(case["lora_dir"], case["lora_scales"]), dtype=torch.float32)
     speakers = case["speakers"]
-    denoise = make_denoiser(
-        model,
-        context=dit_inputs["context"],
-        context_null=dit_inputs["context_null"],
-        clip_fea=dit_inputs["clip_fea"],
-        y=dit_inputs["y"],
-        audio=dit_inputs["audio"][:speakers],
-        masks=dit_inputs[f"ref_target_masks_{speakers}spk"],
-    )
+    denoise = chained_denoiser(model, dit_inputs, speakers)
     guidance = Guidance(text=case["text_guide_scale"], audio=case["audio_guide_scale"])
     assert guidance.evaluations == case["evals_per_step"]
     schedule = timesteps(case["steps"], case["shift"])

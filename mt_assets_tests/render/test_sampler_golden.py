@@ -8,9 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mt_assets.render.pipeline import make_denoiser
 from mt_assets.render.sampler import Guidance, StepRecord, sample, timesteps
-from mt_assets_tests.golden import requires_dit_golden, requires_pipeline_golden
+from mt_assets_tests.golden import chained_denoiser, requires_dit_golden, requires_pipeline_golden
 from mt_assets_tests.render.conftest import golden, max_abs
 
 pytestmark = [requires_pipeline_golden, requires_dit_golden]
@@ -47,15 +46,7 @@ def test_sampler_reproduces_every_step(
 ) -> None:
     case = pipeline_golden_json["sampler"]["cases"][name]
     speakers = case["num_speakers"]
-    denoise = make_denoiser(
-        golden_dit,
-        context=dit_inputs["context"],
-        context_null=dit_inputs["context_null"],
-        clip_fea=dit_inputs["clip_fea"],
-        y=dit_inputs["y"],
-        audio=dit_inputs["audio"][:speakers],
-        masks=dit_inputs[f"ref_target_masks_{speakers}spk"],
-    )
+    denoise = chained_denoiser(golden_dit, dit_inputs, speakers)
     guidance = _guidance(case)
     assert guidance.evaluations == case["model_evals_per_step"]
     record: list[StepRecord] = []

@@ -15,11 +15,16 @@ import torch
 from safetensors.torch import load_file
 
 from mt_assets.render import pipeline
-from mt_assets.render.pipeline import ClipTrace, Conditioning, generate_video, make_denoiser
+from mt_assets.render.pipeline import ClipTrace, Conditioning, generate_video
 from mt_assets.render.sampler import Guidance, StepRecord, sample, timesteps
 from mt_assets.render.streaming import plan_clips
 from mt_assets.render.teacache import TeaCache, TeaCacheCall, coefficients_for_size, plan_teacache
-from mt_assets_tests.golden import ACCEL_GOLDEN_DIR, requires_accel_golden, requires_dit_golden
+from mt_assets_tests.golden import (
+    ACCEL_GOLDEN_DIR,
+    chained_denoiser,
+    requires_accel_golden,
+    requires_dit_golden,
+)
 from mt_assets_tests.render.conftest import max_abs
 
 pytestmark = [requires_accel_golden, requires_dit_golden]
@@ -100,16 +105,7 @@ def _run_clip(
     case: dict, dit_inputs, golden_dit, cache: TeaCache | None, noise: torch.Tensor
 ) -> tuple[torch.Tensor, list[StepRecord]]:
     speakers = case["speakers"]
-    denoise = make_denoiser(
-        golden_dit,
-        context=dit_inputs["context"],
-        context_null=dit_inputs["context_null"],
-        clip_fea=dit_inputs["clip_fea"],
-        y=dit_inputs["y"],
-        audio=dit_inputs["audio"][:speakers],
-        masks=dit_inputs[f"ref_target_masks_{speakers}spk"],
-        teacache=cache,
-    )
+    denoise = chained_denoiser(golden_dit, dit_inputs, speakers, teacache=cache)
     record: list[StepRecord] = []
     final = sample(denoise, noise, timesteps(case["steps"], case["shift"]), _guidance(case), record=record)
     return final, record
