@@ -13,6 +13,20 @@ adapter sizes; latent [1, 36, 5, 30, 52], i.e. 1950 video tokens, 512 text + 257
     ours + audio   the same with one speaker's windowed wav2vec2 features
                    [1, 1 + 4*(F-1), 5, 12, 768]: audio_proj once, then an audio cross-attention in
                    every block. Reported as ours + audio / ours (the adapter's cost; no goal).
+                   This is "one DiT evaluation" below.
+    ours + audio + LoRA   the same on a copy of ours with a LoRA merged (`merge_loras`, scale 1.0):
+                   a file of the FusionX family (`mt_assets.tiny.lora`, rank 4) drawn for this DiT's
+                   shapes into a temporary folder. A merge changes weights, not the computation, so
+                   lora_eval_ratio = ours + audio + LoRA / ours + audio should be 1 within the noise.
+
+Then the DiT evaluations per 81-frame clip, per configuration, times the measured seconds per
+evaluation (ours + audio; ours + audio + LoRA for the LoRA presets): the reference default (40 steps x 3),
+TeaCache 0.2 and 0.3 (40 x 3 less the calls `plan_teacache` skips on THIS DiT's random time embedding
+with the 480 coefficients and the default schedule, shift 7: random weights give distances of
+10^3-10^6, so these counts are not the rate on MeiGen's weights), fusionx and lightx2v (the presets'
+steps x 2 evaluations at text guidance 1.0). The seconds per clip are at this medium DiT's size and
+latent, on this CPU: for comparing configurations, not a forecast of a real render. A skipped TeaCache
+call still runs the embeddings and the head; it is counted as free.
 
 Before timing, stock and ours are run once on the same inputs and their outputs compared (they
 must agree to float32 rounding, or the benchmark stops: a ratio of two different computations
@@ -26,7 +40,10 @@ Usage:
     .venv/bin/python benchmarks/render.py             # medium DiT, 2 warm-up + 9 interleaved runs (1-3 min)
     .venv/bin/python benchmarks/render.py --quick     # 2 layers, 1 warm-up + 5 runs (< 1 min)
     .venv/bin/python benchmarks/render.py --json      # one JSON document on stdout, nothing else
-The last lines printed are `dit_step_ratio=<ours / stock>` and `audio_adapter_ratio=<ours + audio / ours>`.
+The lines printed last: `dit_step_ratio=<ours / stock>`, `audio_adapter_ratio=<ours + audio / ours>`,
+`outside_dit_share=...`, `lora_eval_ratio=<ours + audio + LoRA / ours + audio>`, then
+`evals_ratio_fusionx=`, `evals_ratio_lightx2v=`, `evals_ratio_teacache_0.2=`, `evals_ratio_teacache_0.3=`
+(evaluations per clip / the reference default's 120).
 """
 
 from __future__ import annotations
@@ -54,6 +71,7 @@ from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 from rich.console import Console
 from rich.table import Table
 
+from mt_assets.jobs.schema import DEFAULT_SHIFT, PRESETS
 from mt_assets.models.dit import (
     IMAGE_TOKENS,
     MultiTalkTransformer3DModel,
@@ -61,6 +79,10 @@ from mt_assets.models.dit import (
     is_adapter_key,
     parse_wan_config,
 )
+from mt_assets.models.lora import merge_loras
+from mt_assets.render.sampler import Guidance, timesteps
+from mt_assets.render.teacache import COEFFICIENTS, plan_teacache
+from mt_assets.tiny.lora import TINY_LORAS, write_tiny_lora
 
 DIT_STEP_GOAL = 1.10
 # Outputs of stock and ours on the same weights and inputs: max |difference| / max |output|.
@@ -68,6 +90,9 @@ DIT_STEP_GOAL = 1.10
 # float32 earlier); a wrong weight or a skipped branch gives O(1).
 SAME_OUTPUT_TOLERANCE = 1e-4
 NOISY_SPREAD = 1.5  # slowest / fastest run of one variant above which the output says so
+REFERENCE_STEPS = 40  # the reference default: 40 steps x 3 evaluations per 81-frame clip
+TEACACHE_THRESHOLDS = (0.2, 0.3)
+LORA = TINY_LORAS[0]  # the FusionX key family (image branch included), drawn for the benchmark's DiT
 
 
 @dataclass(frozen=True)
@@ -120,6 +145,14 @@ class DitStepResult:
     stock: Variant
     ours: Variant
     ours_audio: Variant
+    ours_lora: Variant  # ours + audio with a LoRA merged
+    lora: dict[str, object]  # the merged file: keys applied / ignored, its effect on the output
+    teacache_evaluations: dict[float, int]  # threshold -> evaluations run per clip (plan_teacache)
+    teacache_min_rescaled: float  # the smallest rescaled distance TeaCache saw after its warm-up
+
+    @property
+    def lora_eval_ratio(self) -> float:
+        return self.ours_lora.median / self.ours_audio.median
 
     @property
     def dit_step_ratio(self) -> float:
@@ -162,6 +195,44 @@ def make_inputs(ours: MultiTalkTransformer3DModel, size: DitSize, seed: int) -> 
     }
 
 
+def merged_copy(
+    ours: MultiTalkTransformer3DModel, size: DitSize
+) -> tuple[MultiTalkTransformer3DModel, dict[str, object]]:
+    """A copy of ours with a FusionX-family LoRA (drawn for this DiT's shapes) merged at scale 1.0."""
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    merged = copy.deepcopy(ours)
+    with tempfile.TemporaryDirectory(prefix="mt-bench-lora-") as tmp:
+        path = Path(tmp) / "bench_lora.safetensors"
+        write_tiny_lora(path, LORA, size.wan_config())
+        [report] = merge_loras(merged, [(path, 1.0)], dtype=torch.float32)
+        info: dict[str, object] = {
+            "family": LORA.family,
+            "rank": LORA.rank,
+            "dtype": str(LORA.dtype).removeprefix("torch."),
+            "scale": 1.0,
+            "mb": round(path.stat().st_size / 1e6, 2),
+            "entries_applied": len(report.applied),
+            "keys_ignored": len(report.ignored),
+        }
+    return merged, info
+
+
+def teacache_evaluations(model: MultiTalkTransformer3DModel) -> tuple[dict[float, int], float]:
+    """Per threshold, the evaluations TeaCache runs in one reference-default clip (40 x 3) on this DiT;
+    and the smallest rescaled distance it saw (why it skips so little on random weights)."""
+    schedule = timesteps(REFERENCE_STEPS, DEFAULT_SHIFT["multitalk-480"])
+    out = {}
+    rescaled = []
+    for threshold in TEACACHE_THRESHOLDS:
+        plan = plan_teacache(model, schedule, 3, threshold, COEFFICIENTS["multitalk-480"])
+        out[threshold] = plan.evaluations_planned - plan.evaluations_skipped
+        rescaled += [c.rescaled for c in plan.calls if c.rescaled is not None]
+    return out, min(rescaled, default=float("nan"))
+
+
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
@@ -190,6 +261,7 @@ def interleaved(
 
 def measure_dit_step(size: DitSize, warmup: int, repeats: int, seed: int, console: Console) -> DitStepResult:
     ours, stock = build_models(size, seed)
+    merged, lora = merged_copy(ours, size)
     inputs = make_inputs(ours, size, seed + 1)
     dit_inputs = {k: v for k, v in inputs.items() if k != "audio"}
 
@@ -201,6 +273,9 @@ def measure_dit_step(size: DitSize, warmup: int, repeats: int, seed: int, consol
 
     def run_ours_audio() -> torch.Tensor:
         return ours(**inputs, return_dict=False)[0]
+
+    def run_ours_lora() -> torch.Tensor:
+        return merged(**inputs, return_dict=False)[0]
 
     with torch.inference_mode():
         reference = run_stock()
@@ -215,9 +290,18 @@ def measure_dit_step(size: DitSize, warmup: int, repeats: int, seed: int, consol
         audio_effect = relative_error(with_audio, plain)
         if not audio_effect > 0:
             raise BenchmarkError("ours + audio gave the same output as ours without audio: adapter not run")
-        steps = {"stock": run_stock, "ours": run_ours, "ours + audio": run_ours_audio}
+        lora["effect"] = relative_error(run_ours_lora(), with_audio)
+        if not lora["effect"] > 0:
+            raise BenchmarkError("ours + audio + LoRA gave the same output as ours + audio: LoRA not merged")
+        steps = {
+            "stock": run_stock,
+            "ours": run_ours,
+            "ours + audio": run_ours_audio,
+            "ours + audio + LoRA": run_ours_lora,
+        }
         variants = interleaved(steps, max(0, warmup - 1), repeats, console)  # the check above was 1 warm-up
 
+    teacache = teacache_evaluations(ours)
     n_adapter = sum(p.numel() for k, p in ours.state_dict().items() if is_adapter_key(k))
     frames, height, width = size.latent
     return DitStepResult(
@@ -230,6 +314,10 @@ def measure_dit_step(size: DitSize, warmup: int, repeats: int, seed: int, consol
         stock=variants["stock"],
         ours=variants["ours"],
         ours_audio=variants["ours + audio"],
+        ours_lora=variants["ours + audio + LoRA"],
+        lora=lora,
+        teacache_evaluations=teacache[0],
+        teacache_min_rescaled=teacache[1],
     )
 
 
@@ -241,6 +329,7 @@ def dit_step_table(result: DitStepResult) -> Table:
         (result.stock, 1.0, "stock"),
         (result.ours, result.dit_step_ratio, "stock"),
         (result.ours_audio, result.audio_adapter_ratio, "ours"),
+        (result.ours_lora, result.lora_eval_ratio, "ours + audio"),
     ]
     for variant, ratio, of in rows:
         table.add_row(
@@ -355,10 +444,80 @@ def dit_step_document(dit: DitStepResult) -> dict[str, object]:
         "parameters": dit.parameters,
         "same_output_error": dit.same_output_error,
         "audio_effect": dit.audio_effect,
-        "variants": {v.name: asdict(v) for v in (dit.stock, dit.ours, dit.ours_audio)},
+        "variants": {v.name: asdict(v) for v in (dit.stock, dit.ours, dit.ours_audio, dit.ours_lora)},
         "dit_step_ratio": dit.dit_step_ratio,
         "audio_adapter_ratio": dit.audio_adapter_ratio,
+        "lora": dit.lora,
+        "lora_eval_ratio": dit.lora_eval_ratio,
+        "teacache_evaluations": {f"{t:g}": n for t, n in dit.teacache_evaluations.items()},
+        "teacache_min_rescaled": dit.teacache_min_rescaled,
     }
+
+
+# -- evaluations per clip ------------------------------------------------------------------
+
+
+def clip_costs(dit: DitStepResult) -> list[dict[str, object]]:
+    """Per configuration: evaluations per 81-frame clip, the s/eval used, seconds per clip, ratio to the reference."""
+    plain, merged = dit.ours_audio.median, dit.ours_lora.median
+    reference = REFERENCE_STEPS * Guidance(text=5.0, audio=4.0).evaluations
+    rows: list[tuple[str, int, float, str]] = [
+        ("reference default", reference, plain, f"{REFERENCE_STEPS} steps x 3"),
+    ]
+    for threshold, evaluations in dit.teacache_evaluations.items():
+        rows.append((
+            f"teacache {threshold:g}", evaluations, plain,
+            f"{REFERENCE_STEPS} x 3 less {reference - evaluations} skipped (random weights: not the real rate)",
+        ))  # fmt: skip
+    for name, preset in PRESETS.items():
+        per_step = Guidance(text=preset.text_guidance, audio=preset.audio_guidance).evaluations
+        rows.append(
+            (name, preset.steps * per_step, merged, f"{preset.steps} steps x {per_step}, LoRA merged")
+        )
+    return [
+        {
+            "configuration": name,
+            "evaluations": evaluations,
+            "how": how,
+            "seconds_per_evaluation": seconds,
+            "seconds": evaluations * seconds,
+            "evals_ratio": evaluations / reference,
+        }
+        for name, evaluations, seconds, how in rows
+    ]
+
+
+def print_clip_costs(console: Console, dit: DitStepResult, costs: list[dict[str, object]]) -> None:
+    table = Table(
+        title="DiT evaluations per 81-frame clip x measured s/eval (this medium DiT, this CPU)",
+        title_justify="left",
+    )
+    for column in ("configuration", "evaluations", "of 120", "s/eval", "seconds per clip", "how"):
+        table.add_column(column, justify="left" if column in ("configuration", "how") else "right")
+    for row in costs:
+        table.add_row(
+            str(row["configuration"]),
+            str(row["evaluations"]),
+            f"{row['evals_ratio']:.3f}",
+            f"{row['seconds_per_evaluation']:.3f}",
+            f"{row['seconds']:.1f}",
+            str(row["how"]),
+        )
+    console.print(table)
+    lora = dit.lora
+    console.print(
+        f"  LoRA: {lora['family']} family, rank {lora['rank']}, {lora['dtype']}, {lora['mb']} MB, "
+        f"{lora['entries_applied']} entries merged, {lora['keys_ignored']} keys ignored; output changed by "
+        f"{lora['effect']:.2e} (max |diff| / max |out|); s/eval merged / plain = {dit.lora_eval_ratio:.3f}"
+    )
+    console.print(
+        "  TeaCache counts come from plan_teacache on this DiT's RANDOM time embedding (distances of "
+        f"10^3-10^6; the smallest rescaled distance after the warm-up here: {dit.teacache_min_rescaled:.3g}, "
+        f"against thresholds {', '.join(f'{t:g}' for t in TEACACHE_THRESHOLDS)}): not the rate on MeiGen's "
+        "weights (2-3x faster per its README). "
+        "Seconds per clip are at this DiT's size and latent, not a real 480p x 81-frame render.",
+        style="yellow",
+    )
 
 
 def print_dit_step(console: Console, dit: DitStepResult) -> None:
@@ -488,6 +647,9 @@ def main(argv: list[str] | None = None) -> int:
         f"dit_step_ratio={dit.dit_step_ratio:.3f}",
         f"audio_adapter_ratio={dit.audio_adapter_ratio:.3f}",
     ]
+    costs = clip_costs(dit)
+    document["clip_cost"] = costs
+    reports.append(lambda: print_clip_costs(console, dit, costs))
 
     # 2. A whole render on the tiny profile: where the time goes outside the DiT.
     console.print(
@@ -497,6 +659,11 @@ def main(argv: list[str] | None = None) -> int:
     document["whole_render"] = whole
     reports.append(lambda: print_whole_render(console, whole))
     results.append(f"outside_dit_share={whole['outside_dit_share']:.3f}")
+    # The evaluation-count lines last (the issue's), the LoRA's per-evaluation cost just before them.
+    results.append(f"lora_eval_ratio={dit.lora_eval_ratio:.3f}")
+    ratios = {str(row["configuration"]): float(row["evals_ratio"]) for row in costs}  # type: ignore[arg-type]
+    results += [f"evals_ratio_{name}={ratios[name]:.3f}" for name in PRESETS]
+    results += [f"evals_ratio_teacache_{t:g}={ratios[f'teacache {t:g}']:.3f}" for t in TEACACHE_THRESHOLDS]
 
     if args.json:
         conditions = {
