@@ -100,8 +100,9 @@ def test_the_three_record_the_same_resolved_settings_in_job_json(rendered_three_
     assert cli["settings"] == dagster["settings"] == worker["settings"]
 
     def settings(doc: dict) -> dict:
-        # where the media were read from differs (the queue copies a dropped job's media); nothing else
-        return {k: v for k, v in doc["job"].items() if k not in ("id", "cond_image", "cond_audio")}
+        # where the media were read from differs (the queue copies a dropped job's media), and the job
+        # files themselves (job_sha256: the worker's job is a mapping); nothing else
+        return {k: v for k, v in doc["job"].items() if k not in ("id", "cond_image", "cond_audio", "job_sha256")}
 
     assert settings(cli) == settings(dagster) == settings(worker)
     assert cli["job"]["seed"] == 1234
