@@ -259,7 +259,12 @@ SLOW_TESTS = (
     "test_hostile.py::test_a_poison_job_file_is_refused_by_the_cli_in_one_line",
     "test_hostile.py::test_a_job_file_over_the_size_limit_is_refused_before_it_is_read",
     "test_hostile.py::test_a_prompt_over_the_limit_is_refused_naming_the_field",
-    "test_media_limits.py::test_cli_refuses_amplifying_media_in_one_line_naming_the_field_and_stays_small",  # the tiny profile materialized, one job through the CLI, Dagster and the worker
+    "test_media_limits.py::test_cli_refuses_amplifying_media_in_one_line_naming_the_field_and_stays_small",
+    # `mt-assets render` runs in fresh processes (dry runs against the render, the LoRA twin's render)
+    "test_fast_renders.py::test_dry_run_says_what_the_render_then_runs",
+    "test_fast_renders.py::test_dry_run_without_teacache_needs_no_model",
+    "test_fast_renders.py::test_dry_run_without_json_says_the_cost_in_one_line_and_what_to_run_next",
+    "test_fast_renders.py::test_a_fusionx_render_on_tiny_fusionx_merges_its_lora_and_runs_16_evaluations_per_clip",  # the tiny profile materialized, one job through the CLI, Dagster and the worker
 )
 
 
