@@ -799,15 +799,8 @@ def _mtime(path: Path) -> float | None:
 
 def _newest_mtime(entry: Path) -> float | None:
     """The newest mtime of the entry and, for a folder, of anything inside it (links not followed)."""
-    newest = _mtime(entry)
-    if newest is None or not entry.is_dir() or entry.is_symlink():
-        return newest
-    for folder, dirs, files in os.walk(entry):
-        for name in (*dirs, *files):
-            mtime = _mtime(Path(folder) / name)
-            if mtime is not None:
-                newest = max(newest, mtime)
-    return newest
+    signature = _signature(entry)
+    return None if signature is None else signature[1] / 1e9
 
 
 def _read_or_none(path: Path) -> str | None:
