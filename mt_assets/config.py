@@ -19,7 +19,8 @@ output, and a test keeps the two the same).
 
 Secrets (HF_TOKEN, AWS keys, RUNPOD_API_KEY) are read where they are used, by the libraries that
 use them, and never copied into settings, logs or metadata. `s3_client` reads only where S3 is
-(AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_REGION) and leaves credentials to boto3's own chain.
+(AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_REGION) and leaves credentials to boto3's own chain;
+`volume_s3_client` is the one reader of MT_VOLUME_S3_SECRET_ACCESS_KEY, handed straight to boto3.
 
 No import of torch, dagster or boto3 here: the worker reads its settings before anything heavy loads.
 """
@@ -61,6 +62,12 @@ def _seconds(value: str) -> float:
 
 def _count(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
+        raise ValueError
+    return int(value)
+
+
+def _whole(value: str) -> int:
+    if not value.isdigit():  # ASCII digits only: no sign, no "1e9", no "½"
         raise ValueError
     return int(value)
 
@@ -163,8 +170,33 @@ def _variable(
 # Volume and models
 VOLUME: Variable[str] = _variable(
     "MT_VOLUME", "volume", "var/volume",
-    "The volume folder. The worker's default is /runpod-volume, where RunPod mounts it on serverless.",
-    "a folder", _text, shown_default="`var/volume` (worker: `/runpod-volume`)",
+    "The volume: a folder, or `s3://<bucket>[/<prefix>]` reached through an S3-compatible API "
+    "(RunPod: bucket = the network volume's id; MT_VOLUME_S3_*), for audit and provision only. The "
+    "worker's default is /runpod-volume, where RunPod mounts it on serverless.",
+    "a folder or s3://bucket[/prefix]", _text, shown_default="`var/volume` (worker: `/runpod-volume`)",
+)  # fmt: skip
+VOLUME_S3_ENDPOINT: Variable[str | None] = _variable(
+    "MT_VOLUME_S3_ENDPOINT", "volume", None,
+    "The S3-compatible endpoint of an `s3://` volume (RunPod: `https://s3api-<datacenter>.runpod.io`). "
+    "Unset: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, as for an `s3://` source.",
+    "an http(s) URL", _http_url, shown_default="unset (the `AWS_*` endpoint)",
+)  # fmt: skip
+VOLUME_S3_REGION: Variable[str | None] = _variable(
+    "MT_VOLUME_S3_REGION", "volume", None,
+    "The region of an `s3://` volume (RunPod: the datacenter id, e.g. `EU-RO-1`). Unset: AWS_REGION.",
+    "a region name", _text, shown_default="unset (`AWS_REGION`)",
+)  # fmt: skip
+VOLUME_S3_ACCESS_KEY_ID: Variable[str | None] = _variable(
+    "MT_VOLUME_S3_ACCESS_KEY_ID", "volume", None,
+    "The access key of an `s3://` volume (RunPod: an S3 API key's user id), with "
+    "MT_VOLUME_S3_SECRET_ACCESS_KEY. Unset: boto3's chain (AWS_ACCESS_KEY_ID, a profile). Never logged.",
+    "a key id", _text, shown_default="unset (boto3's chain)",
+)  # fmt: skip
+VOLUME_S3_SECRET_ACCESS_KEY: Variable[str | None] = _variable(
+    "MT_VOLUME_S3_SECRET_ACCESS_KEY", "volume", None,
+    "The secret of an `s3://` volume's key, with MT_VOLUME_S3_ACCESS_KEY_ID. A secret: read only by "
+    "`config.volume_s3_client`, handed to boto3, never copied into settings, logs or metadata.",
+    "a secret", _text, shown_default="unset (boto3's chain)",
 )  # fmt: skip
 PROFILE: Variable[str] = _variable(
     "MT_PROFILE", "volume", "tiny",
@@ -209,6 +241,14 @@ RENDER_DEVICE: Variable[str | None] = _choice(
     "The torch device renders use. Unset: Dagster's local renders use `cpu`; the worker uses `cuda` "
     "when torch sees one, else `cpu`.",
     shown_default="unset (Dagster: `cpu`; worker: `cuda` if available)",
+)  # fmt: skip
+PERSISTENT_PARAMS: Variable[int | None] = _variable(
+    "MT_PERSISTENT_PARAMS", "render", None,
+    "Low VRAM (the reference's `--num_persistent_param_in_dit`): at most this many DiT parameters stay "
+    "on the render device; the others stay on the host and move to the device per layer while it "
+    "runs. `0` keeps none resident. Unset: the whole DiT on the device.",
+    "a whole number >= 0", _whole,
+    shown_default="unset (all resident)",
 )  # fmt: skip
 OUTPUT_S3: Variable[str | None] = _variable(
     "MT_OUTPUT_S3", "render", None,
@@ -402,20 +442,21 @@ def s3_client(
     tcp_keepalive: bool = False,
     addressing_style: str | None = None,
     env: Env | None = None,
+    session: Any = None,
 ) -> S3Client:
     """The one way mt_assets makes a boto3 S3 client. The caller closes `.client`.
 
     Endpoint: `endpoint_url`, else s3_endpoint(); with one, path-style addressing (MinIO and RunPod's
     S3 API expect it; no wildcard DNS name needed) unless `addressing_style` says otherwise. Region:
     `region`, else s3_region(). Credentials: boto3's chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
-    or a profile). Retries: botocore's standard mode (AWS_MAX_ATTEMPTS or `max_attempts`). Checksums
-    only where an operation requires them: some S3-compatible servers reject the newer headers.
+    or a profile), or `session`, a boto3 Session holding explicit keys (volume_s3_client's). Retries:
+    botocore's standard mode (AWS_MAX_ATTEMPTS or `max_attempts`). Checksums only where an operation requires them: some S3-compatible servers reject the newer headers.
     """
     import boto3
     from botocore.config import Config
 
     endpoint = endpoint_url or s3_endpoint(env)
-    session = boto3.session.Session()
+    session = session or boto3.session.Session()
     region = region or s3_region(env, session)
     retries: dict[str, Any] = {"mode": "standard"}
     if max_attempts is not None:
@@ -434,6 +475,33 @@ def s3_client(
     )
     client = session.client("s3", endpoint_url=endpoint, config=config)
     return S3Client(client, endpoint, region, session)
+
+
+class VolumeKeysError(ConfigError):
+    """Only one of MT_VOLUME_S3_ACCESS_KEY_ID and MT_VOLUME_S3_SECRET_ACCESS_KEY is set."""
+
+
+def volume_s3_client(env: Env | None = None, **kw: Any) -> S3Client:
+    """The client of an `s3://` volume: MT_VOLUME_S3_* where set, else what `s3_client` uses.
+
+    A volume's endpoint and keys are its own, so that an `s3://` source (AWS_* variables) can fill a
+    volume somewhere else. The keys go straight into the boto3 session and no further."""
+    import boto3
+
+    env = os.environ if env is None else env
+    key_id = VOLUME_S3_ACCESS_KEY_ID.read(env)
+    secret = VOLUME_S3_SECRET_ACCESS_KEY.read(env)
+    if (key_id is None) != (secret is None):
+        missing = "MT_VOLUME_S3_SECRET_ACCESS_KEY" if secret is None else "MT_VOLUME_S3_ACCESS_KEY_ID"
+        raise VolumeKeysError(f"{missing}: expected it with the other MT_VOLUME_S3_* key, got nothing")
+    session = (
+        boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret)
+        if key_id is not None
+        else None
+    )
+    kw.setdefault("endpoint_url", VOLUME_S3_ENDPOINT.read(env) or s3_endpoint(env))
+    kw.setdefault("region", VOLUME_S3_REGION.read(env))
+    return s3_client(env=env, session=session, **kw)
 
 
 # -- the docs' table ---------------------------------------------------------------------------------

@@ -221,3 +221,41 @@ def test_the_s3_client_takes_endpoint_and_region_from_the_environment_or_the_cal
     finally:
         made.client.close()
     assert config.s3_region({}) == "us-east-1" and config.s3_endpoint({}) is None
+
+
+def test_a_volume_client_has_its_own_endpoint_region_and_keys() -> None:
+    env = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # the source's: the volume's own wins
+        "AWS_REGION": "us-east-1",
+        "MT_VOLUME_S3_ENDPOINT": "http://127.0.0.1:12",
+        "MT_VOLUME_S3_REGION": "EU-RO-1",
+        "MT_VOLUME_S3_ACCESS_KEY_ID": "user_volume",
+        "MT_VOLUME_S3_SECRET_ACCESS_KEY": "rps_volume-secret",
+    }
+    made = config.volume_s3_client(env)
+    try:
+        assert (made.endpoint, made.region) == ("http://127.0.0.1:12", "EU-RO-1")
+        creds = made.session.get_credentials()
+        assert (creds.access_key, creds.secret_key) == ("user_volume", "rps_volume-secret")
+        assert "rps_volume-secret" not in repr(made)
+    finally:
+        made.client.close()
+    fallback = config.volume_s3_client({"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_REGION": "x-1"})
+    try:
+        assert (fallback.endpoint, fallback.region) == ("http://127.0.0.1:9", "x-1")
+    finally:
+        fallback.client.close()
+    with pytest.raises(config.VolumeKeysError, match="MT_VOLUME_S3_SECRET_ACCESS_KEY") as caught:
+        config.volume_s3_client({"MT_VOLUME_S3_ACCESS_KEY_ID": "user_volume"})
+    assert "user_volume" not in str(caught.value)
+    with pytest.raises(config.ConfigError, match="MT_VOLUME_S3_ENDPOINT: expected an http"):
+        config.volume_s3_client({"MT_VOLUME_S3_ENDPOINT": "s3api-eu-ro-1.runpod.io"})
+
+
+def test_persistent_params_take_a_whole_number_zero_included() -> None:
+    assert config.PERSISTENT_PARAMS.read({}) is None
+    assert config.PERSISTENT_PARAMS.read({"MT_PERSISTENT_PARAMS": "0"}) == 0
+    assert config.PERSISTENT_PARAMS.read({"MT_PERSISTENT_PARAMS": "7000000000"}) == 7_000_000_000
+    for bad in ("-1", "1e9", "7.5", "²"):
+        with pytest.raises(config.ConfigError, match="MT_PERSISTENT_PARAMS: expected a whole number"):
+            config.PERSISTENT_PARAMS.read({"MT_PERSISTENT_PARAMS": bad})
