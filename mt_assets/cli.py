@@ -321,6 +321,14 @@ def lock(profile: str | None, manifest_path: str | None, output: str | None, as_
 @click.option("--t5-cpu", is_flag=True, help="Keep the T5 encoder on the CPU (saves ~11 GB of GPU memory).")
 @click.option("--offload", is_flag=True, help="Move each model to the GPU only while it is used.")
 @click.option(
+    "--persistent-params",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Low VRAM: keep the first N DiT parameters on the device; the rest stay on the host and move "
+    "in one layer at a time (0: none resident). Default: MT_PERSISTENT_PARAMS; unset, the whole DiT.",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Print the DiT evaluations the job will run and skip, and its clip plan, without rendering "
@@ -337,6 +345,7 @@ def render(
     device: str,
     t5_cpu: bool,
     offload: bool,
+    persistent_params: int | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -384,13 +393,23 @@ def render(
         err.print(audit_summary(report), highlight=False)
         sys.exit(EXIT_PROBLEM)
     if dry_run:
-        with err.status("loading the DiT for its time embedding") if err.is_terminal else contextlib.nullcontext():
+        with (
+            err.status("loading the DiT for its time embedding")
+            if err.is_terminal
+            else contextlib.nullcontext()
+        ):
             _print_dry_run(job, media, vol, manifest, resolved, as_json, where)
 
     with err.status("loading the models from the volume") if err.is_terminal else contextlib.nullcontext():
         # The DiT is read in the background while the encoders load and condition the job.
         renderer = MultiTalkRenderer.from_volume(
-            vol, manifest, device=device, t5_cpu=t5_cpu, offload=offload, background=["transformer"]
+            vol,
+            manifest,
+            device=device,
+            t5_cpu=t5_cpu,
+            offload=offload,
+            persistent_params="env" if persistent_params is None else persistent_params,
+            background=["transformer"],
         )
     try:
         with StepProgress(err) as progress:

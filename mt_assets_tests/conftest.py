@@ -255,6 +255,8 @@ SLOW_TESTS = (
     "test_audit_scale.py::test_an_audit_of_twenty_thousand_files_shows_files_checked_as_it_goes_in_memory_for_a_million",
     "tiny/test_profile.py::test_cli_tiny_build_then_provision_the_tiny_profile",
     "render/test_one_renderer.py",
+    # two tiny renders by `mt-assets render` in fresh processes, low VRAM and without (about 20 s)
+    "test_low_vram.py::test_cli_render_with_mt_persistent_params_0_gives_the_same_frames",
     # hostile input refused by the CLI in fresh processes whose peak memory is measured (about 13 s each)
     "test_hostile.py::test_a_poison_job_file_is_refused_by_the_cli_in_one_line",
     "test_hostile.py::test_a_job_file_over_the_size_limit_is_refused_before_it_is_read",

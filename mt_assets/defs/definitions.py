@@ -81,7 +81,9 @@ def build_definitions(
         else {
             "volume": VolumeResource(path=os.path.abspath(settings.volume)),
             "source": SourceResource(spec=settings.source),
-            "render": RenderResource(device=config.RENDER_DEVICE.read() or "cpu"),
+            "render": RenderResource(
+                device=config.RENDER_DEVICE.read() or "cpu", persistent_params=config.PERSISTENT_PARAMS.read()
+            ),
             **runpod,
         },
     )

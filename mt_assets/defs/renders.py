@@ -54,15 +54,20 @@ class RenderResource(dg.ConfigurableResource):
     device: str = "cpu"
     t5_cpu: bool = False
     offload: bool = False
+    persistent_params: int | None = None  # low VRAM's budget (render/low_vram.py); None: the whole DiT
 
     def renderer(self, volume_root: str, manifest: Manifest) -> Any:
-        return _renderer(volume_root, manifest, self.device, self.t5_cpu, self.offload)
+        return _renderer(
+            volume_root, manifest, self.device, self.t5_cpu, self.offload, self.persistent_params
+        )
 
 
-_RENDERERS: dict[tuple[str, str, str, bool, bool], Any] = {}
+_RENDERERS: dict[tuple[str, str, str, bool, bool, int | None], Any] = {}
 
 
-def _renderer(root: str, manifest: Manifest, device: str, t5_cpu: bool, offload: bool) -> Any:
+def _renderer(
+    root: str, manifest: Manifest, device: str, t5_cpu: bool, offload: bool, persistent_params: int | None
+) -> Any:
     """One loaded renderer per process and settings: loading is the expensive part of a cold render.
 
     Built by the one factory, as the CLI and the worker build theirs; the DiT is read in the
@@ -71,10 +76,16 @@ def _renderer(root: str, manifest: Manifest, device: str, t5_cpu: bool, offload:
     from mt_assets.render.pipeline import MultiTalkRenderer
     from mt_assets.volume import open_volume
 
-    key = (root, manifest.profile, device, t5_cpu, offload)
+    key = (root, manifest.profile, device, t5_cpu, offload, persistent_params)
     if key not in _RENDERERS:
         _RENDERERS[key] = MultiTalkRenderer.from_volume(
-            open_volume(root), manifest, device=device, t5_cpu=t5_cpu, offload=offload, background=["transformer"]
+            open_volume(root),
+            manifest,
+            device=device,
+            t5_cpu=t5_cpu,
+            offload=offload,
+            persistent_params=persistent_params,
+            background=["transformer"],
         )
     return _RENDERERS[key]
 
@@ -187,7 +198,9 @@ def build_renders_asset(manifest: Manifest) -> dg.AssetsDefinition:
             check_preset_served(job, manifest.profile, manifest.presets)
         except JobError as e:
             queue.mark_failed(job_id, str(e))
-            raise dg.Failure(description=f"render {job_id}: {e}; moved to jobs/failed/", allow_retries=False) from None
+            raise dg.Failure(
+                description=f"render {job_id}: {e}; moved to jobs/failed/", allow_retries=False
+            ) from None
         renderer = render.renderer(str(root), manifest)
         context.log.info(f"render {job_id}: {job.frames} frames per clip, {job.steps} steps, mode {job.mode}")
         try:

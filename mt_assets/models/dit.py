@@ -302,7 +302,9 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
 
         x = blocks(x) if teacache is None else teacache.run(x, e0, blocks)
 
-        shift, scale = (self.scale_shift_table.float() + temb.float().unsqueeze(1)).chunk(2, dim=1)
+        # The modulation tables are read where they are (render/low_vram.py may keep them on the host).
+        table = self.scale_shift_table.to(temb.device, torch.float32)
+        shift, scale = (table + temb.float().unsqueeze(1)).chunk(2, dim=1)
         x = (self.norm_out(x.float()) * (1 + scale) + shift).to(self.proj_out.weight.dtype)
         x = self.proj_out(x)
         if rec is not None:
@@ -440,7 +442,8 @@ class MultiTalkTransformer3DModel(WanTransformer3DModel):
         rec: dict[str, torch.Tensor] | None,
     ) -> torch.Tensor:
         dtype = x.dtype
-        shift, scale, gate, c_shift, c_scale, c_gate = (block.scale_shift_table.float() + e0).chunk(6, dim=1)
+        table = block.scale_shift_table.to(e0.device, torch.float32)  # may be on the host (low VRAM)
+        shift, scale, gate, c_shift, c_scale, c_gate = (table + e0).chunk(6, dim=1)
 
         # 1. self-attention (diffusers attn1 weights; RoPE rotated in float64 like the reference)
         attn = block.attn1
@@ -586,7 +589,8 @@ def build_multitalk_transformer(
         model = MultiTalkTransformer3DModel(**kwargs)
         model.attach_audio_adapter(mt)
     if torch.device(device).type != "meta":
-        nn.Module.to(model, dtype=dtype)  # ModelMixin.to warns about fp32 modules; keep_fp32_modules handles them
+        # ModelMixin.to warns about fp32 modules; keep_fp32_modules handles them
+        nn.Module.to(model, dtype=dtype)
         keep_fp32_modules(model)
     return model.eval()
 

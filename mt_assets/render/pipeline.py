@@ -27,7 +27,9 @@ sampling they are counted (`EvaluationCount`); job.json records both.
 
 Device and dtype are parameters: fp32 on the CPU reproduces the reference's numbers; on a GPU bf16
 (the reference's param dtype, with TF32 off for its exact path). `t5_cpu` keeps the T5 encoder on the
-CPU; `offload` moves each module to the device only while it is used, as the reference's offload does.
+CPU; `offload` moves each module to the device only while it is used, as the reference's offload does;
+`persistent_params` (MT_PERSISTENT_PARAMS, the reference's `--num_persistent_param_in_dit`) keeps that
+many DiT parameters on the device and brings the rest from the host one layer at a time (low_vram.py).
 Noise comes from a CPU generator, so a seed gives the same video on any device.
 """
 
@@ -39,10 +41,11 @@ import time
 import warnings
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from mt_assets import config
 from mt_assets.jobs.audio_prep import PreparedAudio
 from mt_assets.models.audio import audio_embedding
 from mt_assets.models.clip_vision import clip_image_features, clip_preprocess
@@ -69,6 +72,7 @@ from mt_assets.render.cost import (
     job_teacache,
     plan_evaluations,
 )
+from mt_assets.render.low_vram import LowVram, check_budget
 from mt_assets.render.sampler import Guidance, StepRecord, sample
 from mt_assets.render.streaming import ClipPlan, StreamPlan
 
@@ -121,6 +125,7 @@ class RendererSettings:
     offload: bool
     tf32: bool
     load_strategy: str
+    persistent_params: int | None = None  # low VRAM's budget (low_vram.py); None: the whole DiT resident
 
     def to_json(self, components: PipelineComponents | None = None) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -130,6 +135,7 @@ class RendererSettings:
             "offload": self.offload,
             "tf32": self.tf32,
             "load_strategy": self.load_strategy,
+            "persistent_params": self.persistent_params,
         }
         if components is not None:
             # Which repacks were read is known once every unit is in (the DiT may load in the background).
@@ -402,13 +408,22 @@ class MultiTalkRenderer:
         t5_cpu: bool = False,
         offload: bool = False,
         load_strategy: str = "",
+        persistent_params: int | None = None,
     ) -> None:
-        """Renders with components already loaded; build one with `from_volume` unless a test holds them."""
+        """Renders with components already loaded; build one with `from_volume` unless a test holds them.
+
+        persistent_params: None, the whole DiT on the device; else low VRAM's budget (low_vram.py),
+        applied when the DiT is in (it may still be loading in the background).
+        """
+        if persistent_params is not None:
+            check_budget(persistent_params)  # now, not when the first job's DiT is in
         self.c = components
         self.device = torch.device(device)
         self.dtype = dtype
         self.t5_device = torch.device("cpu") if t5_cpu else self.device
         self.offload = offload
+        self.persistent_params = persistent_params
+        self.low_vram: LowVram | None = None  # set once the DiT is in (`_dit`)
         self.settings = RendererSettings(
             device=str(self.device),
             dtype=str(dtype).removeprefix("torch."),
@@ -417,7 +432,9 @@ class MultiTalkRenderer:
             tf32=self.device.type == "cuda"
             and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32),
             load_strategy=load_strategy,
+            persistent_params=persistent_params,
         )
+        self._dit()  # now when the DiT is in; else when the first job has waited for it
 
     @classmethod
     def from_volume(
@@ -429,6 +446,7 @@ class MultiTalkRenderer:
         dtype: torch.dtype | None = None,
         t5_cpu: bool = False,
         offload: bool = False,
+        persistent_params: int | Literal["env"] | None = "env",
         background: Collection[str] = (),
         strategy: LoadStrategy | None = None,
         on_loaded: Callable[[LoadReport], None] | None = None,
@@ -441,6 +459,9 @@ class MultiTalkRenderer:
         background: units read by a background thread while the caller conditions its first job
         (("transformer",): the first step overlaps the encoders); `render` waits for them.
         strategy: how weight files are read (models/reading.py); None: MT_LOAD_STRATEGY or the default.
+        persistent_params: low VRAM's budget, in DiT parameters (low_vram.py); None: the whole DiT on
+        the device; "env": MT_PERSISTENT_PARAMS (unset: None). With a budget every model is loaded
+        onto the CPU and the encoders go to the device when first used.
         The caller has checked the volume (audit or the worker's start-up check) before calling.
         """
         from mt_assets.models.reading import check_strategy, strategy_from_env
@@ -449,6 +470,10 @@ class MultiTalkRenderer:
         resolved = resolve_device(device)
         dtype = dtype or render_dtype(resolved)
         strategy = strategy_from_env() if strategy is None else check_strategy(strategy)
+        if persistent_params == "env":
+            persistent_params = config.PERSISTENT_PARAMS.read()
+        elif persistent_params is not None:
+            check_budget(persistent_params)  # before minutes of loading
         if resolved.type == "cuda":
             # The reference-exact path: no TF32 shortcuts in matmuls or convolutions (cuDNN's
             # default is on, which would change every VAE convolution).
@@ -470,19 +495,31 @@ class MultiTalkRenderer:
             volume,
             manifest,
             dtype=dtype,
-            device="cpu" if offload else resolved,
+            # low VRAM: the DiT's offloaded layers live on the host, so it is loaded there
+            device="cpu" if offload or persistent_params is not None else resolved,
             strategy=strategy,
             repacks=repacks,
             on_loaded=on_loaded,
             background=background,
         )
         return cls(
-            components, device=resolved, dtype=dtype, t5_cpu=t5_cpu, offload=offload, load_strategy=strategy
+            components,
+            device=resolved,
+            dtype=dtype,
+            t5_cpu=t5_cpu,
+            offload=offload,
+            load_strategy=strategy,
+            persistent_params=persistent_params,
         )
 
     @contextlib.contextmanager
     def _using(self, module: Any, device: torch.device | None = None) -> Iterator[Any]:
-        """`module` on the device while the block runs; back on the CPU afterwards when offloading."""
+        """`module` on the device while the block runs; back on the CPU afterwards when offloading.
+
+        The DiT under low VRAM is left where it is: its hooks move its layers (`_dit`)."""
+        if self.low_vram is not None and module is self.low_vram.model:
+            yield module
+            return
         device = device or self.device
         module.to(device)
         try:
@@ -490,6 +527,17 @@ class MultiTalkRenderer:
         finally:
             if self.offload and device.type != "cpu":
                 module.to("cpu")
+
+    def _dit(self) -> Any:
+        """The DiT, with low VRAM set up on it the first time when a budget is set (once it is in)."""
+        if self.persistent_params is not None and self.low_vram is None and self.c.transformer is not None:
+            self.low_vram = LowVram(self.c.transformer, self.device, self.persistent_params)
+            s = self.low_vram.stats
+            log.info(
+                "low VRAM: %s of %s DiT parameters resident on %s (budget %s); the rest visit per layer",
+                f"{s.persistent:,}", f"{s.total:,}", self.device, f"{s.budget:,}",
+            )  # fmt: skip
+        return self.c.transformer
 
     # ---- condition -----------------------------------------------------------------------
     def encode_prompts(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -574,6 +622,7 @@ class MultiTalkRenderer:
                 self.c.wait()
         if on_models_ready is not None:
             on_models_ready()
+        self._dit()
         with self._using(self.c.transformer), self._using(self.c.vae):
             # The skip decisions follow from the schedule and the time embedding: planned before sampling.
             evaluations = plan_evaluations(job, plan, self.c.transformer)

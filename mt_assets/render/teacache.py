@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mt_assets.render.low_vram import compute_device
+
 # use_ret_steps=True tables of `teacache_init`, highest power first.
 COEFFICIENTS: dict[str, tuple[float, ...]] = {
     "multitalk-480": (2.57151496e05, -3.54229917e04, 1.40286849e03, -1.35890334e01, 1.32517977e-01),
@@ -190,7 +192,7 @@ def plan_teacache(
     """
     steps = len(schedule) - 1
     cache = TeaCache(threshold, coefficients, steps)
-    device = next(model.parameters()).device
+    device = compute_device(model)  # with low VRAM its first parameter may be on the host
     for i in range(steps):
         modulated = model.teacache_input(schedule[i : i + 1].to(device))
         for _ in range(evaluations_per_step):

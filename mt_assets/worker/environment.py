@@ -18,6 +18,8 @@ Read by `WorkerSettings.from_env()`, through mt_assets.config (docs/configuratio
     MT_OUTPUT_S3      s3://bucket/prefix for `return_video: s3` (the default when set); the usual
                       AWS_* variables give the endpoint, region and credentials
     MT_LOAD_STRATEGY  how checkpoints are read (mt_assets.models.reading; default parallel)
+    MT_PERSISTENT_PARAMS  low VRAM: DiT parameters kept on the device (mt_assets.render.low_vram;
+                      default unset, the whole DiT)
 
 Secrets (AWS keys, HF_TOKEN, RunPod keys) are left to the libraries that use them and never copied
 into settings, logs or outputs.
@@ -56,6 +58,7 @@ class WorkerSettings:
     manifest: str | None = None  # a manifest YAML file
     device: str | None = None  # None: cuda when available, else cpu (decided when torch is loaded)
     output_s3: str | None = None  # s3://bucket/prefix
+    persistent_params: int | None = None  # low VRAM's budget; None: the whole DiT on the device
     # Limits (not from the environment; tests lower them): media fetched over https or given as
     # data:, and the mp4 returned inline (outputs.MAX_INLINE_VIDEO_BYTES).
     max_media_bytes: int = 2 * 1024**3
@@ -77,4 +80,5 @@ class WorkerSettings:
             manifest=manifest,
             device=config.RENDER_DEVICE.read(env),
             output_s3=config.OUTPUT_S3.read(env),
+            persistent_params=config.PERSISTENT_PARAMS.read(env),
         )

@@ -10,8 +10,8 @@ lists what is wrong, which `python -m mt_assets.worker` prints before exiting no
 4. `MultiTalkRenderer.from_volume` once, on MT_RENDER_DEVICE (default: CUDA when visible), exactly
    as the CLI and Dagster build theirs: bf16 with TF32 off on CUDA, fp32 on the CPU, the bf16
    repacks when they are current and the hash cache vouches for their files (else the originals:
-   verifying a repack would hash it), the load strategy of MT_LOAD_STRATEGY; seconds per load unit
-   are logged as each comes in
+   verifying a repack would hash it), the load strategy of MT_LOAD_STRATEGY, low VRAM's budget of
+   MT_PERSISTENT_PARAMS; seconds per load unit are logged as each comes in
 
 Dagster is never imported here or below (DESIGN.md: the worker imports core only).
 """
@@ -132,7 +132,12 @@ def startup(settings: WorkerSettings | None = None) -> Worker:
     load_started = time.perf_counter()
     try:
         renderer = MultiTalkRenderer.from_volume(
-            volume, manifest, device=str(device), strategy=strategy, on_loaded=loaded
+            volume,
+            manifest,
+            device=str(device),
+            persistent_params=settings.persistent_params,
+            strategy=strategy,
+            on_loaded=loaded,
         )
     except (ManifestError, OSError, ValueError) as e:
         # A file that passed the size check but does not load (a bad header, keys that do not match).
