@@ -18,6 +18,19 @@ adapter sizes; latent [1, 36, 5, 30, 52], i.e. 1950 video tokens, 512 text + 257
                    a file of the FusionX family (`mt_assets.tiny.lora`, rank 4) drawn for this DiT's
                    shapes into a temporary folder. A merge changes weights, not the computation, so
                    lora_eval_ratio = ours + audio + LoRA / ours + audio should be 1 within the noise.
+    int8           ours + audio on a copy quantized in-process with optimum-quanto the way MeiGen's
+                   published files were made (`quantize(weights=qint8)` on every Linear but the time
+                   embedding and time projection, then `freeze`): weight-only int8, float activations.
+                   int8_eval_ratio = int8 / ours + audio.
+    fp8 fusionx    the LoRA-merged copy quantized the same way with qfloat8 (e4m3fn), as MeiGen's
+                   pre-merged `quant_model_fp8_FusionX`. fp8_eval_ratio = fp8 fusionx / ours + audio + LoRA.
+                   On the CPU a quantized Linear dequantizes its weight at every call (x @ (scale * data).T):
+                   slower here; its win is GPU memory and the bytes a cold start reads, not CPU time.
+    low VRAM 0     ours + audio on a copy under render/low_vram.py with budget 0 (MT_PERSISTENT_PARAMS=0:
+                   no parameter resident, every layer visits). On the CPU the host is the device, so this
+                   measures the hooks' bookkeeping only, not the host-to-GPU copies a GPU run pays:
+                   low_vram_eval_ratio = low VRAM 0 / ours + audio. Its output must equal ours + audio's
+                   exactly, or the benchmark stops.
 
 Then the DiT evaluations per 81-frame clip, per configuration, times the measured seconds per
 evaluation (ours + audio; ours + audio + LoRA for the LoRA presets): the reference default (40 steps x 3),
@@ -41,7 +54,8 @@ Usage:
     .venv/bin/python benchmarks/render.py --quick     # 2 layers, 1 warm-up + 5 runs (< 1 min)
     .venv/bin/python benchmarks/render.py --json      # one JSON document on stdout, nothing else
 The lines printed last: `dit_step_ratio=<ours / stock>`, `audio_adapter_ratio=<ours + audio / ours>`,
-`outside_dit_share=...`, `lora_eval_ratio=<ours + audio + LoRA / ours + audio>`, then
+`outside_dit_share=...`, `lora_eval_ratio=<ours + audio + LoRA / ours + audio>`, `int8_eval_ratio=`,
+`fp8_eval_ratio=`, `low_vram_eval_ratio=` (see above), then
 `evals_ratio_fusionx=`, `evals_ratio_lightx2v=`, `evals_ratio_teacache_0.2=`, `evals_ratio_teacache_0.3=`
 (evaluations per clip / the reference default's 120).
 """
@@ -80,6 +94,7 @@ from mt_assets.models.dit import (
     parse_wan_config,
 )
 from mt_assets.models.lora import merge_loras
+from mt_assets.render.low_vram import LowVram
 from mt_assets.render.sampler import Guidance, timesteps
 from mt_assets.render.teacache import COEFFICIENTS, plan_teacache
 from mt_assets.tiny.lora import TINY_LORAS, write_tiny_lora
@@ -93,6 +108,9 @@ NOISY_SPREAD = 1.5  # slowest / fastest run of one variant above which the outpu
 REFERENCE_STEPS = 40  # the reference default: 40 steps x 3 evaluations per 81-frame clip
 TEACACHE_THRESHOLDS = (0.2, 0.3)
 LORA = TINY_LORAS[0]  # the FusionX key family (image branch included), drawn for the benchmark's DiT
+# MeiGen's published quantization maps leave `time_embedding.{0,2}` and `time_projection.1` in float
+# (its `exclude=['time_embedding*', 'time_projection*']`); in diffusers' names, ours:
+QUANT_EXCLUDE = ["condition_embedder.time_embedder*", "condition_embedder.time_proj*"]
 
 
 @dataclass(frozen=True)
@@ -147,12 +165,29 @@ class DitStepResult:
     ours_audio: Variant
     ours_lora: Variant  # ours + audio with a LoRA merged
     lora: dict[str, object]  # the merged file: keys applied / ignored, its effect on the output
+    int8: Variant  # ours + audio, weights quantized to qint8
+    fp8_fusionx: Variant  # ours + audio + LoRA, weights quantized to qfloat8
+    quantized: dict[str, dict[str, object]]  # per variant: qtype, modules quantized, effect on the output
+    low_vram: Variant  # ours + audio under low VRAM, budget 0
+    low_vram_stats: dict[str, int]  # its accounting (render/low_vram.py)
     teacache_evaluations: dict[float, int]  # threshold -> evaluations run per clip (plan_teacache)
     teacache_min_rescaled: float  # the smallest rescaled distance TeaCache saw after its warm-up
 
     @property
     def lora_eval_ratio(self) -> float:
         return self.ours_lora.median / self.ours_audio.median
+
+    @property
+    def int8_eval_ratio(self) -> float:
+        return self.int8.median / self.ours_audio.median
+
+    @property
+    def fp8_eval_ratio(self) -> float:
+        return self.fp8_fusionx.median / self.ours_lora.median
+
+    @property
+    def low_vram_eval_ratio(self) -> float:
+        return self.low_vram.median / self.ours_audio.median
 
     @property
     def dit_step_ratio(self) -> float:
@@ -220,6 +255,20 @@ def merged_copy(
     return merged, info
 
 
+def quantized_copy(model: MultiTalkTransformer3DModel, qtype: str) -> tuple[MultiTalkTransformer3DModel, int]:
+    """A copy of `model` with its Linear weights quantized to `qtype` (qint8 | qfloat8) and frozen, as
+    MeiGen's files were made; and how many modules were quantized."""
+    import copy
+
+    from optimum.quanto import QTensor, freeze, qfloat8, qint8, quantize
+
+    quantized = copy.deepcopy(model)
+    quantize(quantized, weights={"qint8": qint8, "qfloat8": qfloat8}[qtype], exclude=QUANT_EXCLUDE)
+    freeze(quantized)
+    modules = sum(isinstance(getattr(m, "weight", None), QTensor) for m in quantized.modules())
+    return quantized, modules
+
+
 def teacache_evaluations(model: MultiTalkTransformer3DModel) -> tuple[dict[float, int], float]:
     """Per threshold, the evaluations TeaCache runs in one reference-default clip (40 x 3) on this DiT;
     and the smallest rescaled distance it saw (why it skips so little on random weights)."""
@@ -260,8 +309,14 @@ def interleaved(
 
 
 def measure_dit_step(size: DitSize, warmup: int, repeats: int, seed: int, console: Console) -> DitStepResult:
+    import copy
+
     ours, stock = build_models(size, seed)
     merged, lora = merged_copy(ours, size)
+    int8, int8_modules = quantized_copy(ours, "qint8")
+    fp8, fp8_modules = quantized_copy(merged, "qfloat8")
+    low = copy.deepcopy(ours)
+    low_vram = LowVram(low, "cpu", 0)
     inputs = make_inputs(ours, size, seed + 1)
     dit_inputs = {k: v for k, v in inputs.items() if k != "audio"}
 
@@ -277,6 +332,15 @@ def measure_dit_step(size: DitSize, warmup: int, repeats: int, seed: int, consol
     def run_ours_lora() -> torch.Tensor:
         return merged(**inputs, return_dict=False)[0]
 
+    def run_int8() -> torch.Tensor:
+        return int8(**inputs, return_dict=False)[0]
+
+    def run_fp8() -> torch.Tensor:
+        return fp8(**inputs, return_dict=False)[0]
+
+    def run_low_vram() -> torch.Tensor:
+        return low(**inputs, return_dict=False)[0]
+
     with torch.inference_mode():
         reference = run_stock()
         plain = run_ours()
@@ -290,14 +354,33 @@ def measure_dit_step(size: DitSize, warmup: int, repeats: int, seed: int, consol
         audio_effect = relative_error(with_audio, plain)
         if not audio_effect > 0:
             raise BenchmarkError("ours + audio gave the same output as ours without audio: adapter not run")
-        lora["effect"] = relative_error(run_ours_lora(), with_audio)
+        with_lora = run_ours_lora()
+        lora["effect"] = relative_error(with_lora, with_audio)
         if not lora["effect"] > 0:
             raise BenchmarkError("ours + audio + LoRA gave the same output as ours + audio: LoRA not merged")
+        quantized: dict[str, dict[str, object]] = {
+            "int8": {"qtype": "qint8", "modules": int8_modules, "effect": relative_error(run_int8(), with_audio)},
+            "fp8 fusionx": {
+                "qtype": "qfloat8_e4m3fn", "modules": fp8_modules, "effect": relative_error(run_fp8(), with_lora),
+            },
+        }  # fmt: skip
+        for name, q in quantized.items():
+            if not 0 < q["effect"] < 1:  # type: ignore[operator]
+                raise BenchmarkError(
+                    f"{name}: output changed by {q['effect']:.2e} against float32: not quantized, or broken"
+                )
+        if not torch.equal(run_low_vram(), with_audio):
+            raise BenchmarkError(
+                "low VRAM 0 gave another output than ours + audio: it must not change a number"
+            )
         steps = {
             "stock": run_stock,
             "ours": run_ours,
             "ours + audio": run_ours_audio,
             "ours + audio + LoRA": run_ours_lora,
+            "int8": run_int8,
+            "fp8 fusionx": run_fp8,
+            "low VRAM 0": run_low_vram,
         }
         variants = interleaved(steps, max(0, warmup - 1), repeats, console)  # the check above was 1 warm-up
 
@@ -316,6 +399,11 @@ def measure_dit_step(size: DitSize, warmup: int, repeats: int, seed: int, consol
         ours_audio=variants["ours + audio"],
         ours_lora=variants["ours + audio + LoRA"],
         lora=lora,
+        int8=variants["int8"],
+        fp8_fusionx=variants["fp8 fusionx"],
+        quantized=quantized,
+        low_vram=variants["low VRAM 0"],
+        low_vram_stats=low_vram.stats.to_json(),
         teacache_evaluations=teacache[0],
         teacache_min_rescaled=teacache[1],
     )
@@ -330,6 +418,9 @@ def dit_step_table(result: DitStepResult) -> Table:
         (result.ours, result.dit_step_ratio, "stock"),
         (result.ours_audio, result.audio_adapter_ratio, "ours"),
         (result.ours_lora, result.lora_eval_ratio, "ours + audio"),
+        (result.int8, result.int8_eval_ratio, "ours + audio"),
+        (result.fp8_fusionx, result.fp8_eval_ratio, "ours + audio + LoRA"),
+        (result.low_vram, result.low_vram_eval_ratio, "ours + audio"),
     ]
     for variant, ratio, of in rows:
         table.add_row(
@@ -366,7 +457,9 @@ def conditions_table(args: argparse.Namespace, dit: DitStepResult, load_before: 
     table.add_row(
         "variants",
         "stock = diffusers WanTransformer3DModel.forward; ours = MultiTalkTransformer3DModel.forward, "
-        "audio=None; ours + audio = the same with 1 speaker",
+        "audio=None; ours + audio = the same with 1 speaker; int8 / fp8 fusionx = ours + audio / + LoRA "
+        "with optimum-quanto weight-only qint8 / qfloat8 Linears (time embedding and projection float); "
+        "low VRAM 0 = ours + audio under render/low_vram.py, budget 0 (host = device here: hooks only)",
     )
     table.add_row(
         "DiT",
@@ -444,11 +537,27 @@ def dit_step_document(dit: DitStepResult) -> dict[str, object]:
         "parameters": dit.parameters,
         "same_output_error": dit.same_output_error,
         "audio_effect": dit.audio_effect,
-        "variants": {v.name: asdict(v) for v in (dit.stock, dit.ours, dit.ours_audio, dit.ours_lora)},
+        "variants": {
+            v.name: asdict(v)
+            for v in (
+                dit.stock,
+                dit.ours,
+                dit.ours_audio,
+                dit.ours_lora,
+                dit.int8,
+                dit.fp8_fusionx,
+                dit.low_vram,
+            )
+        },
         "dit_step_ratio": dit.dit_step_ratio,
         "audio_adapter_ratio": dit.audio_adapter_ratio,
         "lora": dit.lora,
         "lora_eval_ratio": dit.lora_eval_ratio,
+        "quantized": dit.quantized,
+        "int8_eval_ratio": dit.int8_eval_ratio,
+        "fp8_eval_ratio": dit.fp8_eval_ratio,
+        "low_vram": dit.low_vram_stats,
+        "low_vram_eval_ratio": dit.low_vram_eval_ratio,
         "teacache_evaluations": {f"{t:g}": n for t, n in dit.teacache_evaluations.items()},
         "teacache_min_rescaled": dit.teacache_min_rescaled,
     }
@@ -526,6 +635,17 @@ def print_dit_step(console: Console, dit: DitStepResult) -> None:
     min_ratio = min(dit.ours.seconds) / min(dit.stock.seconds)
     console.print(
         f"  goal: ours / stock <= {DIT_STEP_GOAL} {met} (medians; {min_ratio:.3f} on the fastest runs)"
+    )
+    for name, q in dit.quantized.items():
+        console.print(
+            f"  {name}: {q['modules']} Linears {q['qtype']} (weights only); output changed by {q['effect']:.2e} "
+            "(max |diff| / max |out|) against its float32 model"
+        )
+    lv = dit.low_vram_stats
+    console.print(
+        f"  low VRAM 0: {lv['persistent']:,} of {lv['total']:,} parameters resident, at most {lv['peak']:,} on the "
+        f"device at once (the largest layer: {lv['largest_offloaded']:,}); output identical. Host = device on "
+        "the CPU: the ratio is the hooks' bookkeeping, not host-to-GPU copies (GPU figures: not measured)"
     )
     spread = max(max(v.seconds) / min(v.seconds) for v in (dit.stock, dit.ours, dit.ours_audio))
     if spread > NOISY_SPREAD:
@@ -661,6 +781,11 @@ def main(argv: list[str] | None = None) -> int:
     results.append(f"outside_dit_share={whole['outside_dit_share']:.3f}")
     # The evaluation-count lines last (the issue's), the LoRA's per-evaluation cost just before them.
     results.append(f"lora_eval_ratio={dit.lora_eval_ratio:.3f}")
+    results += [
+        f"int8_eval_ratio={dit.int8_eval_ratio:.3f}",
+        f"fp8_eval_ratio={dit.fp8_eval_ratio:.3f}",
+        f"low_vram_eval_ratio={dit.low_vram_eval_ratio:.3f}",
+    ]
     ratios = {str(row["configuration"]): float(row["evals_ratio"]) for row in costs}  # type: ignore[arg-type]
     results += [f"evals_ratio_{name}={ratios[name]:.3f}" for name in PRESETS]
     results += [f"evals_ratio_teacache_{t:g}={ratios[f'teacache {t:g}']:.3f}" for t in TEACACHE_THRESHOLDS]
