@@ -58,8 +58,9 @@ from torch.utils.hooks import RemovableHandle
 
 HOST = torch.device("cpu")
 
-# The models low VRAM is enabled on, to their manager (compute_device; one manager per model).
-_MANAGED: weakref.WeakKeyDictionary[nn.Module, LowVram] = weakref.WeakKeyDictionary()
+# The models low VRAM is enabled on, to its device (compute_device; one manager per model). The
+# device, not the manager, which holds the model: a model dropped without remove() is still freed.
+_MANAGED: weakref.WeakKeyDictionary[nn.Module, torch.device] = weakref.WeakKeyDictionary()
 
 
 class LowVramError(ValueError):
@@ -75,9 +76,8 @@ class Unit:
     params: int  # numel of its own parameters (buffers not counted)
     resident: bool
     hooked: bool  # offloaded and a leaf: visits the device while its forward runs
-    host: dict[tuple[str, str], Any] = field(
-        default_factory=dict, repr=False
-    )  # offloaded units' host tensors
+    # an offloaded unit's host tensors, by (kind, key); empty for a resident one
+    host: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
     on_device: bool = False
 
 
@@ -141,10 +141,7 @@ class LowVram:
     """Budgeted residency of one model's units on `device`; `remove()` undoes it (everything on the host)."""
 
     def __init__(self, model: nn.Module, device: str | torch.device, budget: int) -> None:
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
-            raise LowVramError(
-                f"persistent_params: expected a whole number of parameters >= 0, got {budget!r}"
-            )
+        check_budget(budget)
         if model in _MANAGED:
             raise LowVramError(f"low VRAM is already enabled on this {type(model).__name__}")
         self.model = model
@@ -185,7 +182,7 @@ class LowVram:
             on_device=spent,
             peak=spent,
         )
-        _MANAGED[model] = self
+        _MANAGED[model] = self.device
 
     @staticmethod
     def _place(unit: Unit, device: torch.device) -> None:
@@ -193,7 +190,7 @@ class LowVram:
             _put(unit.module, kind, key, _moved(kind, tensor, device))
 
     def _visit(self, unit: Unit, module: nn.Module, args: Any) -> None:
-        if unit.on_device:  # the same module called again inside its forward: already here
+        if unit.on_device:  # not expected (a leaf does not run inside its own forward); counted once
             return
         self._place(unit, self.device)
         unit.on_device = True
@@ -239,4 +236,4 @@ def compute_device(model: nn.Module) -> torch.device:
     """Where `model` computes: its low-VRAM device when managed (its first parameter may be on the
     host), else the device of its first parameter."""
     managed = _MANAGED.get(model)
-    return managed.device if managed is not None else next(model.parameters()).device
+    return managed if managed is not None else next(model.parameters()).device

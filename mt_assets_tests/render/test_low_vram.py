@@ -70,6 +70,10 @@ def total_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# The managers the `observed` fixture's hook counts for (a test appends the one it set up).
+observing: list[LowVram] = []
+
+
 @dataclass(frozen=True)
 class Seen:
     """One forward that finished, as the observer saw it."""
@@ -99,9 +103,6 @@ def observed() -> Iterator[list[Seen]]:
     finally:
         handle.remove()
         observing.clear()
-
-
-observing: list[LowVram] = []
 
 
 def budgets(model: nn.Module) -> list[int]:
