@@ -325,8 +325,9 @@ def lock(profile: str | None, manifest_path: str | None, output: str | None, as_
     type=click.IntRange(min=0),
     default=None,
     metavar="N",
-    help="Low VRAM: keep the first N DiT parameters on the device; the rest stay on the host and move "
-    "in one layer at a time (0: none resident). Default: MT_PERSISTENT_PARAMS; unset, the whole DiT.",
+    help="Low VRAM: keep up to N DiT parameters (its first modules, in order) on the device; the rest "
+    "stay on the host and move in one layer at a time (0: none resident). Default: MT_PERSISTENT_PARAMS; "
+    "unset, the whole DiT.",
 )
 @click.option(
     "--dry-run",
