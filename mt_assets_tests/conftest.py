@@ -168,7 +168,8 @@ def moto_volume_endpoint() -> Iterator[str]:
     from mt_assets_tests.s3_server import s3_client, s3_server
     from mt_assets_tests.volume.backends import BUCKET
 
-    with s3_server() as url:
+    # Parts of 256 KiB in the tests (S3's own minimum, and moto's default, is 5 MiB).
+    with s3_server(env={"S3_UPLOAD_PART_MIN_SIZE": str(64 * 1024)}) as url:
         client = s3_client(url)
         client.create_bucket(Bucket=BUCKET)
         client.close()

@@ -106,6 +106,7 @@ class S3Volume:
         stale_upload_age: float = STALE_UPLOAD_AGE,
         list_retries: int = 5,
         list_retry_wait: float = 2.0,
+        list_page_size: int | None = None,  # keys per ListObjectsV2 page (None: the server's 1000)
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
@@ -134,6 +135,7 @@ class S3Volume:
         self.stale_upload_age = stale_upload_age
         self.list_retries = list_retries
         self.list_retry_wait = list_retry_wait
+        self.list_page_size = list_page_size
         self._conditional = conditional_writes
         self._conditional_lock = threading.Lock()
         self._warned = False
@@ -189,7 +191,7 @@ class S3Volume:
         if isinstance(e, ClientError) and http_status(e) == 507:
             from mt_assets.volume.atomic import VolumeFullError
 
-            return VolumeFullError(28, f"{where}: the volume is full (HTTP 507 Insufficient Storage)")
+            return VolumeFullError(f"{where}: the volume is full (HTTP 507 Insufficient Storage)")
         return self._reader._error(e, where)
 
     # -- state -------------------------------------------------------------------------------
@@ -250,6 +252,8 @@ class S3Volume:
             args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
             if token is not None:
                 args["ContinuationToken"] = token
+            if self.list_page_size:
+                args["MaxKeys"] = self.list_page_size
             try:
                 page = self.client.list_objects_v2(**args)
             except (ClientError, BotoCoreError) as e:
@@ -430,10 +434,24 @@ class S3Volume:
                 raise self._error(e, f"volume {self.uri}: listing multipart uploads") from e
             now = server_time(page)
             for u in page.get("Uploads", []):
-                yield u["Key"], u["UploadId"], now - u["Initiated"].timestamp()
+                age = now - u["Initiated"].timestamp()
+                if age > self.stale_upload_age:
+                    age = now - self._newest_part(u["Key"], u["UploadId"], u["Initiated"].timestamp())
+                yield u["Key"], u["UploadId"], age
             if not page.get("IsTruncated"):
                 return
             args.update(KeyMarker=page.get("NextKeyMarker"), UploadIdMarker=page.get("NextUploadIdMarker"))
+
+    def _newest_part(self, key: str, upload_id: str, initiated: float) -> float:
+        """When the upload last showed life: its newest part, else its start. (A writer sends parts
+        all along; and moto reports a fixed Initiated date, so the parts are the better clock.)"""
+        try:
+            parts = self.client.list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id).get("Parts", [])
+        except ClientError as e:
+            if error_code(e) == "NoSuchUpload":
+                return initiated
+            raise self._error(e, f"volume {self.uri}: listing the parts of the upload of {key}") from e
+        return max([initiated, *(p["LastModified"].timestamp() for p in parts)])
 
     def abort_uploads(self, key: str, *, holding: bool) -> int:
         """Abort the uploads left on `key`: all (`holding` its lock: their writers are gone) or the

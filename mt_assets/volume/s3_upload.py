@@ -192,7 +192,6 @@ class S3Upload:
     def _translate(self, e: BaseException, what: str) -> Exception:
         if isinstance(e, ClientError) and http_status(e) == 507:
             return VolumeFullError(
-                28,
                 f"{self.label}: the volume is full ({what} answered HTTP 507 Insufficient Storage); nothing was placed",
             )
         return self.error(e, f"{self.label}: {what}")

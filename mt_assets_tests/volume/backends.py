@@ -9,12 +9,14 @@ for both take the `volume_backend` fixture (mt_assets_tests/conftest.py), parame
 from __future__ import annotations
 
 import random
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mt_assets import config
 from mt_assets.manifest import Manifest, parse_manifest
+from mt_assets.sources import MirrorSource
 from mt_assets.volume import LocalVolume, Volume
 from mt_assets_tests.conftest import SyntheticFile, manifest_yaml
 from mt_assets_tests.s3_server import s3_client
@@ -139,3 +141,19 @@ class Backend:
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(f.data)
         return root
+
+
+class GatedMirror(MirrorSource):
+    """A mirror that holds one file back until `gate` is set (its fetch has begun: `started`)."""
+
+    def __init__(self, root: Path, held: str) -> None:
+        super().__init__(root)
+        self.held = held
+        self.started = threading.Event()
+        self.gate = threading.Event()
+
+    def fetch(self, f, writer, on_bytes):  # type: ignore[no-untyped-def]
+        if f.path == self.held:
+            self.started.set()
+            assert self.gate.wait(60), "the test never opened the gate"
+        return super().fetch(f, writer, on_bytes)

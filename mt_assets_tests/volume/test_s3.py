@@ -1,0 +1,434 @@
+"""The S3 volume on moto_server: kills mid-upload, RunPod's faults through the proxy, locks, the hash
+record, multipart uploads left behind, free space, and the commands that need a mounted volume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mt_assets import provision
+from mt_assets.audit import audit
+from mt_assets.sources import MirrorSource, TransientSourceError
+from mt_assets.volume import open_volume
+from mt_assets.volume.s3 import ListingError, S3Volume
+from mt_assets.volume.s3_hashes import FORMAT
+from mt_assets.volume.s3_lock import S3Lock
+from mt_assets_tests.conftest import run_cli
+from mt_assets_tests.s3_server import FaultyProxy
+from mt_assets_tests.volume.backends import BUCKET, Backend, GatedMirror, volume_env
+
+
+@pytest.fixture
+def s3(moto_volume_endpoint: str, tmp_path: Path, request: pytest.FixtureRequest) -> Backend:
+    prefix = "s3-" + request.node.name[:40].replace("_", "-").lower()
+    return Backend("s3", tmp_path, endpoint=moto_volume_endpoint, prefix=prefix)
+
+
+def result_of(report: provision.ProvisionReport, path: str) -> provision.FetchResult:
+    return next(r for r in report.results if r.file.path == path)
+
+
+# -- kills and wrong bytes -------------------------------------------------------------------------
+
+CHILD = """
+import sys
+from mt_assets import config, provision
+from mt_assets.manifest import load_manifest
+from mt_assets.sources import MirrorSource
+from mt_assets.volume.s3 import S3Volume
+from mt_assets_tests.volume.backends import BUCKET, volume_env
+endpoint, prefix, manifest, mirror = sys.argv[1:]
+s3 = config.volume_s3_client(env=volume_env(endpoint))
+vol = S3Volume(BUCKET, prefix, s3=s3, conditional_writes=True, part_size=256 * 1024, multipart_threshold=256 * 1024)
+provision.apply(provision.plan(load_manifest(manifest), vol), MirrorSource(mirror), vol, jobs=1)
+"""
+
+
+def test_sigkill_mid_upload_leaves_nothing_at_the_key_and_the_next_run_aborts_the_upload(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {"big.bin": 1_500_000}}, place=False)
+    assert b.manifest is not None
+    mirror = b.mirror(tmp_path / "mirror")
+    pipe = mirror / "alpha" / "big.bin"
+    pipe.unlink()
+    os.mkfifo(pipe)
+    manifest = b.write_manifest(tmp_path / "m.yaml")
+    victim = subprocess.Popen(
+        [sys.executable, "-c", CHILD, b.endpoint, b.prefix, str(manifest), str(mirror)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with open(pipe, "wb") as feed:  # blocks until the provisioner opens the pipe
+            feed.write(b.data("big.bin")[:800_000])
+            feed.flush()
+            deadline = time.monotonic() + 30
+            while True:  # at least one part sent
+                uploads = b.client.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{b.prefix}/").get(
+                    "Uploads", []
+                )
+                parts = (
+                    b.client.list_parts(
+                        Bucket=BUCKET, Key=uploads[0]["Key"], UploadId=uploads[0]["UploadId"]
+                    ).get("Parts", [])
+                    if uploads
+                    else []
+                )
+                if parts:
+                    break
+                assert victim.poll() is None, victim.stderr.read() if victim.stderr else ""
+                assert time.monotonic() < deadline, "the provisioner never sent a part"
+                time.sleep(0.05)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    assert b.get(b.target("big.bin")) is None  # nothing half-written at the key
+    assert b.uploads() == [b.target("big.bin")]  # its parts still take space
+
+    pipe.unlink()
+    b.mirror(mirror)  # the source is whole again
+    vol = b.volume()  # the dead writer's lock: same host and pid space, its pid gone
+    report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(mirror), vol)
+    assert report.complete
+    assert b.get(b.target("big.bin")) == b.data("big.bin")
+    assert b.uploads() == []  # the dead upload was aborted
+
+
+def test_the_hash_record_binds_key_size_and_etag_to_the_sha256(s3: Backend, tmp_path: Path) -> None:
+    b = s3.fill(place=False)
+    assert b.manifest is not None
+    vol = b.volume()
+    provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
+    doc = json.loads(b.client.get_object(Bucket=BUCKET, Key=f"{b.prefix}/.mt/hashes.json")["Body"].read())
+    assert doc["format"] == FORMAT
+    listed = {
+        o["Key"][len(b.prefix) + 1 :]: o
+        for o in b.client.list_objects_v2(Bucket=BUCKET, Prefix=f"{b.prefix}/models/")["Contents"]
+    }
+    assert set(doc["files"]) == set(listed) == {b.target(f.path) for f in b.files}
+    for f in b.files:
+        entry = doc["files"][b.target(f.path)]
+        assert (entry["size"], entry["sha256"]) == (len(f.data), f.sha256)
+        assert entry["etag"] == listed[b.target(f.path)]["ETag"]
+
+
+# -- RunPod's faults, through the proxy ------------------------------------------------------------
+
+
+def test_a_full_volume_507_stops_the_file_with_a_message_and_places_nothing(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill(place=False)
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.fail(507, "InsufficientStorage", times=None, method="PUT", path_contains="a.bin")
+        vol = b.volume(endpoint=proxy.url)
+        report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
+    failed = result_of(report, "a.bin")
+    assert (failed.outcome, failed.attempts) == ("failed", 1)  # not retried: a full volume stays full
+    assert failed.detail is not None
+    assert failed.detail.startswith("models/alpha/a.bin: the volume is full (UploadPart 1 answered HTTP 507")
+    assert b.get(b.target("a.bin")) is None
+    assert b.uploads() == []
+
+
+def test_a_complete_answering_524_whose_object_never_appears_is_aborted_naming_524(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {"a.bin": 600_000}}, place=False)
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        # The first POST creates the upload; every later one (Complete) answers 524.
+        proxy.fail(524, "Timeout", times=None, skip=1, method="POST", path_contains="a.bin")
+        vol = b.volume(endpoint=proxy.url, confirm_timeout=0.5, confirm_poll=0.1)
+        report = provision.apply(
+            provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol, retries=0
+        )
+    failed = result_of(report, "a.bin")
+    assert failed.outcome == "failed"
+    assert failed.detail is not None
+    assert "CompleteMultipartUpload answered HTTP 524" in failed.detail
+    assert "did not appear whole within 0.5 s; upload aborted" in failed.detail
+    assert b.get(b.target("a.bin")) is None
+    assert b.uploads() == []
+
+
+def test_502s_on_the_listing_are_retried_and_the_audit_completes(s3: Backend) -> None:
+    b = s3.fill()
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.fail(502, "BadGateway", times=2, method="GET", path_contains=f"/{BUCKET}")
+        report = audit(b.manifest, b.volume(endpoint=proxy.url))
+        statuses = [r.status for r in proxy.requests]
+    assert report.complete
+    assert statuses[:3] == [502, 502, 200]
+
+
+def test_502s_that_do_not_stop_end_the_audit_with_a_message_naming_them(s3: Backend) -> None:
+    b = s3.fill()
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.fail(502, "BadGateway", times=None, method="GET")
+        with pytest.raises(
+            TransientSourceError, match=r"listing [^ ]*/models/: the server failed, HTTP 502 \(BadGateway"
+        ):
+            audit(b.manifest, b.volume(endpoint=proxy.url))
+
+
+def repeat_a_token(vol: S3Volume, times: int) -> list[str | None]:
+    """Make ListObjectsV2's second page name the token it was asked with (`times` times), as RunPod
+    does while it computes ETags; returns the tokens asked with, in order."""
+    asked: list[str | None] = []
+    repeated = 0
+
+    def before(params: dict[str, Any], **_: Any) -> None:
+        asked.append(params.get("ContinuationToken"))
+
+    def after(parsed: dict[str, Any], **_: Any) -> None:
+        nonlocal repeated
+        if asked[-1] is not None and repeated < times and parsed.get("IsTruncated"):
+            repeated += 1
+            parsed["NextContinuationToken"] = asked[-1]
+
+    vol.client.meta.events.register("provide-client-params.s3.ListObjectsV2", before)
+    vol.client.meta.events.register("after-call.s3.ListObjectsV2", after)
+    return asked
+
+
+def test_a_repeated_continuation_token_is_asked_again_and_the_listing_completes(s3: Backend) -> None:
+    b = s3.fill()
+    assert b.manifest is not None
+    vol = b.volume(list_page_size=1, list_retry_wait=0.01)
+    assert isinstance(vol, S3Volume)
+    asked = repeat_a_token(vol, times=1)
+    assert set(vol.listing("models/")) == {b.target(f.path) for f in b.files}
+    assert len(asked) == 4  # three pages, the second asked twice
+    assert asked[1] == asked[2] is not None
+
+
+def test_a_token_that_keeps_repeating_stops_the_listing_with_a_message_naming_it(s3: Backend) -> None:
+    b = s3.fill()
+    vol = b.volume(list_page_size=1, list_retries=2, list_retry_wait=0.01)
+    assert isinstance(vol, S3Volume)
+    repeat_a_token(vol, times=100)
+    with pytest.raises(ListingError, match="sent the same continuation token 3 times"):
+        vol.listing("models/")
+
+
+# -- locks, and without them -----------------------------------------------------------------------
+
+
+def test_a_held_lock_refuses_a_second_writer_and_a_stale_one_is_taken_over(s3: Backend) -> None:
+    vol = s3.volume()
+    assert isinstance(vol, S3Volume)
+    key = f"{s3.prefix}/.mt/locks/test.lock"
+    first = S3Lock(vol.client, BUCKET, key, stale_after=60, heartbeat=60)
+    second = S3Lock(vol.client, BUCKET, key, stale_after=60)
+    assert first.try_acquire()
+    assert not second.try_acquire()  # a live holder: If-None-Match refused, not stale
+    first._stop.set()
+    assert first.holder() is not None
+    judge = S3Lock(vol.client, BUCKET, key, stale_after=0.5, trust_local_pids=False)
+    time.sleep(1.2)
+    assert judge.try_acquire()  # stale by the server's clock: taken over
+    assert not first.still_held()  # the presumed-dead writer learns it before completing
+    judge.release()
+    assert second.try_acquire()
+    second.release()
+
+
+def test_without_conditional_writes_two_provisioners_both_upload_and_the_volume_ends_correct(
+    s3: Backend, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = s3.fill({"alpha": {"x.bin": 300_000, "y.bin": 100_000}}, place=False)
+    assert b.manifest is not None
+    root = b.mirror(tmp_path / "mirror")
+    gated = GatedMirror(root, "x.bin")
+    reports: dict[str, provision.ProvisionReport] = {}
+    vol_a, vol_b = b.volume(conditional_writes=False), b.volume(conditional_writes=False)
+
+    def run(name: str, source: MirrorSource, vol: Any) -> None:
+        reports[name] = provision.apply(provision.plan(b.manifest, vol), source, vol, jobs=1)  # type: ignore[arg-type]
+
+    with caplog.at_level(logging.WARNING, logger="mt_assets.volume.s3"):
+        first = threading.Thread(target=run, args=("first", gated, vol_a))
+        first.start()
+        assert gated.started.wait(30)
+        run("second", MirrorSource(root), vol_b)  # no lock to wait for: it uploads x.bin too
+        gated.gate.set()
+        first.join(60)
+    assert {r.file.path: r.outcome for r in reports["second"].results} == {
+        "x.bin": "placed",
+        "y.bin": "placed",
+    }
+    assert result_of(reports["first"], "x.bin").outcome == "placed"  # identical bytes, last writer wins
+    assert audit(b.manifest, b.volume(), full=True).complete
+    warnings = [r.getMessage() for r in caplog.records if "conditional writes" in r.getMessage()]
+    assert len(warnings) == 2  # once per volume (here: per provisioner)
+    assert "the last one wins with identical bytes" in warnings[0]
+
+
+def test_stale_uploads_of_others_are_aborted_and_live_ones_kept(s3: Backend, tmp_path: Path) -> None:
+    b = s3.fill({"alpha": {"a.bin": 1000}}, place=False)
+    assert b.manifest is not None
+    old = b.client.create_multipart_upload(Bucket=BUCKET, Key=f"{b.prefix}/models/other/old.bin")
+    time.sleep(2.2)
+    live = b.client.create_multipart_upload(Bucket=BUCKET, Key=f"{b.prefix}/models/other/live.bin")
+    b.client.upload_part(  # a live writer sends parts (moto reports a fixed Initiated date: parts tell)
+        Bucket=BUCKET,
+        Key=f"{b.prefix}/models/other/live.bin",
+        UploadId=live["UploadId"],
+        PartNumber=1,
+        Body=b"x",
+    )
+    vol = b.volume(stale_upload_age=2.0)
+    report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
+    assert report.complete
+    assert b.uploads() == ["models/other/live.bin"]  # the old one aborted, another provisioner's kept
+    b.client.abort_multipart_upload(
+        Bucket=BUCKET, Key=f"{b.prefix}/models/other/live.bin", UploadId=live["UploadId"]
+    )
+    assert old["UploadId"] != live["UploadId"]
+
+
+# -- free space ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def runpod_rest() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A loopback stand-in for RunPod's REST API: GET /networkvolumes/<id> -> {"id", "size": 1} (GB)."""
+    seen: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append({"path": self.path, "authorization": self.headers.get("authorization", "")})
+            body = json.dumps({"id": self.path.rsplit("/", 1)[-1], "size": 1, "name": "v"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_free_space_is_runpods_volume_size_less_the_listing_and_unknown_without_a_key(
+    s3: Backend, runpod_rest: tuple[str, list[dict[str, str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, seen = runpod_rest
+    b = s3.fill()
+    used = sum(len(f.data) for f in b.files)
+    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+    assert b.volume(rest_base=base).free_bytes() is None  # no key: unknown, never guessed
+    assert seen == []
+    monkeypatch.setenv("RUNPOD_API_KEY", "rpa_secret")
+    vol = b.volume(rest_base=base)
+    assert vol.free_bytes() == 1_000_000_000 - used
+    assert seen == [{"path": f"/v1/networkvolumes/{BUCKET}", "authorization": "Bearer rpa_secret"}]
+    report = audit(b.manifest, vol)  # type: ignore[arg-type]
+    assert report.fits
+    assert report.free_bytes == 1_000_000_000 - vol.used_bytes()  # the hash record, now written, counts too
+
+
+def test_an_s3_volume_of_unknown_size_plans_without_refusing_and_says_so(s3: Backend, tmp_path: Path) -> None:
+    b = s3.fill(place=False)
+    manifest = b.write_manifest(tmp_path / "m.yaml")
+    env = {**os.environ, **volume_env(b.endpoint)}
+    env.pop("RUNPOD_API_KEY", None)
+    result = run_cli(
+        "provision",
+        "--manifest",
+        str(manifest),
+        "--volume",
+        b.spec,
+        "--source",
+        str(tmp_path),
+        "--dry-run",
+        env=env,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "free space unknown on this volume" in result.stdout
+
+
+# -- the commands ----------------------------------------------------------------------------------
+
+
+def test_cli_provisions_and_audits_an_s3_volume_with_its_own_endpoint_and_keys(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill(place=False)
+    manifest = b.write_manifest(tmp_path / "m.yaml")
+    mirror = b.mirror(tmp_path / "mirror")
+    # The volume's variables only: AWS_* point elsewhere (an s3:// source would use those).
+    env = {
+        **os.environ,
+        **volume_env(b.endpoint),
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "x",
+    }
+    done = run_cli(
+        "provision",
+        "--manifest",
+        str(manifest),
+        "--volume",
+        b.spec,
+        "--source",
+        str(mirror),
+        "--json",
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["complete"] is True
+    audited = run_cli("audit", "--manifest", str(manifest), "--volume", b.spec, "--full", "--json", env=env)
+    assert audited.returncode == 0, audited.stderr
+    doc = json.loads(audited.stdout)
+    assert (doc["complete"], doc["volume"], doc["free_bytes"]) == (True, b.spec, None)
+    assert "testing" not in done.stdout + done.stderr + audited.stdout + audited.stderr
+
+
+@pytest.mark.parametrize("command", [["render", "job.yaml"], ["verify-offline"], ["jobs", "list"]])
+def test_commands_that_read_files_refuse_an_s3_volume_saying_it_must_be_mounted(command: list[str]) -> None:
+    result = run_cli(*command, "--volume", "s3://some-volume/prefix", timeout=60)
+    assert result.returncode == 2
+    assert "error: volume s3://some-volume/prefix: " in result.stderr
+    assert "needs a mounted volume (a folder such as /runpod-volume or /workspace)" in result.stderr
+
+
+def test_the_worker_refuses_an_s3_volume_at_start_up() -> None:
+    from mt_assets.worker.environment import WorkerSettings
+    from mt_assets.worker.startup import StartupError, open_settings
+
+    with pytest.raises(StartupError, match="the worker needs a mounted volume") as raised:
+        open_settings(WorkerSettings(volume="s3://some-volume", profile="tiny"))
+    assert raised.value.exit_status == 2
+
+
+def test_open_volume_names_a_bad_bucket_as_the_volume() -> None:
+    with pytest.raises(ValueError, match=r"^volume s3://Bad_Bucket: bucket name 'Bad_Bucket' is not a valid"):
+        open_volume("s3://Bad_Bucket")
