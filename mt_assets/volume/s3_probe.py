@@ -83,8 +83,8 @@ MEANINGS = {
         "writer wins: wasted bandwidth, never corruption)",
     ),
     "metadata_kept": (
-        "x-amz-meta-* headers are kept (the sha256 travels with the object as a hint)",
-        "x-amz-meta-* headers are lost: the hash record under .mt/ is the only place a sha256 is kept",
+        "x-amz-meta-* headers come back as written (the hash record under .mt/ stays the authority)",
+        "x-amz-meta-* headers are lost: a sha256 is kept only in the hash record under .mt/",
     ),
     "range_honoured": (
         "ranged GETs return exactly the bytes asked for (parallel and resumed reads)",
