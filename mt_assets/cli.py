@@ -24,7 +24,7 @@ from mt_assets.config import PROFILE, SOURCE, VOLUME, ConfigError
 from mt_assets.manifest import Manifest, ManifestError, load_manifest, load_profile
 from mt_assets.sources import SourceError, TransientSourceError, open_source
 from mt_assets.terminal import RichProgress, print_audit, print_plan, print_provision
-from mt_assets.volume import LocalVolume, VolumeError, open_volume
+from mt_assets.volume import LocalVolume, Volume, VolumeError, open_mounted_volume, open_volume
 
 EXIT_OK, EXIT_PROBLEM, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -69,8 +69,14 @@ def resolve_manifest(profile: str | None, manifest_path: str | None) -> Manifest
     return load_profile(profile or PROFILE.read())
 
 
-def resolve_volume(volume: str | None) -> LocalVolume:
+def resolve_volume(volume: str | None) -> Volume:
+    """The volume to audit or provision: a folder, or s3://bucket[/prefix]."""
     return open_volume(volume or VOLUME.read())
+
+
+def resolve_mounted_volume(volume: str | None, purpose: str) -> LocalVolume:
+    """The volume as a folder, for commands that read files as a filesystem; s3:// is refused."""
+    return open_mounted_volume(volume or VOLUME.read(), purpose)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -228,7 +234,7 @@ def verify_offline(
     from mt_assets.offline.terminal import print_offline
 
     manifest = resolve_manifest(profile, manifest_path)
-    vol = resolve_volume(volume)
+    vol = resolve_mounted_volume(volume, "verify-offline")
     try:
         overrides = parse_overrides(override_unit)
     except ValueError as e:
@@ -352,7 +358,7 @@ def render(
     from mt_assets.terminal import audit_summary
 
     manifest = resolve_manifest(profile, manifest_path)
-    vol = resolve_volume(volume)
+    vol = resolve_mounted_volume(volume, "render")
     err = Console(stderr=True)
     out_dir = output_dir(vol.root, Path(out) if out else None)
     try:
@@ -452,7 +458,7 @@ def jobs_submit(job_file: str, volume: str | None) -> None:
     from mt_assets.jobs.queue import JobQueue
     from mt_assets.jobs.schema import JobError
 
-    vol = resolve_volume(volume)
+    vol = resolve_mounted_volume(volume, "jobs submit")
     try:
         target = JobQueue(vol.root).submit(Path(job_file))
     except JobError as e:
@@ -474,7 +480,7 @@ def jobs_list(volume: str | None, as_json: bool) -> None:
 
     from mt_assets.jobs.queue import STATES, JobQueue
 
-    vol = resolve_volume(volume)
+    vol = resolve_mounted_volume(volume, "jobs list")
     found = JobQueue(vol.root).status()
     if as_json:
         click.echo(json.dumps({"jobs": [s.to_json() for s in found]}, indent=2))

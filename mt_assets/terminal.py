@@ -219,7 +219,6 @@ def audit_summary(report: AuditReport) -> str:
     """One line that answers the question, then what to do next."""
     t = report.totals
     counts = report.counts()
-    free = human_bytes(report.free_bytes)
     need = human_bytes(report.required_bytes)
     fit = "it fits" if report.fits else f"it does NOT fit (needs {need} with a {SPACE_MARGIN:.0%} margin)"
     if report.complete:
@@ -237,7 +236,12 @@ def audit_summary(report: AuditReport) -> str:
         next_step = "next: pin the unpinned files (mt-assets lock), then audit again"
     else:
         next_step = "next: fetch what is missing (mt-assets provision --source hub|s3://bucket/prefix|MIRROR)"
-    return f"{head}{unknown}; {free} free on the volume: {fit}.\n{next_step}"
+    space = (
+        f"{human_bytes(report.free_bytes)} free on the volume: {fit}"
+        if report.free_bytes is not None
+        else f"free space unknown on this volume (needs {need} with the margin)"
+    )
+    return f"{head}{unknown}; {space}.\n{next_step}"
 
 
 OUTCOME_STYLE = {"placed": "green", "skipped": "cyan", "failed": "bold red"}
@@ -254,6 +258,11 @@ def print_plan(the_plan: Plan, console: Console) -> None:
         t.add_row(fa.file.component, fa.file.path, fa.status, human_bytes(fa.file.planned_size))
     console.print(t)
     unknown = f" (+{the_plan.unknown_size_files} of unknown size)" if the_plan.unknown_size_files else ""
+    if the_plan.free_bytes is None:
+        console.print(
+            f"{human_bytes(the_plan.to_fetch_bytes)} to fetch{unknown}, free space unknown on this volume."
+        )
+        return
     console.print(
         f"{human_bytes(the_plan.to_fetch_bytes)} to fetch{unknown}, {human_bytes(the_plan.free_bytes)} free: "
         + ("it fits." if the_plan.fits else "[red]it does NOT fit.[/]")

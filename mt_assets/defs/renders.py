@@ -69,12 +69,13 @@ def _renderer(root: str, manifest: Manifest, device: str, t5_cpu: bool, offload:
     background while the first job's encoders run (that job's render waits for it).
     """
     from mt_assets.render.pipeline import MultiTalkRenderer
-    from mt_assets.volume import open_volume
+    from mt_assets.volume import open_mounted_volume
 
     key = (root, manifest.profile, device, t5_cpu, offload)
     if key not in _RENDERERS:
         _RENDERERS[key] = MultiTalkRenderer.from_volume(
-            open_volume(root), manifest, device=device, t5_cpu=t5_cpu, offload=offload, background=["transformer"]
+            open_mounted_volume(root, "render"), manifest, device=device, t5_cpu=t5_cpu, offload=offload,
+            background=["transformer"],
         )
     return _RENDERERS[key]
 

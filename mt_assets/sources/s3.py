@@ -84,6 +84,7 @@ from mt_assets import config
 from mt_assets.manifest import ManifestFile
 from mt_assets.sources.base import Source, SourceError, TransientSourceError
 from mt_assets.volume import AtomicWriter
+from mt_assets.volume.base import Writer
 from mt_assets.volume.direct import aligned_buffer
 
 MiB = 1024 * 1024
@@ -228,6 +229,7 @@ class S3Source(Source):
         connect_timeout: float = CONNECT_TIMEOUT,
         read_timeout: float = READ_TIMEOUT,
         addressing_style: str | None = None,
+        s3: config.S3Client | None = None,
     ) -> None:
         self.bucket, self.prefix = parse_s3_uri(f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}")
         self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
@@ -239,20 +241,21 @@ class S3Source(Source):
         self.chunk_size = chunk_size
         self.window = max(2, min(max_concurrency, window_bytes // chunk_size))
 
-        endpoint_url = endpoint_url or config.s3_endpoint()
-        if endpoint_url:
-            _check_endpoint(self.uri, endpoint_url)
-        s3 = config.s3_client(
-            endpoint_url=endpoint_url,
-            region=region,
-            max_attempts=max_attempts,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            tcp_keepalive=True,
-            # Ranged GETs in flight, plus HEADs and single GETs from the callers' own threads.
-            max_pool_connections=max_concurrency + 16,
-            addressing_style=addressing_style,
-        )
+        if s3 is None:  # else a client made for someone else (an S3 volume reading its own objects)
+            endpoint_url = endpoint_url or config.s3_endpoint()
+            if endpoint_url:
+                _check_endpoint(self.uri, endpoint_url)
+            s3 = config.s3_client(
+                endpoint_url=endpoint_url,
+                region=region,
+                max_attempts=max_attempts,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                tcp_keepalive=True,
+                # Ranged GETs in flight, plus HEADs and single GETs from the callers' own threads.
+                max_pool_connections=max_concurrency + 16,
+                addressing_style=addressing_style,
+            )
         self.region = s3.region
         self._session = s3.session
         self._client = s3.client
@@ -308,6 +311,13 @@ class S3Source(Source):
             raise SourceError(
                 f"{where}: the object is {size} bytes, the manifest expects {expected}; nothing fetched"
             )
+        self.read_object(key, size, writer, on_bytes, where)
+
+    def read_object(
+        self, key: str, size: int, writer: Writer, on_bytes: Callable[[int], None], where: str
+    ) -> None:
+        """Write the `size` bytes of object `key` into `writer` from writer.resume_from (ranged GETs,
+        several at once for a large object); `where` names it in errors."""
         start = writer.resume_from
         if start > size:  # staged bytes from something else: start over
             writer.truncate_to(0)
@@ -375,7 +385,7 @@ class S3Source(Source):
         key: str,
         start: int,
         size: int,
-        writer: AtomicWriter,
+        writer: Writer,
         on_bytes: Callable[[int], None],
         where: str,
     ) -> None:
@@ -409,7 +419,7 @@ class S3Source(Source):
         key: str,
         start: int,
         size: int,
-        writer: AtomicWriter,
+        writer: Writer,
         on_bytes: Callable[[int], None],
         where: str,
     ) -> None:
