@@ -20,7 +20,7 @@ from rich.console import Console
 
 from mt_assets import provision as provision_core
 from mt_assets.audit import audit as run_audit
-from mt_assets.config import PROFILE, SOURCE, VOLUME
+from mt_assets.config import PROFILE, SOURCE, VOLUME, ConfigError
 from mt_assets.manifest import Manifest, ManifestError, load_manifest, load_profile
 from mt_assets.sources import SourceError, TransientSourceError, open_source
 from mt_assets.terminal import RichProgress, print_audit, print_plan, print_provision
@@ -38,7 +38,7 @@ def _bad_input_exits(fn: Callable[..., Any]) -> Callable[..., Any]:
             # The network or the server, not the input: worth a retry later.
             click.echo(f"error: {e}", err=True)
             sys.exit(EXIT_PROBLEM)
-        except (ManifestError, VolumeError, SourceError) as e:
+        except (ManifestError, VolumeError, SourceError, ConfigError) as e:
             # Plain text, never wrapped: scripts grep these messages.
             click.echo(f"error: {e}", err=True)
             sys.exit(EXIT_BAD_INPUT)
@@ -390,7 +390,11 @@ def render(
         err.print(audit_summary(report), highlight=False)
         sys.exit(EXIT_PROBLEM)
     if dry_run:
-        with err.status("loading the DiT for its time embedding") if err.is_terminal else contextlib.nullcontext():
+        with (
+            err.status("loading the DiT for its time embedding")
+            if err.is_terminal
+            else contextlib.nullcontext()
+        ):
             _print_dry_run(job, media, vol, manifest, resolved, as_json, where)
 
     with err.status("loading the models from the volume") if err.is_terminal else contextlib.nullcontext():
@@ -493,6 +497,47 @@ def jobs_list(volume: str | None, as_json: bool) -> None:
     counts = [f"{n} {state}" for state in STATES if (n := sum(s.state == state for s in found))]
     summary = ", ".join(counts) or "no jobs"
     console.print(f"{summary}; drop job files or folders into {vol.root / 'jobs' / 'inbox'}")
+
+
+@main.group()
+def volume() -> None:
+    """An `s3://` volume: a network volume seen through an S3-compatible API (RunPod's, per datacenter)."""
+
+
+@volume.command("check")
+@click.argument("uri", metavar="s3://BUCKET[/PREFIX]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout, nothing else.")
+@_bad_input_exits
+def volume_check(uri: str, as_json: bool) -> None:
+    """Try what the s3:// backend relies on (conditional writes, metadata, Range, listing, multipart) on
+    the volume itself, under <prefix>/.mt/probe-<random>/, and remove what was written.
+
+    The endpoint, region and keys: MT_VOLUME_S3_ENDPOINT, MT_VOLUME_S3_REGION, MT_VOLUME_S3_ACCESS_KEY_ID and
+    MT_VOLUME_S3_SECRET_ACCESS_KEY, else the AWS_* variables. Exit 0 when the volume is usable, 1 when a
+    required capability failed, 2 when it cannot be reached (no such bucket, keys refused).
+    """
+    from mt_assets import config
+    from mt_assets.sources.s3 import parse_s3_uri, scrub
+    from mt_assets.terminal import print_capabilities
+    from mt_assets.volume.s3_probe import probe
+
+    bucket, prefix = parse_s3_uri(uri, role="volume")
+    s3 = config.volume_s3_client(max_attempts=3)
+    try:
+        caps = probe(
+            s3.client,
+            bucket,
+            prefix,
+            endpoint=scrub(s3.client.meta.endpoint_url, s3.session),
+            scrub=lambda text: scrub(text, s3.session),
+        )
+    finally:
+        s3.client.close()
+    if as_json:
+        click.echo(json.dumps(caps.to_json(), indent=2))
+    else:
+        print_capabilities(caps, Console(highlight=False))
+    sys.exit(EXIT_OK if caps.usable else EXIT_PROBLEM)
 
 
 @main.group()

@@ -30,6 +30,14 @@ from mt_assets.audit import SPACE_MARGIN, AuditReport
 from mt_assets.progress import FILES
 from mt_assets.provision import Plan, ProvisionReport
 from mt_assets.units import human_bytes
+from mt_assets.volume.s3_probe import (
+    MB,
+    REQUIRED,
+    RUNPOD_NOTES,
+    RUNPOD_UNSUPPORTED,
+    S3_MAX_PARTS,
+    Capabilities,
+)
 
 FILE_ROWS = 200  # files listed in the audit's table at most
 
@@ -280,3 +288,31 @@ def print_provision(report: ProvisionReport, console: Console) -> None:
         console.print(t)
     assert report.audit is not None
     console.print(audit_summary(report.audit))
+
+
+def print_capabilities(caps: Capabilities, console: Console) -> None:
+    """`mt-assets volume check`: one line per capability (yes/no, what it means), then the limits."""
+    where = f" at {caps.endpoint}" if caps.endpoint else ""
+    console.print(f"volume {caps.uri}{where}: what the s3:// backend will rely on", soft_wrap=True)
+    width = max(len(p.name) for p in caps.probes)
+    for p in caps.probes:
+        answer = "[green]yes[/]" if p.ok else ("[bold red]no [/]" if p.name in REQUIRED else "[yellow]no [/]")
+        console.print(f"  {p.name:<{width}}  {answer}  {p.meaning}", soft_wrap=True)
+        if not p.ok:
+            console.print(f"  {'':<{width}}       why: {p.detail}", markup=False, soft_wrap=True)
+    console.print(
+        f"RunPod's limits: PutObject < {caps.max_put_bytes // MB} MB; multipart parts <= "
+        f"{caps.max_part_bytes // MB} MB (each but the last >= {caps.min_part_bytes // 2**20} MiB, at most "
+        f"{S3_MAX_PARTS:,}); not supported: {', '.join(RUNPOD_UNSUPPORTED)}",
+        markup=False,
+        soft_wrap=True,
+    )
+    for note in RUNPOD_NOTES:
+        console.print(f"  - {note}", markup=False, soft_wrap=True)
+    for warning in caps.warnings:
+        console.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
+    if caps.usable:
+        console.print(f"next: mt-assets audit --volume {caps.uri}", markup=False, soft_wrap=True)
+    else:
+        missing = ", ".join(name for name in REQUIRED if not getattr(caps, name))
+        console.print(f"[red]this endpoint cannot hold an s3:// volume:[/] {missing} failed")

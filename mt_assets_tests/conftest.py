@@ -237,6 +237,8 @@ SERVER_FIXTURES = (
     "test_provision_s3.py::endpoint",
     "sources/test_s3.py::endpoint",
     "test_media.py::endpoint",
+    "volume/test_s3_probe.py::endpoint",
+    "test_s3_proxy_faults.py::endpoint",
     # olah, the hub-compatible server
     "test_lock.py::hub",
     "sources/test_hub.py::hub",

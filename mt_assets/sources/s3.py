@@ -171,27 +171,43 @@ def check_key_prefix(prefix: str) -> str | None:
     return None
 
 
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """(bucket, prefix) of `s3://bucket[/prefix]`; a trailing '/' is dropped. Raises SourceError."""
+def parse_s3_uri(uri: str, *, role: str = "source") -> tuple[str, str]:
+    """(bucket, prefix) of `s3://bucket[/prefix]`; a trailing '/' is dropped. Raises SourceError.
+
+    `role` ("source" or "volume") begins the messages and picks the credential variables they name."""
+    keys = (
+        "MT_VOLUME_S3_ACCESS_KEY_ID and MT_VOLUME_S3_SECRET_ACCESS_KEY"
+        if role == "volume"
+        else "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )
     if not uri.startswith("s3://"):
-        raise SourceError(f"source {_shown(uri)}: expected s3://bucket/prefix")
+        raise SourceError(f"{role} {_shown(uri)}: expected s3://bucket/prefix")
     rest = uri[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
     if "@" in bucket:
-        raise SourceError(
-            f"source {_shown(uri)}: credentials do not belong in the URI; "
-            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead"
-        )
+        raise SourceError(f"{role} {_shown(uri)}: credentials do not belong in the URI; set {keys} instead")
     if "?" in rest or "#" in rest:
-        raise SourceError(f"source {_shown(uri)}: must not contain a query ('?') or fragment ('#')")
+        raise SourceError(f"{role} {_shown(uri)}: must not contain a query ('?') or fragment ('#')")
     problem = check_bucket_name(bucket)
     if problem:
-        raise SourceError(f"source {uri}: bucket name {bucket!r} is not a valid S3 bucket name ({problem})")
+        raise SourceError(f"{role} {uri}: bucket name {bucket!r} is not a valid S3 bucket name ({problem})")
     prefix = prefix[:-1] if prefix.endswith("/") else prefix
     problem = check_key_prefix(prefix)
     if problem:
-        raise SourceError(f"source {uri}: key prefix {prefix!r} {problem}")
+        raise SourceError(f"{role} {uri}: key prefix {prefix!r} {problem}")
     return bucket, prefix
+
+
+def scrub(text: str, session: Any) -> str:
+    """`text` with the credential values of `session` (a boto3 Session) and any URL userinfo taken out."""
+    text = re.sub(r"//[^/\s@]+@", "//***@", text)
+    credentials = session.get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        for secret in (frozen.secret_key, frozen.token, frozen.access_key):
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, "***")
+    return text
 
 
 class S3Source(Source):
@@ -542,15 +558,7 @@ class S3Source(Source):
         return SourceError(f"{where}: {type(e).__name__}{suffix}: {self._scrub(str(e))}")
 
     def _scrub(self, text: str) -> str:
-        """`text` with this session's credential values (and any URL userinfo) taken out."""
-        text = re.sub(r"//[^/\s@]+@", "//***@", text)
-        credentials = self._session.get_credentials()
-        if credentials is not None:
-            frozen = credentials.get_frozen_credentials()
-            for secret in (frozen.secret_key, frozen.token, frozen.access_key):
-                if secret and len(secret) >= 4:
-                    text = text.replace(secret, "***")
-        return text
+        return scrub(text, self._session)
 
 
 class _Part:
