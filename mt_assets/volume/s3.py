@@ -26,7 +26,7 @@ aborts every upload under the prefix older than that, since parts take space on 
 
 Locks (s3_lock.py) need an endpoint that refuses a second `If-None-Match: *` write with 412. Whether
 it does is a fact to probe (`conditional_writes`; None: probed on first need with
-mt_assets.volume.s3_probe, if present, else assumed not); without it there is no lock, a warning says
+mt_assets.volume.s3_probe, as `mt-assets volume check` does); without it there is no lock, a warning says
 so once, and two writers of one file both upload it: the last one wins with the same pinned bytes.
 
 Free space: RunPod's S3 calls do not check it (a full volume answers 507 mid-upload). Known only from
@@ -54,7 +54,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from mt_assets import config
 from mt_assets.manifest.schema import check_relative_path
 from mt_assets.sources.base import SourceError
-from mt_assets.sources.s3 import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, S3Source, parse_s3_uri
+from mt_assets.sources.s3 import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, S3Source, parse_s3_uri, scrub
 from mt_assets.volume.atomic import Expected, target_key
 from mt_assets.volume.base import FileState, ObjectStat
 from mt_assets.volume.hashing import Digest, StreamHasher
@@ -111,9 +111,11 @@ class S3Volume:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         try:
-            self.bucket, self.prefix = parse_s3_uri(f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}")
+            self.bucket, self.prefix = parse_s3_uri(
+                f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}", role="volume"
+            )
         except SourceError as e:
-            raise VolumeError(str(e).replace("source ", "volume ", 1)) from None
+            raise VolumeError(str(e)) from None
         try:
             check_sizes(part_size, multipart_threshold)
         except ValueError as e:
@@ -184,6 +186,9 @@ class S3Volume:
 
     def _where(self, target: str) -> str:
         return f"volume {self.uri}: {target}"
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, self._s3.session)
 
     def _error(self, e: BaseException, where: str) -> Exception:
         # The source's reading of botocore failures (credentials, region, throttling, 5xx), messages
@@ -267,7 +272,8 @@ class S3Volume:
                 repeats += 1
                 if repeats > self.list_retries:
                     raise ListingError(
-                        f"{where}: ListObjectsV2 sent the same continuation token {repeats} times (RunPod "
+                        f"{where}: ListObjectsV2 sent a continuation token it had sent before, {repeats} "
+                        "time(s) in a row (RunPod "
                         "computes the ETags of files not written through S3 on their first listing, which "
                         "can take minutes on a large volume); run the command again later"
                     )
@@ -349,14 +355,12 @@ class S3Volume:
         """Whether the endpoint refuses a second `If-None-Match: *` write (probed once, if not given)."""
         with self._conditional_lock:
             if self._conditional is None:
-                try:
-                    from mt_assets.volume.s3_probe import probe
-                except ImportError:
-                    self._conditional = False
-                else:
-                    self._conditional = bool(
-                        probe(self.client, self.bucket, self._key(f"{STATE_DIR}/probe")).conditional_writes
-                    )
+                from mt_assets.volume.s3_probe import probe
+
+                found = probe(
+                    self.client, self.bucket, self.prefix, endpoint=self.endpoint, scrub=self._scrub
+                )
+                self._conditional = found.conditional_writes
             if not self._conditional and not self._warned:
                 self._warned = True
                 log.warning(

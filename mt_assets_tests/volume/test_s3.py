@@ -137,13 +137,16 @@ def test_a_full_volume_507_stops_the_file_with_a_message_and_places_nothing(
     b = s3.fill(place=False)
     assert b.manifest is not None
     with FaultyProxy(b.endpoint) as proxy:
-        proxy.fail(507, "InsufficientStorage", times=None, method="PUT", path_contains="a.bin")
+        proxy.volume_full(path_contains="a.bin")
         vol = b.volume(endpoint=proxy.url)
         report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
     failed = result_of(report, "a.bin")
     assert (failed.outcome, failed.attempts) == ("failed", 1)  # not retried: a full volume stays full
     assert failed.detail is not None
-    assert failed.detail.startswith("models/alpha/a.bin: the volume is full (UploadPart 1 answered HTTP 507")
+    assert failed.detail.startswith(
+        "models/alpha/a.bin: the volume is full (CreateMultipartUpload answered HTTP 507"
+    )
+    assert failed.detail.endswith("; nothing was placed")
     assert b.get(b.target("a.bin")) is None
     assert b.uploads() == []
 
@@ -191,44 +194,48 @@ def test_502s_that_do_not_stop_end_the_audit_with_a_message_naming_them(s3: Back
             audit(b.manifest, b.volume(endpoint=proxy.url))
 
 
-def repeat_a_token(vol: S3Volume, times: int) -> list[str | None]:
-    """Make ListObjectsV2's second page name the token it was asked with (`times` times), as RunPod
-    does while it computes ETags; returns the tokens asked with, in order."""
-    asked: list[str | None] = []
-    repeated = 0
-
-    def before(params: dict[str, Any], **_: Any) -> None:
-        asked.append(params.get("ContinuationToken"))
-
-    def after(parsed: dict[str, Any], **_: Any) -> None:
-        nonlocal repeated
-        if asked[-1] is not None and repeated < times and parsed.get("IsTruncated"):
-            repeated += 1
-            parsed["NextContinuationToken"] = asked[-1]
-
-    vol.client.meta.events.register("provide-client-params.s3.ListObjectsV2", before)
-    vol.client.meta.events.register("after-call.s3.ListObjectsV2", after)
-    return asked
-
-
 def test_a_repeated_continuation_token_is_asked_again_and_the_listing_completes(s3: Backend) -> None:
     b = s3.fill()
-    assert b.manifest is not None
-    vol = b.volume(list_page_size=1, list_retry_wait=0.01)
-    assert isinstance(vol, S3Volume)
-    asked = repeat_a_token(vol, times=1)
-    assert set(vol.listing("models/")) == {b.target(f.path) for f in b.files}
-    assert len(asked) == 4  # three pages, the second asked twice
-    assert asked[1] == asked[2] is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.repeat_continuation_token(times=1)  # RunPod: "same next token received twice"
+        vol = b.volume(endpoint=proxy.url, list_page_size=1, list_retry_wait=0.01)
+        assert isinstance(vol, S3Volume)
+        assert set(vol.listing("models/")) == {b.target(f.path) for f in b.files}
+        listings = [r for r in proxy.requests if r.method == "GET" and r.path == f"/{BUCKET}"]
+    assert len(listings) == 4  # three pages, the second asked twice
+    assert [r.fault for r in listings].count("repeat_continuation_token") == 1
 
 
 def test_a_token_that_keeps_repeating_stops_the_listing_with_a_message_naming_it(s3: Backend) -> None:
     b = s3.fill()
-    vol = b.volume(list_page_size=1, list_retries=2, list_retry_wait=0.01)
-    assert isinstance(vol, S3Volume)
-    repeat_a_token(vol, times=100)
-    with pytest.raises(ListingError, match="sent the same continuation token 3 times"):
-        vol.listing("models/")
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.repeat_continuation_token(times=1)
+        vol = b.volume(endpoint=proxy.url, list_page_size=1, list_retries=0)  # no patience at all
+        assert isinstance(vol, S3Volume)
+        with pytest.raises(
+            ListingError, match=r"sent a continuation token it had sent before, 1 time\(s\) in a row"
+        ):
+            vol.listing("models/")
+
+
+def test_a_complete_answering_524_is_confirmed_when_the_object_appears_and_verified(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {"a.bin": 600_000}}, place=False)
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.complete_times_out(524, delay=1.0, path_contains="a.bin")  # the merge ends a second later
+        vol = b.volume(endpoint=proxy.url, confirm_poll=0.2, confirm_timeout=30)
+        report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
+        heads = [r for r in proxy.requests if r.method == "HEAD" and "a.bin" in r.path]
+        reads = proxy.gets("a.bin")
+    placed = result_of(report, "a.bin")
+    assert (placed.outcome, placed.status, placed.attempts) == ("placed", "ok", 1)
+    assert heads  # confirmed by HeadObject
+    assert reads  # and verified: its bytes read back and hashed
+    assert b.get(b.target("a.bin")) == b.data("a.bin")
+    assert b.uploads() == []
+    assert audit(b.manifest, b.volume()).bytes_read == 0  # recorded once verified
 
 
 # -- locks, and without them -----------------------------------------------------------------------
