@@ -347,6 +347,9 @@ def render(
     as_json: bool,
 ) -> None:
     """Render a job file (YAML or JSON, MultiTalk's input format) or job folder to <out>/<id>/video.mp4."""
+    # Before the heavy imports below (torch): a manifest or volume that cannot serve is refused at once.
+    manifest = resolve_manifest(profile, manifest_path)
+    vol = resolve_mounted_volume(volume, "render")
 
     from mt_assets.jobs.decode import load_job_media
     from mt_assets.jobs.outputs import OutputExists, check_output_free, output_dir
@@ -357,8 +360,6 @@ def render(
     from mt_assets.render.terminal import StepProgress, print_render
     from mt_assets.terminal import audit_summary
 
-    manifest = resolve_manifest(profile, manifest_path)
-    vol = resolve_mounted_volume(volume, "render")
     err = Console(stderr=True)
     out_dir = output_dir(vol.root, Path(out) if out else None)
     try:

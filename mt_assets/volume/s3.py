@@ -55,7 +55,7 @@ from mt_assets import config
 from mt_assets.manifest.schema import check_relative_path
 from mt_assets.sources.base import SourceError
 from mt_assets.sources.s3 import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, S3Source, parse_s3_uri, scrub
-from mt_assets.volume.atomic import Expected, target_key
+from mt_assets.volume.atomic import Expected, VolumeFullError, target_key
 from mt_assets.volume.base import FileState, ObjectStat
 from mt_assets.volume.hashing import Digest, StreamHasher
 from mt_assets.volume.local import STATE_DIR, VolumeError, WriterBusy, _check_lock
@@ -145,12 +145,7 @@ class S3Volume:
         self._reader = S3Source(
             self.bucket, self.prefix, s3=self._s3, max_concurrency=max_concurrency, chunk_size=chunk_size
         )
-        self.hash_cache = S3HashRecord(
-            self.client,
-            self.bucket,
-            self._key(f"{STATE_DIR}/{RECORD_NAME}"),
-            conditional=self.conditional_writes,
-        )
+        self.hash_cache = S3HashRecord(self.client, self.bucket, self._key(f"{STATE_DIR}/{RECORD_NAME}"))
 
     @classmethod
     def from_uri(cls, uri: str, **kwargs: Any) -> S3Volume:
@@ -194,10 +189,8 @@ class S3Volume:
         # The source's reading of botocore failures (credentials, region, throttling, 5xx), messages
         # scrubbed of credentials; 507 is RunPod's "volume full".
         if isinstance(e, ClientError) and http_status(e) == 507:
-            from mt_assets.volume.atomic import VolumeFullError
-
             return VolumeFullError(f"{where}: the volume is full (HTTP 507 Insufficient Storage)")
-        return self._reader._error(e, where)
+        return self._reader._error(e, where)  # the source's one reading of botocore failures
 
     # -- state -------------------------------------------------------------------------------
 

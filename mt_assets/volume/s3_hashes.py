@@ -17,8 +17,8 @@ corruption below the API that keeps the ETag: `audit --full` ignores the record 
 
 Writers merge: each write reads the record with its ETag, adds its entries, and puts it back with
 `If-Match: <that ETag>` (`If-None-Match: *` when there was none); a 412 means another writer came
-between, so it reads and merges again. Where the endpoint does not enforce conditional writes the
-put is plain and the last writer wins: an entry lost that way only costs reading the object again.
+between, so it reads and merges again. Where the endpoint refuses the headers (400, 501) the put is
+plain; where it silently ignores them (no probe is needed to write the record) the last writer wins: an entry lost that way only costs reading the object again.
 The record is disposable: one that is unreadable or not this format counts as empty.
 
 Inside `batched()` entries are gathered and written once on leaving (an audit of many files writes
@@ -31,7 +31,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -45,14 +45,14 @@ MERGE_ATTEMPTS = 8  # reads and merges again after this many 412s, then gives up
 
 
 class S3HashRecord:
-    def __init__(self, client: Any, bucket: str, key: str, *, conditional: Callable[[], bool]) -> None:
+    def __init__(self, client: Any, bucket: str, key: str) -> None:
         self.client = client
         self.bucket = bucket
         self.key = key
-        self.conditional = conditional  # whether the endpoint enforces If-Match / If-None-Match
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, Any]] | None = None  # as last read or written
         self._pending: dict[str, dict[str, Any] | None] | None = None  # None value: forget
+        self._takes_if_match = True  # until the endpoint refuses the headers
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -140,7 +140,7 @@ class S3HashRecord:
                         entries[target] = entry
                 body = json.dumps({"format": FORMAT, "files": entries}, indent=0, sort_keys=True).encode()
                 args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, "Body": body}
-                if self.conditional():
+                if self._takes_if_match:
                     if etag is None:
                         args["IfNoneMatch"] = "*"
                     else:
@@ -150,6 +150,9 @@ class S3HashRecord:
                 except ClientError as e:
                     status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
                     if status in (409, 412):  # another writer came between: read and merge again
+                        continue
+                    if status in (400, 501) and ("IfMatch" in args or "IfNoneMatch" in args):
+                        self._takes_if_match = False  # If-Match refused: last writer wins from now on
                         continue
                     raise
                 with self._lock:

@@ -49,6 +49,7 @@ class S3Lock:
         self.owner: LockOwner | None = None
         self.lost = False
         self._etag: str | None = None
+        self._takes_if_match = True  # until the endpoint refuses the header (see _if_match)
         self._body = b""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -67,7 +68,7 @@ class S3Lock:
         if not self._is_stale(holder, age):
             return False
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag)
+            self._if_match("delete_object", etag)
         except ClientError as e:
             if http_status(e) in (409, 412):
                 return False  # changed hands between our look and the delete
@@ -86,7 +87,7 @@ class S3Lock:
             self._thread.join()
         if not self.lost and self._etag is not None:
             with contextlib.suppress(ClientError, BotoCoreError):
-                self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self._etag)
+                self._if_match("delete_object", self._etag)
         self.owner = None
         self._thread = None
 
@@ -140,12 +141,32 @@ class S3Lock:
         self._thread.start()
         return True
 
+    def _if_match(self, call: str, etag: str | None, **kwargs: Any) -> dict[str, Any]:
+        """`call` (put_object, delete_object) on the lock object only while it still has `etag`.
+
+        With `If-Match` where the endpoint takes it (412 when the object moved); an endpoint that
+        refuses the header (400, 501: RunPod documents none of them) gets a read of the object's ETag
+        first, then the plain call: a window of one round trip, which `still_held` before Complete
+        closes for what matters."""
+        fn = getattr(self.client, call)
+        if self._takes_if_match:
+            try:
+                return fn(Bucket=self.bucket, Key=self.key, IfMatch=etag, **kwargs)
+            except ClientError as e:
+                if http_status(e) not in (400, 501):
+                    raise
+                self._takes_if_match = False
+        found = self._read()
+        if found is None or found[1] != etag:
+            raise ClientError(
+                {"Error": {"Code": "PreconditionFailed"}, "ResponseMetadata": {"HTTPStatusCode": 412}}, call
+            )
+        return fn(Bucket=self.bucket, Key=self.key, **kwargs)
+
     def _beat(self) -> None:
         try:
             while not self._stop.wait(self.heartbeat):
-                response = self.client.put_object(
-                    Bucket=self.bucket, Key=self.key, Body=self._body, IfMatch=self._etag
-                )
+                response = self._if_match("put_object", self._etag, Body=self._body)
                 self._etag = str(response.get("ETag"))
         except BaseException:
             # Taken over (412), or the endpoint unreachable: this writer must assume the lock is lost

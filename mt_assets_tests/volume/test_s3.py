@@ -172,6 +172,16 @@ def test_a_complete_answering_524_whose_object_never_appears_is_aborted_naming_5
     assert b.uploads() == []
 
 
+def test_an_audit_writes_its_hash_record_without_probing_the_endpoint(s3: Backend) -> None:
+    b = s3.fill()
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        vol = b.volume(endpoint=proxy.url, conditional_writes=None)  # unknown: a writer would probe
+        assert audit(b.manifest, vol).complete
+        written = [(r.method, r.path) for r in proxy.requests if r.method in ("PUT", "POST", "DELETE")]
+    assert written == [("PUT", f"/{BUCKET}/{b.prefix}/.mt/hashes.json")]  # one write: the record
+
+
 def test_502s_on_the_listing_are_retried_and_the_audit_completes(s3: Backend) -> None:
     b = s3.fill()
     assert b.manifest is not None
@@ -258,6 +268,22 @@ def test_a_held_lock_refuses_a_second_writer_and_a_stale_one_is_taken_over(s3: B
     judge.release()
     assert second.try_acquire()
     second.release()
+
+
+def test_a_lock_keeps_beating_where_the_endpoint_refuses_if_match(s3: Backend) -> None:
+    key = f"{s3.prefix}/.mt/locks/beat.lock"
+    with FaultyProxy(s3.endpoint) as proxy:
+        vol = s3.volume(endpoint=proxy.url)
+        assert isinstance(vol, S3Volume)
+        # The create (If-None-Match) passes; the first heartbeat (If-Match) is refused as unknown.
+        proxy.fail(501, "NotImplemented", times=1, skip=1, method="PUT", path_contains="beat.lock")
+        lock = S3Lock(vol.client, BUCKET, key, stale_after=60, heartbeat=0.1)
+        assert lock.try_acquire()
+        time.sleep(0.6)
+        assert not lock.lost and lock.still_held()  # beating with a read, then a plain put
+        assert [r.status for r in proxy.requests if r.method == "PUT"][:3] == [200, 501, 200]
+        lock.release()
+        assert lock.holder() is None
 
 
 def test_without_conditional_writes_two_provisioners_both_upload_and_the_volume_ends_correct(
