@@ -53,7 +53,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from mt_assets import config
 from mt_assets.manifest.schema import check_relative_path
-from mt_assets.sources.base import SourceError
+from mt_assets.sources.base import SourceError, TransientSourceError
 from mt_assets.sources.s3 import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, S3Source, parse_s3_uri, scrub
 from mt_assets.volume.atomic import Expected, VolumeFullError, target_key
 from mt_assets.volume.base import FileState, ObjectStat
@@ -79,11 +79,17 @@ log = logging.getLogger(__name__)
 RUNPOD_REST_BASE = "https://rest.runpod.io/v1"
 _RUNPOD_ENDPOINT = re.compile(r"^s3api-[a-z0-9-]+\.runpod\.io$")
 STALE_UPLOAD_AGE = 24 * 3600.0
+_VOLUME_NAMES = (  # in the source's messages, when MT_VOLUME_S3_* keys are set
+    ("AWS_ACCESS_KEY_ID", "MT_VOLUME_S3_ACCESS_KEY_ID"),
+    ("AWS_SECRET_ACCESS_KEY", "MT_VOLUME_S3_SECRET_ACCESS_KEY"),
+    ("AWS_REGION", "MT_VOLUME_S3_REGION"),
+    ("that may read bucket", "that may read and write bucket"),
+)
 UPLOADS_STAGING = ".s3compat_uploads/"  # RunPod keeps multipart parts here, on the volume
 
 
-class ListingError(SourceError):
-    """The listing could not be completed (a continuation token that keeps repeating)."""
+class ListingError(TransientSourceError):
+    """The listing could not be completed (a continuation token that keeps repeating): try later."""
 
 
 class S3Volume:
@@ -124,6 +130,7 @@ class S3Volume:
             max_pool_connections=max_concurrency + 16, tcp_keepalive=True
         )
         self.client = self._s3.client
+        self._own_keys = s3 is None and config.VOLUME_S3_ACCESS_KEY_ID.read() is not None
         self.endpoint = self.client.meta.endpoint_url
         self.capacity = capacity
         self.rest_base = rest_base
@@ -190,7 +197,14 @@ class S3Volume:
         # scrubbed of credentials; 507 is RunPod's "volume full".
         if isinstance(e, ClientError) and http_status(e) == 507:
             return VolumeFullError(f"{where}: the volume is full (HTTP 507 Insufficient Storage)")
-        return self._reader._error(e, where)  # the source's one reading of botocore failures
+        error = self._reader._error(e, where)  # the source's one reading of botocore failures
+        if not self._own_keys:
+            return error
+        # The volume's own variables are the ones to check, not the source's AWS_* it names.
+        text = str(error)
+        for source_name, volume_name in _VOLUME_NAMES:
+            text = text.replace(source_name, volume_name)
+        return type(error)(text)
 
     # -- state -------------------------------------------------------------------------------
 

@@ -445,6 +445,26 @@ def test_cli_provisions_and_audits_an_s3_volume_with_its_own_endpoint_and_keys(
     assert "testing" not in done.stdout + done.stderr + audited.stdout + audited.stderr
 
 
+def test_refused_keys_are_named_as_the_volumes_own_variables_never_their_values(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill()
+    manifest = b.write_manifest(tmp_path / "m.yaml")
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.fail(403, "SignatureDoesNotMatch", times=None)
+        env = {**os.environ, **volume_env(proxy.url), "MT_VOLUME_S3_SECRET_ACCESS_KEY": "rps_never-shown"}
+        result = run_cli("audit", "--manifest", str(manifest), "--volume", b.spec, env=env, timeout=60)
+    assert result.returncode == 2
+    assert f"error: volume {b.spec}: listing {b.prefix}/models/: the request signature does not match: " in (
+        result.stderr
+    )
+    assert (
+        "check MT_VOLUME_S3_SECRET_ACCESS_KEY (and that it belongs to MT_VOLUME_S3_ACCESS_KEY_ID)"
+        in result.stderr
+    )
+    assert "rps_never-shown" not in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("command", [["render", "job.yaml"], ["verify-offline"], ["jobs", "list"]])
 def test_commands_that_read_files_refuse_an_s3_volume_saying_it_must_be_mounted(command: list[str]) -> None:
     result = run_cli(*command, "--volume", "s3://some-volume/prefix", timeout=60)
