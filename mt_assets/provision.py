@@ -3,8 +3,8 @@
 plan()  audits the volume (hash cache allowed) and lists the files to fetch: missing, wrong
         size, wrong bytes. It sums the bytes and compares them with the free space.
 apply() fetches those files, several at once. Each file goes through the volume's writer lock
-        and an AtomicWriter, so bytes are hashed as they arrive and placed only when they match
-        the pin. Transient source errors are retried with exponential backoff; where the
+        and its writer (an AtomicWriter; on an S3 volume a verified upload, volume/s3_upload.py),
+        so bytes are hashed as they arrive and placed only when they match the pin. Transient source errors are retried with exponential backoff; where the
         source serves ranges, a retry (or a re-run after a kill) resumes from the staged bytes.
 
 Two provisioners on one volume: a file whose lock is held by a live writer is put aside and

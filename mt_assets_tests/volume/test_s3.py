@@ -193,6 +193,20 @@ def test_502s_on_the_listing_are_retried_and_the_audit_completes(s3: Backend) ->
     assert statuses[:3] == [502, 502, 200]
 
 
+def test_502s_on_parts_and_complete_are_retried_and_the_file_placed(s3: Backend, tmp_path: Path) -> None:
+    b = s3.fill({"alpha": {"a.bin": 600_000}}, place=False)
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.fail(502, "BadGateway", times=2, method="PUT", path_contains="a.bin")  # two parts
+        proxy.fail(502, "BadGateway", times=1, skip=1, method="POST", path_contains="a.bin")  # Complete
+        vol = b.volume(endpoint=proxy.url)
+        report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
+        failed_writes = [r for r in proxy.requests if r.status == 502]
+    assert result_of(report, "a.bin").outcome == "placed"
+    assert len(failed_writes) == 3
+    assert b.get(b.target("a.bin")) == b.data("a.bin")
+
+
 def test_502s_that_do_not_stop_end_the_audit_with_a_message_naming_them(s3: Backend) -> None:
     b = s3.fill()
     assert b.manifest is not None
