@@ -5,8 +5,9 @@ Two backends, one layout (`models/<dir>/<path>`, `.mt/...`; see DESIGN.md):
     LocalVolume  (local.py)  a folder: /runpod-volume, /workspace, an NFS mount, ./var/volume
     S3Volume     (s3.py)     the same volume through an S3-compatible API (RunPod's, moto, MinIO)
 
-What the audit and provisioner use, and nothing more (so a volume can also be read as a provision
-*source*: `state` and `read_into` give its files' sizes and bytes):
+What the audit and provisioner use, and nothing more. A volume can also be read as a provision
+*source* (replication, a later issue): `state` gives a file's size, and its bytes come from
+`LocalVolume.path` or `S3Volume.read_into` (ranged GETs into any Writer, resumable).
 
     uri                          how the volume was named, for reports (never credentials)
     state(target) / states(...)  a FileState: present with its `Stat` (size, and the backend's
