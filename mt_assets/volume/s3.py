@@ -126,12 +126,14 @@ class S3Volume:
             check_sizes(part_size, multipart_threshold)
         except ValueError as e:
             raise VolumeError(f"volume {self.uri}: {e}") from None
-        self._s3 = s3 or config.volume_s3_client(
-            max_pool_connections=max_concurrency + 16, tcp_keepalive=True
-        )
+        try:
+            self._s3 = s3 or config.volume_s3_client(
+                max_pool_connections=max_concurrency + 16, tcp_keepalive=True
+            )
+            self._own_keys = s3 is None and config.VOLUME_S3_ACCESS_KEY_ID.read() is not None
+        except config.ConfigError as e:  # one MT_VOLUME_S3_* key without the other, say
+            raise VolumeError(f"volume {self.uri}: {e}") from None
         self.client = self._s3.client
-        self._own_keys = s3 is None and config.VOLUME_S3_ACCESS_KEY_ID.read() is not None
-        self.endpoint = self.client.meta.endpoint_url
         self.capacity = capacity
         self.rest_base = rest_base
         self.part_size = part_size
@@ -152,6 +154,7 @@ class S3Volume:
         self._reader = S3Source(
             self.bucket, self.prefix, s3=self._s3, max_concurrency=max_concurrency, chunk_size=chunk_size
         )
+        self.endpoint = self._reader.endpoint  # without any userinfo
         self.hash_cache = S3HashRecord(self.client, self.bucket, self._key(f"{STATE_DIR}/{RECORD_NAME}"))
 
     @classmethod
@@ -163,7 +166,7 @@ class S3Volume:
         return cls(bucket, prefix, **kwargs)
 
     def __repr__(self) -> str:
-        return f"S3Volume({self.uri!r}, endpoint={self._reader.endpoint!r})"
+        return f"S3Volume({self.uri!r}, endpoint={self.endpoint!r})"
 
     @property
     def uri(self) -> str:

@@ -499,3 +499,14 @@ def test_the_worker_refuses_an_s3_volume_at_start_up() -> None:
 def test_open_volume_names_a_bad_bucket_as_the_volume() -> None:
     with pytest.raises(ValueError, match=r"^volume s3://Bad_Bucket: bucket name 'Bad_Bucket' is not a valid"):
         open_volume("s3://Bad_Bucket")
+
+
+def test_one_volume_key_without_the_other_is_bad_input_naming_the_missing_one() -> None:
+    env = {**os.environ, "MT_VOLUME_S3_ACCESS_KEY_ID": "user_x"}
+    env.pop("MT_VOLUME_S3_SECRET_ACCESS_KEY", None)
+    result = run_cli("audit", "--profile", "tiny", "--volume", "s3://some-volume", env=env, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "error: volume s3://some-volume: MT_VOLUME_S3_SECRET_ACCESS_KEY: expected it"
+    )
+    assert "user_x" not in result.stderr
