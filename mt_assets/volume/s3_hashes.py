@@ -73,9 +73,14 @@ class S3HashRecord:
         return (files if isinstance(files, dict) else {}), response.get("ETag")
 
     def entries(self) -> dict[str, dict[str, Any]]:
+        """The record as first read (then as this process wrote it); one that cannot be read now is
+        empty, and asked for again next time: that only costs reading files."""
         with self._lock:
             if self._entries is None:
-                self._entries, _ = self._read()
+                try:
+                    self._entries, _ = self._read()
+                except (ClientError, BotoCoreError):
+                    return {}
             return self._entries
 
     def lookup(self, target: str, st: ObjectStat) -> Digest | None:

@@ -182,6 +182,20 @@ def test_an_audit_writes_its_hash_record_without_probing_the_endpoint(s3: Backen
     assert written == [("PUT", f"/{BUCKET}/{b.prefix}/.mt/hashes.json")]  # one write: the record
 
 
+def test_a_hash_record_that_cannot_be_read_only_costs_reading_the_files(s3: Backend) -> None:
+    b = s3.fill()
+    assert b.manifest is not None
+    audit(b.manifest, b.volume())
+    b.client.put_object(Bucket=BUCKET, Key=f"{b.prefix}/.mt/hashes.json", Body=b"{not json")  # damaged
+    damaged = audit(b.manifest, b.volume())
+    assert damaged.complete and damaged.bytes_read == sum(len(f.data) for f in b.files)  # and rewritten
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.fail(403, "AccessDenied", times=None, method="GET", path_contains="hashes.json")
+        denied = audit(b.manifest, b.volume(endpoint=proxy.url))
+    assert denied.complete and denied.bytes_read == sum(len(f.data) for f in b.files)
+    assert audit(b.manifest, b.volume()).bytes_read == 0  # the record, rewritten after the damage
+
+
 def test_502s_on_the_listing_are_retried_and_the_audit_completes(s3: Backend) -> None:
     b = s3.fill()
     assert b.manifest is not None
