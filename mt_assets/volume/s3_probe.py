@@ -49,11 +49,10 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from mt_assets.volume.local import STATE_DIR, VolumeError
+from mt_assets.volume.s3_upload import MB, RUNPOD_PUT_LIMIT, MiB
 
-MB = 1000 * 1000
-MiB = 1024 * 1024
-RUNPOD_MAX_PUT_BYTES = 500 * MB  # RunPod: PutObject "< 500 MB"; larger objects go up in parts
-RUNPOD_MAX_PART_BYTES = 500 * MB  # RunPod: each multipart part at most 500 MB
+RUNPOD_MAX_PUT_BYTES = RUNPOD_PUT_LIMIT  # RunPod: PutObject "< 500 MB"; larger objects go up in parts
+RUNPOD_MAX_PART_BYTES = RUNPOD_PUT_LIMIT  # RunPod: each multipart part at most 500 MB
 S3_MIN_PART_BYTES = 5 * MiB  # S3: every part but the last at least 5 MiB
 S3_MAX_PARTS = 10_000
 RUNPOD_UNSUPPORTED = (
