@@ -54,7 +54,8 @@ own, imitated here:
 Each request is recorded in `proxy.requests` (method, path, Range header, status, body bytes sent),
 and `proxy.max_in_flight` is the most requests handled at once. `FaultyProxy(endpoint,
 rate_bytes_per_s=R)` also limits the response bodies of all connections together to R bytes/s (a
-token bucket): a network-bound source in front of a loopback server. Only loopback upstreams are allowed;
+token bucket): a network-bound source in front of a loopback server; request bodies (uploads) take
+from a second bucket of the same rate, as a link's two directions are separate. Only loopback upstreams are allowed;
 on exit the server and every open connection are closed.
 """
 
@@ -322,6 +323,7 @@ class FaultyProxy:
         self.upstream_port = parts.port
         self.upstream_timeout = upstream_timeout
         self.bucket = TokenBucket(rate_bytes_per_s) if rate_bytes_per_s else None
+        self.upload_bucket = TokenBucket(rate_bytes_per_s) if rate_bytes_per_s else None
         self.requests: list[ProxiedRequest] = []
         self.max_in_flight = 0
         self._in_flight = 0
@@ -646,7 +648,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_plain(501, b"FaultyProxy does not forward chunked request bodies")
             return
         length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
+        body = self._read_body(length) if length else None
         request = _Request(parse_qs(urlsplit(self.path).query, keep_blank_values=True), self.headers)
         repeat = owner._repeat_fault(record.path, request) if self.command == "GET" else None
         if repeat is not None:
@@ -734,6 +736,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(chunk)
             sent += len(chunk)
             record.body_bytes = sent
+
+    def _read_body(self, length: int) -> bytes:
+        """The request body, at the upload rate when the proxy limits it."""
+        limit = self.owner.upload_bucket
+        if limit is None:
+            return self.rfile.read(length)
+        chunks = []
+        while length > 0:
+            chunk = self.rfile.read(min(_BLOCK, length))
+            if not chunk:
+                break
+            limit.take(len(chunk))
+            chunks.append(chunk)
+            length -= len(chunk)
+        return b"".join(chunks)
 
     def _upstream_headers(self, fault: _Fault | None) -> dict[str, str]:
         """The request's headers as forwarded: without hop-by-hop ones, and without what a fault strips."""

@@ -146,3 +146,17 @@ def test_an_ignored_if_none_match_lets_a_second_writer_overwrite(proxy: FaultyPr
     with pytest.raises(ClientError) as e:
         client.put_object(Bucket=BUCKET, Key="lock", Body=b"third", IfNoneMatch="*")
     assert status_of(e) == 412  # moto itself enforces it
+
+
+def test_the_rate_limit_holds_uploads_too(endpoint: str) -> None:
+    with FaultyProxy(endpoint, rate_bytes_per_s=20e6) as limited:
+        client = s3_client(limited.url)
+        try:
+            started = time.monotonic()
+            client.put_object(Bucket=BUCKET, Key="rated.bin", Body=b"u" * 8_000_000)
+            elapsed = time.monotonic() - started
+        finally:
+            client.close()
+    assert limited.upload_bucket is not None
+    expected = (8_000_000 - limited.upload_bucket.burst) / 20e6  # 0.35 s: 8 MB at 20 MB/s, less the burst
+    assert expected * 0.9 <= elapsed <= expected * 4 + 1.0

@@ -26,7 +26,7 @@ aborts every upload under the prefix older than that, since parts take space on 
 
 Locks (s3_lock.py) need an endpoint that refuses a second `If-None-Match: *` write with 412. Whether
 it does is a fact to probe (`conditional_writes`; None: probed on first need with
-mt_assets.volume.s3_probe, as `mt-assets volume check` does); without it there is no lock, a warning says
+s3_probe.probe_conditional_writes, two small PUTs, as `mt-assets volume check` does); without it there is no lock, a warning says
 so once, and two writers of one file both upload it: the last one wins with the same pinned bytes.
 
 Free space: RunPod's S3 calls do not check it (a full volume answers 507 mid-upload). Known only from
@@ -148,6 +148,7 @@ class S3Volume:
         self.list_retry_wait = list_retry_wait
         self.list_page_size = list_page_size
         self._conditional = conditional_writes
+        self._probe_detail = ""  # what the lock probe observed, for the warning
         self._conditional_lock = threading.Lock()
         self._warned = False
         self._swept = False
@@ -365,19 +366,19 @@ class S3Volume:
         """Whether the endpoint refuses a second `If-None-Match: *` write (probed once, if not given)."""
         with self._conditional_lock:
             if self._conditional is None:
-                from mt_assets.volume.s3_probe import probe
+                from mt_assets.volume.s3_probe import probe_conditional_writes
 
-                found = probe(
-                    self.client, self.bucket, self.prefix, endpoint=self.endpoint, scrub=self._scrub
-                )
-                self._conditional = found.conditional_writes
+                found = probe_conditional_writes(self.client, self.bucket, self.prefix, scrub=self._scrub)
+                self._conditional, self._probe_detail = found.ok, found.detail
             if not self._conditional and not self._warned:
                 self._warned = True
+                seen = f" (the probe saw: {self._probe_detail})" if self._probe_detail else ""
                 log.warning(
-                    "volume %s: the endpoint does not enforce conditional writes (If-None-Match), so there are "
+                    "volume %s: the endpoint does not enforce conditional writes (If-None-Match)%s, so there are "
                     "no writer locks: two provisioners may upload the same file (wasted bandwidth); each "
                     "completes only bytes that match the pinned sha256, so the last one wins with identical bytes",
                     self.uri,
+                    seen,
                 )
             return self._conditional
 

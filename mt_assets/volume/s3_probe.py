@@ -27,6 +27,8 @@ server gave, the others still run):
                              stages their parts in `.s3compat_uploads/` on the volume, using its space)
                              can be found and aborted.
 
+`probe_conditional_writes` runs the first alone, for a writer about to rely on locks.
+
 listing_sizes and multipart_completes are required (`usable`); the others have fallbacks in the
 backend (a lock-less "identical pinned bytes, last writer wins", the hash record under `.mt/`, whole
 GETs). Access denied on any write stops the probe with ProbeError: a read-only key cannot fill a volume.
@@ -49,11 +51,10 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from mt_assets.volume.local import STATE_DIR, VolumeError
+from mt_assets.volume.s3_upload import MB, RUNPOD_PUT_LIMIT, MiB
 
-MB = 1000 * 1000
-MiB = 1024 * 1024
-RUNPOD_MAX_PUT_BYTES = 500 * MB  # RunPod: PutObject "< 500 MB"; larger objects go up in parts
-RUNPOD_MAX_PART_BYTES = 500 * MB  # RunPod: each multipart part at most 500 MB
+RUNPOD_MAX_PUT_BYTES = RUNPOD_PUT_LIMIT  # RunPod: PutObject "< 500 MB"; larger objects go up in parts
+RUNPOD_MAX_PART_BYTES = RUNPOD_PUT_LIMIT  # RunPod: each multipart part at most 500 MB
 S3_MIN_PART_BYTES = 5 * MiB  # S3: every part but the last at least 5 MiB
 S3_MAX_PARTS = 10_000
 RUNPOD_UNSUPPORTED = (
@@ -226,6 +227,19 @@ def probe(
         cleaned_up=run.cleaned_up,
         **found,
     )
+
+
+def probe_conditional_writes(
+    client: Any, bucket: str, prefix: str, *, scrub: Callable[[str], str] = lambda text: text
+) -> Probe:
+    """Only the conditional_writes probe (two small PUTs, a GET, their removal): what a writer asks
+    before it relies on locks, without the rest of `probe` (a 5 MiB multipart upload among them)."""
+    uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+    run = _Run(client, bucket, probe_prefix(prefix), uri, None, scrub)
+    try:
+        return run.attempt("conditional_writes", run.conditional_writes)
+    finally:
+        run.clean_up()
 
 
 class _Run:

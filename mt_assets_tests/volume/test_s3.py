@@ -314,6 +314,21 @@ def test_a_lock_keeps_beating_where_the_endpoint_refuses_if_match(s3: Backend) -
         assert lock.holder() is None
 
 
+def test_locks_are_used_only_where_a_live_probe_saw_the_second_writer_refused(
+    s3: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert isinstance(s3.volume(conditional_writes=None).lock_for("models/a/x.bin"), S3Lock)  # moto: 412
+    with FaultyProxy(s3.endpoint) as proxy, caplog.at_level(logging.WARNING, logger="mt_assets.volume.s3"):
+        proxy.ignore_if_none_match(times=None)  # an S3 look-alike that accepts the header and ignores it
+        vol = s3.volume(endpoint=proxy.url, conditional_writes=None)
+        assert not isinstance(vol.lock_for("models/a/x.bin"), S3Lock)
+        assert not isinstance(vol.lock_for("models/a/y.bin"), S3Lock)
+    [warning] = [r.getMessage() for r in caplog.records]  # once per volume
+    assert warning.startswith(
+        f"volume {s3.spec}: the endpoint does not enforce conditional writes (If-None-Match)"
+    )
+
+
 def test_without_conditional_writes_two_provisioners_both_upload_and_the_volume_ends_correct(
     s3: Backend, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

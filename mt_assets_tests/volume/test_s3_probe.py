@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from mt_assets import config
-from mt_assets.volume.s3_probe import ProbeError, probe
+from mt_assets.volume.s3_probe import ProbeError, probe, probe_conditional_writes
 from mt_assets_tests.conftest import run_cli
 from mt_assets_tests.s3_server import FaultyProxy, put_tree, s3_client, s3_server
 
@@ -110,6 +110,21 @@ def test_a_server_that_ignores_if_none_match_gives_no_conditional_writes(
     assert "succeeded: the header is ignored" in caps.probe("conditional_writes").detail
     assert [r.status for r in proxy.requests if r.fault == "ignore_if_none_match"] == [200, 200]
     assert caps.usable and caps.cleaned_up
+
+
+def test_the_conditional_writes_probe_alone_tells_moto_from_a_server_that_ignores_the_header(
+    proxy: FaultyProxy, endpoint: str
+) -> None:
+    client = s3_client(proxy.url)
+    try:
+        assert probe_conditional_writes(client, BUCKET, "team").ok
+        proxy.ignore_if_none_match(times=None)
+        ignored = probe_conditional_writes(client, BUCKET, "team")
+    finally:
+        client.close()
+    assert not ignored.ok and "the header is ignored" in ignored.detail
+    assert {r.method for r in proxy.requests} <= {"PUT", "GET", "DELETE"}  # no multipart, no listing...
+    assert everything_under(endpoint, "team/.mt/") == ([], [])
 
 
 def test_a_server_that_refuses_if_none_match_records_why_and_the_other_probes_still_run(
