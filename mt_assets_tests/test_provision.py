@@ -466,3 +466,18 @@ def test_two_provisioners_at_once_fetch_each_file_once_on_both_backends(
         "second": {"x.bin": "skipped", "y.bin": "placed", "z.bin": "placed"},
     }
     assert audit(b.manifest, b.volume(), full=True).complete
+
+
+def test_unpinned_files_larger_than_a_part_are_placed_and_reported_unpinned_on_both_backends(
+    volume_backend: Backend, tmp_path: Path
+) -> None:
+    b = volume_backend.fill({"alpha": {"big.bin": 700_000, "small.bin": 1_000}}, place=False)
+    unpinned = parse_manifest(manifest_yaml(b.files, pin=False), "unpinned.yaml")  # sizes unknown too
+    vol = b.volume()
+    report = provision.apply(provision.plan(unpinned, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
+    assert {(r.file.path, r.outcome, r.status) for r in report.results} == {
+        ("big.bin", "placed", "unpinned"),
+        ("small.bin", "placed", "unpinned"),
+    }
+    assert {r.sha256 for r in report.results} == {f.sha256 for f in b.files}
+    assert b.get(b.target("big.bin")) == b.data("big.bin")  # held until it proved large, then in parts

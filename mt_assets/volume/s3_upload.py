@@ -100,7 +100,13 @@ class S3Upload:
         self._hasher = StreamHasher(
             total_size=self.expected.size, git_sha1=self.expected.git_sha1 is not None
         )
-        self._buffer = bytearray()
+        # A file pinned at multipart_threshold or more goes up in parts from its first byte; one of
+        # unknown size is held in `_small` until it proves that large.
+        self._multipart = self.expected.size is not None and self.expected.size >= multipart_threshold
+        self._small = bytearray()  # the whole file, for one PutObject
+        self._part: bytearray | None = None  # the part being filled, `_fill` bytes of it so far
+        self._fill = 0
+        self._idle: list[bytearray] = []  # part buffers whose upload finished, for the next parts
         self._parts: list[Future[dict[str, Any]]] = []
         self._pool: ThreadPoolExecutor | None = None
 
@@ -113,13 +119,26 @@ class S3Upload:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._hasher.update(data)
-        self._buffer += data
-        if self.upload_id is None and len(self._buffer) >= self.multipart_threshold:
+        if not self._multipart:
+            self._small += data
+            if len(self._small) < self.multipart_threshold:
+                return
+            self._multipart, data, self._small = True, self._small, bytearray()
+        if self.upload_id is None:
             self._start_multipart()
-        while self.upload_id is not None and len(self._buffer) >= self.part_size:
-            part = bytes(self._buffer[: self.part_size])
-            del self._buffer[: self.part_size]
-            self._send_part(part)
+        # Each byte is copied once, into a part buffer that goes out as it is (measured: slicing a
+        # growing bytearray and copying the slice again cost as much CPU as the sha256).
+        view = memoryview(data).cast("B")
+        while view:
+            if self._part is None:
+                self._part, self._fill = (self._idle.pop() if self._idle else bytearray(self.part_size)), 0
+            n = min(len(view), self.part_size - self._fill)
+            self._part[self._fill : self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
+            if self._fill == self.part_size:
+                part, self._part = self._part, None
+                self._send_part(part)
 
     def truncate_to(self, size: int) -> None:
         if size == self._hasher.size:
@@ -130,7 +149,6 @@ class S3Upload:
         self._hasher = StreamHasher(
             total_size=self.expected.size, git_sha1=self.expected.git_sha1 is not None
         )
-        self._buffer = bytearray()
 
     def commit(self) -> Digest:
         """Verify against `expected`, check `guard`, then put or complete; abort on any failure."""
@@ -148,9 +166,9 @@ class S3Upload:
                     self.client.put_object,
                     Bucket=self.bucket,
                     Key=self.key,
-                    Body=bytes(self._buffer),
+                    Body=self._small,
                 )
-                self._buffer = bytearray()
+                self._small = bytearray()
                 self.stat = ObjectStat(digest.size, str(response.get("ETag")), time.time())
             else:
                 self.stat = self._complete(parts, digest)
@@ -162,7 +180,7 @@ class S3Upload:
 
     def abort(self) -> None:
         """Drop what was received; abort the multipart upload, if one was started (best effort)."""
-        self._buffer = bytearray()
+        self._small, self._part, self._fill, self._idle = bytearray(), None, 0, []
         for future in self._parts:
             future.cancel()
         if self._pool is not None:
@@ -203,7 +221,8 @@ class S3Upload:
         self.upload_id = str(response["UploadId"])
         self._pool = ThreadPoolExecutor(self.parts_in_flight, thread_name_prefix="mt-s3-upload")
 
-    def _send_part(self, data: bytes) -> None:
+    def _send_part(self, data: bytearray) -> None:
+        """Queue `data` as the next part; its buffer comes back to `_idle` once sent."""
         assert self._pool is not None and self.upload_id is not None
         # Bounded memory: wait for the oldest part in flight before queueing one more.
         in_flight = [f for f in self._parts if not f.done()]
@@ -213,27 +232,28 @@ class S3Upload:
             if done.done():
                 done.result()  # a failed part stops the upload now, not at commit
         number = len(self._parts) + 1
-        upload_id = self.upload_id
-        self._parts.append(
-            self._pool.submit(
-                self._call,
-                f"UploadPart {number}",
-                self.client.upload_part,
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=data,
-            )
+        future = self._pool.submit(
+            self._call,
+            f"UploadPart {number}",
+            self.client.upload_part,
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=data,
         )
+        if len(data) == self.part_size:
+            future.add_done_callback(lambda _: self._idle.append(data))
+        self._parts.append(future)
 
     def _finish_parts(self) -> list[dict[str, Any]]:
         if self.upload_id is None:
             return []
-        if self._buffer or not self._parts:
-            part = bytes(self._buffer)
-            self._buffer = bytearray()
-            self._send_part(part)
+        if self._fill or not self._parts:
+            last, self._part = self._part if self._part is not None else bytearray(), None
+            del last[self._fill :]  # the file's short last part, sent from the same buffer
+            self._fill = 0
+            self._send_part(last)
         done = [{"PartNumber": n, "ETag": f.result()["ETag"]} for n, f in enumerate(self._parts, 1)]
         assert self._pool is not None
         self._pool.shutdown(wait=True)
