@@ -5,8 +5,8 @@ sent with one PutObject, and only if its size and sha256 (and git blob id) match
 byte never leaves the machine. A larger one is a multipart upload: parts of `part_size` go out as
 they fill (`parts_in_flight` at once, on a thread of the upload's own, so the source keeps
 downloading), each byte hashed on its way and copied once, into a part buffer that is sent as it is
-and reused once sent; CompleteMultipartUpload is sent only once the whole
-file's digest matches the pin, AbortMultipartUpload otherwise. Until Complete nothing is at the key
+and reused once sent; CompleteMultipartUpload is sent only once the whole file's digest matches the
+pin, AbortMultipartUpload otherwise. Until Complete nothing is at the key
 (the parts sit in `.s3compat_uploads/` on a RunPod volume), so a kill leaves no half-written
 object; the next writer of the key aborts the dead upload (s3.py).
 
