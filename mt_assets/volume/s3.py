@@ -80,9 +80,9 @@ RUNPOD_REST_BASE = "https://rest.runpod.io/v1"
 _RUNPOD_ENDPOINT = re.compile(r"^s3api-[a-z0-9-]+\.runpod\.io$")
 STALE_UPLOAD_AGE = 24 * 3600.0
 _VOLUME_NAMES = (  # in the source's messages, when MT_VOLUME_S3_* keys are set
-    ("AWS_ACCESS_KEY_ID", "MT_VOLUME_S3_ACCESS_KEY_ID"),
-    ("AWS_SECRET_ACCESS_KEY", "MT_VOLUME_S3_SECRET_ACCESS_KEY"),
-    ("AWS_REGION", "MT_VOLUME_S3_REGION"),
+    ("AWS_ACCESS_KEY_ID", config.VOLUME_S3_ACCESS_KEY_ID.name),
+    ("AWS_SECRET_ACCESS_KEY", config.VOLUME_S3_SECRET_ACCESS_KEY.name),
+    ("AWS_REGION", config.VOLUME_S3_REGION.name),
     ("that may read bucket", "that may read and write bucket"),
 )
 UPLOADS_STAGING = ".s3compat_uploads/"  # RunPod keeps multipart parts here, on the volume
