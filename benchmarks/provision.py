@@ -1,4 +1,5 @@
-"""Benchmark fetching from an S3-compatible server: `S3Source` + verified commit vs boto3 `download_file`.
+"""Benchmark fetching from an S3-compatible server: `S3Source` + verified commit vs boto3 `download_file`;
+with --to-s3, the other direction: provisioning onto an S3 volume vs boto3 `upload_file`.
 
 What it measures, against a real `moto_server` on loopback (default: 8 objects of 256 MiB, ~2 GB of
 random bytes at s3://mt-bench/models/<dir>/<path>):
@@ -32,11 +33,25 @@ which also evicts moto's copies of the objects (moto spools objects over ~5 MB t
 moto reads the whole object for every GET, ranged or not, so small chunks measure moto, not the
 client: 64 MiB chunks (the default here) keep that cost low; it is the same for both sides.
 
+--to-s3 (issue 23), from a local mirror folder of the same payloads (<mirror>/<dir>/<path>):
+
+    baseline   boto3 `upload_file` of every file to s3://mt-bench/baseline-<run>/models/<dir>/<path>, no
+               verification: files on --file-jobs threads, TransferConfig(multipart_threshold =
+               multipart_chunksize = --chunk-mb, max_concurrency=--concurrency / --file-jobs).
+    ours       `provision.plan` + `provision.apply(MirrorSource(mirror), S3Volume(...))` onto
+               s3://mt-bench/ours-<run>: what `mt-assets provision --volume s3://...` does (listing, the
+               conditional-writes probe, locks, sha256 while sending --chunk-mb parts,
+               --concurrency / --file-jobs in flight per file, Complete only on a match, the hash record,
+               the closing audit). Goal: ours / baseline <= 1.15 (<= 1.03 with --rate, which then limits
+               uploads as well as downloads). Each run's prefix is emptied afterwards, untimed.
+
 Usage:
     .venv/bin/python benchmarks/provision.py                           # 8 x 256 MiB, ~2 GB
     .venv/bin/python benchmarks/provision.py --files 4 --mb-per-file 16   # a quick check
     .venv/bin/python benchmarks/provision.py --rate 200 --files 4 --mb-per-file 128   # network-bound
-The last line printed is `provision_s3_ratio=<x>`; with --rate MBPS, `provision_s3_ratio_at_rate=<x>`:
+    .venv/bin/python benchmarks/provision.py --to-s3 --files 4 --mb-per-file 128   # onto an S3 volume
+The last line printed is `provision_s3_ratio=<x>` (--to-s3: `provision_to_s3_ratio=<x>`); with --rate
+MBPS, `provision_s3_ratio_at_rate=<x>` (`provision_to_s3_ratio_at_rate=<x>`):
 every download (both sides) then goes through the test suite's proxy (mt_assets_tests.s3_server
 .FaultyProxy, run in a process of its own, as a network would be) limiting all connections together
 to MBPS MB/s, as a real source is network-bound
@@ -64,6 +79,7 @@ from importlib.metadata import version
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import yaml
 from boto3.s3.transfer import TransferConfig
 
 # The loopback moto_server helpers live with the tests (mt_assets_tests is not installed).
@@ -77,7 +93,7 @@ from common import (  # benchmarks/common.py
     varied_payloads,
 )
 
-from mt_assets.manifest import ManifestFile
+from mt_assets.manifest import Manifest, ManifestFile, parse_manifest
 from mt_assets.sources.s3 import S3Source
 from mt_assets.volume import Expected, LocalVolume
 from mt_assets_tests.s3_server import FaultyProxy, put_tree, s3_client, s3_server
@@ -86,6 +102,8 @@ BUCKET = "mt-bench"
 PREFIX = "models"
 GOAL = 1.1
 GOAL_AT_RATE = 1.03  # network-bound (--rate): verification may cost at most 3%
+GOAL_TO_S3 = 1.15  # --to-s3 against moto, which is CPU-bound on 2 cores (issue 23)
+GOAL_TO_S3_AT_RATE = 1.03
 
 
 @dataclass(frozen=True)
@@ -97,27 +115,43 @@ class Stored:
 # -- the objects -----------------------------------------------------------------------------
 
 
+def pinned_payloads(files: int, mb_per_file: float, seed: int) -> Iterator[tuple[ManifestFile, memoryview]]:
+    """`files` payloads of ~`mb_per_file` MiB of random bytes, each pinned in a ManifestFile (each view
+    is valid until the next one is produced)."""
+    for index, view in enumerate(varied_payloads(files, mb_per_file, seed)):
+        yield (
+            ManifestFile(
+                component="bench",
+                repo="bench/objects",
+                revision=hashlib.sha1(b"bench").hexdigest(),
+                dir="bench-objects",
+                path=f"shard-{index:05d}.safetensors",
+                kind="weights",
+                size=len(view),
+                sha256=hashlib.sha256(view).hexdigest(),
+            ),
+            view,
+        )
+
+
 def upload(endpoint: str, files: int, mb_per_file: float, seed: int) -> Stored:
     """Put `files` objects of ~`mb_per_file` MiB of random bytes; pin them in ManifestFiles."""
     pinned: list[ManifestFile] = []
-    total = 0
-    for index, view in enumerate(varied_payloads(files, mb_per_file, seed)):
-        data = bytes(view)
-        size = len(data)
-        f = ManifestFile(
-            component="bench",
-            repo="bench/objects",
-            revision=hashlib.sha1(b"bench").hexdigest(),
-            dir="bench-objects",
-            path=f"shard-{index:05d}.safetensors",
-            kind="weights",
-            size=size,
-            sha256=hashlib.sha256(data).hexdigest(),
-        )
-        put_tree(endpoint, BUCKET, PREFIX, {f"{f.dir}/{f.path}": data})
+    for f, view in pinned_payloads(files, mb_per_file, seed):
+        put_tree(endpoint, BUCKET, PREFIX, {f"{f.dir}/{f.path}": bytes(view)})
         pinned.append(f)
-        total += size
-    return Stored(pinned, total)
+    return Stored(pinned, sum(f.size or 0 for f in pinned))
+
+
+def write_mirror(root: Path, files: int, mb_per_file: float, seed: int) -> Stored:
+    """The same payloads as files of a local mirror, <root>/<dir>/<path> (MirrorSource's layout)."""
+    pinned: list[ManifestFile] = []
+    for f, view in pinned_payloads(files, mb_per_file, seed):
+        out = root / f.dir / f.path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(view)
+        pinned.append(f)
+    return Stored(pinned, sum(f.size or 0 for f in pinned))
 
 
 # -- page cache ------------------------------------------------------------------------------
@@ -198,6 +232,180 @@ def ours_run(endpoint: str, stored: Stored, root: Path, args: argparse.Namespace
     return elapsed
 
 
+# -- the other direction: onto an S3 volume (--to-s3) ---------------------------------------
+
+
+def bench_manifest(stored: Stored) -> Manifest:
+    """A manifest pinning the stored files (one component), as `mt-assets provision` reads one."""
+    first = stored.files[0]
+    doc = {
+        "profile": "bench",
+        "components": [
+            {
+                "name": first.component,
+                "repo": first.repo,
+                "revision": first.revision,
+                "dir": first.dir,
+                "files": [
+                    {"path": f.path, "kind": f.kind, "size": f.size, "sha256": f.sha256} for f in stored.files
+                ],
+            }
+        ],
+    }
+    return parse_manifest(yaml.safe_dump(doc, sort_keys=False), "benchmarks/provision.py --to-s3")
+
+
+def empty_prefix(endpoint: str, prefix: str) -> None:
+    """Remove every object and multipart upload under `prefix` (between runs, untimed)."""
+    client = s3_client(endpoint)
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/"):
+            for o in page.get("Contents", []):
+                client.delete_object(Bucket=BUCKET, Key=o["Key"])
+        for u in client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix + "/").get("Uploads", []):
+            client.abort_multipart_upload(Bucket=BUCKET, Key=u["Key"], UploadId=u["UploadId"])
+    finally:
+        client.close()
+
+
+def check_uploaded(endpoint: str, prefix: str, stored: Stored, side: str) -> None:
+    client = s3_client(endpoint)
+    try:
+        for f in stored.files:
+            size = client.head_object(Bucket=BUCKET, Key=f"{prefix}/models/{f.dir}/{f.path}")["ContentLength"]
+            if size != f.size:
+                raise BenchmarkError(
+                    f"{side}: {f.dir}/{f.path} is {size} bytes on the volume, expected {f.size}"
+                )
+    finally:
+        client.close()
+
+
+def baseline_to_s3(
+    endpoint: str, stored: Stored, mirror: Path, prefix: str, args: argparse.Namespace
+) -> float:
+    """Seconds for boto3 upload_file of every mirror file to <prefix>/models/<dir>/<path> (no verification)."""
+    per_file = max(1, args.concurrency // args.file_jobs)
+    config = TransferConfig(
+        multipart_threshold=args.chunk_mb * MB,
+        multipart_chunksize=args.chunk_mb * MB,
+        max_concurrency=per_file,
+    )
+    client = s3_client(endpoint, retries={"mode": "standard"}, max_pool_connections=args.concurrency + 16)
+
+    def one(f: ManifestFile) -> None:
+        key = f"{prefix}/models/{f.dir}/{f.path}"
+        client.upload_file(str(mirror / f.dir / f.path), BUCKET, key, Config=config)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.file_jobs) as pool:
+        list(pool.map(one, stored.files))
+    elapsed = time.perf_counter() - start
+    client.close()
+    check_uploaded(endpoint, prefix, stored, "baseline")
+    return elapsed
+
+
+def ours_to_s3(
+    endpoint: str, manifest: Manifest, stored: Stored, mirror: Path, prefix: str, args: argparse.Namespace
+) -> float:
+    """Seconds for `mt-assets provision --source <mirror> --volume s3://<bucket>/<prefix>` in-process: plan
+    (a listing), every file uploaded with its sha256 computed while sending and completed only on a match
+    with the pin, the hash record written, then the closing audit."""
+    from mt_assets import config, provision
+    from mt_assets.sources.mirror import MirrorSource
+    from mt_assets.volume.s3 import S3Volume
+
+    per_file = max(1, args.concurrency // args.file_jobs)
+    env = {
+        "MT_VOLUME_S3_ENDPOINT": endpoint,
+        "MT_VOLUME_S3_ACCESS_KEY_ID": "testing",
+        "MT_VOLUME_S3_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }
+    start = time.perf_counter()
+    volume = S3Volume(
+        BUCKET,
+        prefix,
+        s3=config.volume_s3_client(env, max_pool_connections=args.concurrency + 16, tcp_keepalive=True),
+        part_size=args.chunk_mb * MB,
+        multipart_threshold=args.chunk_mb * MB,
+        parts_in_flight=per_file,
+    )
+    try:
+        the_plan = provision.plan(manifest, volume)
+        report = provision.apply(the_plan, MirrorSource(mirror), volume, jobs=args.file_jobs)
+    finally:
+        volume.close()
+    elapsed = time.perf_counter() - start
+    assert report.audit is not None
+    if not report.audit.complete:
+        failed = [r.detail for r in report.results if r.outcome == "failed"]
+        raise BenchmarkError(f"ours: the volume is not complete after provisioning: {failed[:3]}")
+    check_uploaded(endpoint, prefix, stored, "ours")
+    return elapsed
+
+
+def run_to_s3(args: argparse.Namespace) -> float:
+    mode = page_cache_mode(args.page_cache)
+    _aws_test_env()
+    load_before = os.getloadavg()[0]
+    work = Path(tempfile.mkdtemp(prefix="mt-bench-provision-to-s3-", dir=args.dir))
+    try:
+        with contextlib.ExitStack() as stack:
+            mirror = work / "mirror"
+            stored = write_mirror(mirror, args.files, args.mb_per_file, args.seed)
+            manifest = bench_manifest(stored)
+            endpoint = stack.enter_context(s3_server())
+            put_tree(endpoint, BUCKET, "", {})
+            print(
+                f"mirror of {len(stored.files)} files, {stored.total_bytes:,} bytes in {mirror}", flush=True
+            )
+            limiter = rate_limit(endpoint, args.rate * 1e6) if args.rate else contextlib.nullcontext()
+            proxy_url = stack.enter_context(limiter)
+            volume_url = proxy_url or endpoint
+            if proxy_url:
+                print(f"uploads through a {args.rate:g} MB/s limit at {proxy_url}", flush=True)
+
+            def baseline(i: int) -> float:
+                try:
+                    return baseline_to_s3(volume_url, stored, mirror, f"baseline-{i}", args)
+                finally:
+                    empty_prefix(endpoint, f"baseline-{i}")
+
+            def ours(i: int) -> float:
+                try:
+                    return ours_to_s3(volume_url, manifest, stored, mirror, f"ours-{i}", args)
+                finally:
+                    empty_prefix(endpoint, f"ours-{i}")
+
+            measured = alternate(
+                [("baseline", baseline), ("ours", ours)], args.repeats, mode, stored.total_bytes / 1e9
+            )
+            moto_rss = moto_peak_rss(endpoint)
+            load_after = os.getloadavg()[0]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    per_file = max(1, args.concurrency // args.file_jobs)
+    return print_report(
+        measured,
+        [
+            ("boto3 upload_file, no verification", "baseline"),
+            ("provision onto S3Volume (sha256, pin, audit)", "ours"),
+        ],
+        stored=stored,
+        args=args,
+        mode=mode,
+        load=(load_before, load_after),
+        moto_rss=moto_rss,
+        transfer=f"{args.chunk_mb} MiB parts (multipart from {args.chunk_mb} MiB), <= {per_file} parts in flight "
+        f"per file, {args.file_jobs} files at once (baseline: upload_file max_concurrency={per_file})",
+        destination=f"source          {mirror} (removed): a local mirror folder, the same files for both sides",
+        goal=GOAL_TO_S3_AT_RATE if args.rate else GOAL_TO_S3,
+    )
+
+
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -232,6 +440,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="MBPS",
         help="limit downloads to MBPS MB/s in all (a token-bucket proxy in front of moto), as a network-bound "
         "source is; the last line is then provision_s3_ratio_at_rate (goal <= 1.03)",
+    )
+    parser.add_argument(
+        "--to-s3",
+        action="store_true",
+        help="the other direction: provisioning from a local mirror onto an S3 volume (S3Volume) vs boto3 "
+        "upload_file of the same files; the last line is provision_to_s3_ratio (goal <= 1.15; with --rate, "
+        "provision_to_s3_ratio_at_rate, goal <= 1.03)",
     )
     parser.add_argument(
         "--no-fsync-row",
@@ -296,31 +511,120 @@ def moto_peak_rss(endpoint: str) -> int | None:
     return None
 
 
-def run(args: argparse.Namespace) -> float:
-    mode = page_cache_mode(args.page_cache)
+def _aws_test_env() -> None:
+    """moto's dummy credentials, and nothing from the caller's AWS_* endpoint or profile."""
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
         os.environ.pop(name, None)
     os.environ.update(
         AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
     )
 
+
+@dataclass
+class Measured:
+    """Seconds and client CPU seconds of each side's runs, in the order they ran."""
+
+    runs: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+
+
+def alternate(
+    sides: list[tuple[str, Callable[[int], float]]], repeats: int, mode: str, gb: float
+) -> Measured:
+    """Run the sides in turn (baseline, ours, baseline, ...) `repeats` times; each gets the run index."""
+    measured = Measured({name: [] for name, _ in sides}, {name: [] for name, _ in sides})
+    for i in range(repeats):
+        for name, fn in sides:
+            settle(mode)
+            cpu_before = _cpu_seconds()
+            seconds = fn(i)
+            measured.cpu[name].append(_cpu_seconds() - cpu_before)
+            measured.runs[name].append(seconds)
+            print(
+                f"  run {i + 1} {name:<14} {seconds:7.2f} s  {gb / seconds:5.2f} GB/s  "
+                f"client cpu {measured.cpu[name][-1]:6.2f} s",
+                flush=True,
+            )
+    return measured
+
+
+def print_report(
+    measured: Measured,
+    rows: list[tuple[str, str]],
+    *,
+    stored: Stored,
+    args: argparse.Namespace,
+    mode: str,
+    load: tuple[float, float],
+    moto_rss: int | None,
+    transfer: str,
+    destination: str,
+    goal: float,
+) -> float:
+    """The conditions, then one row per side (median seconds, GB/s, ratio to the first row); the ratio
+    of the second row to the first."""
+    runs, cpu = measured.runs, measured.cpu
+    gb = stored.total_bytes / 1e9
+    baseline_key, ours_key = rows[0][1], rows[1][1]
+    baseline = statistics.median(runs[baseline_key])
+    ratio = statistics.median(runs[ours_key]) / baseline
+    own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    print()
+    print("conditions")
+    print(f"  cpus            {os.cpu_count()} ({platform.machine()}), memory {mem_total / 2**30:.1f} GiB")
+    print(f"  load average    {load[0]:.2f} before, {load[1]:.2f} after (1 min)")
+    print(
+        f"  objects         {len(stored.files)} x ~{args.mb_per_file:g} MiB = {stored.total_bytes:,} bytes "
+        f"({gb:.2f} GB)"
+    )
+    print(f"  server          moto_server {version('moto')} on 127.0.0.1 (one process, threaded werkzeug)")
+    print(
+        f"  client          boto3 {version('boto3')}, botocore {version('botocore')}, "
+        f"s3transfer {version('s3transfer')}, python {platform.python_version()}"
+    )
+    print(f"  transfer        {transfer}")
+    if args.rate:
+        print(
+            f"  network         {args.rate:g} MB/s in all, both directions (token-bucket proxy in its own process)"
+        )
+    print(
+        f"  page cache      {'dropped before each run' if mode == 'drop' else 'warm (objects in page cache)'}"
+        "; sync before each run"
+    )
+    print(f"  {destination}")
+    print(
+        f"  peak RSS        moto_server {moto_rss / 1e9:.2f} GB, benchmark process {own_rss / 1e9:.2f} GB"
+        if moto_rss is not None
+        else f"  peak RSS        benchmark process {own_rss / 1e9:.2f} GB"
+    )
+    print()
+    print(f"  {'measurement':<44} {'seconds':>8} {'GB/s':>7} {'ratio':>7} {'cpu s':>8}   [runs]")
+    for name, key in rows:
+        if key not in runs:
+            continue
+        seconds = statistics.median(runs[key])
+        spread = ", ".join(f"{x:.2f}" for x in runs[key])
+        print(
+            f"  {name:<44} {seconds:8.2f} {gb / seconds:7.2f} {seconds / baseline:7.3f} "
+            f"{statistics.median(cpu[key]):8.2f}   [{spread}]"
+        )
+    print()
+    print(f"  goal: ours / baseline <= {goal} {'met' if ratio <= goal else 'MISSED'}")
+    return ratio
+
+
+def run(args: argparse.Namespace) -> float:
+    mode = page_cache_mode(args.page_cache)
+    _aws_test_env()
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="mt-bench-provision-", dir=args.dir))
-    sides: list[tuple[str, Callable[..., float]]] = [
-        ("baseline", baseline_run),
-        ("ours", ours_run),
-    ]
-    if not args.no_fsync_row:
-        sides.append(("baseline+fsync", lambda *a: baseline_run(*a, fsync=True)))
-    runs: dict[str, list[float]] = {name: [] for name, _ in sides}
-    cpu: dict[str, list[float]] = {name: [] for name, _ in sides}
     try:
         with contextlib.ExitStack() as stack:
             endpoint = stack.enter_context(s3_server())
             t0 = time.perf_counter()
             stored = upload(endpoint, args.files, args.mb_per_file, args.seed)
             upload_s = time.perf_counter() - t0
-            gb = stored.total_bytes / 1e9
             print(
                 f"uploaded {len(stored.files)} objects, {stored.total_bytes:,} bytes in {upload_s:.1f} s "
                 f"to moto_server at {endpoint}",
@@ -331,77 +635,44 @@ def run(args: argparse.Namespace) -> float:
             source_url = proxy_url or endpoint
             if proxy_url:
                 print(f"downloads through a {args.rate:g} MB/s limit at {proxy_url}", flush=True)
-            for i in range(args.repeats):
-                for name, fn in sides:
+
+            def side(fn: Callable[..., float], name: str, **kw: bool) -> Callable[[int], float]:
+                def once(i: int) -> float:
                     dest = work / f"{name}-{i}"
-                    settle(mode)
-                    cpu_before = _cpu_seconds()
-                    seconds = fn(source_url, stored, dest, args)
-                    cpu[name].append(_cpu_seconds() - cpu_before)
-                    runs[name].append(seconds)
-                    print(
-                        f"  run {i + 1} {name:<14} {seconds:7.2f} s  {gb / seconds:5.2f} GB/s  "
-                        f"client cpu {cpu[name][-1]:6.2f} s",
-                        flush=True,
-                    )
-                    shutil.rmtree(dest)
+                    try:
+                        return fn(source_url, stored, dest, args, **kw)
+                    finally:
+                        shutil.rmtree(dest, ignore_errors=True)
+
+                return once
+
+            sides = [("baseline", side(baseline_run, "baseline")), ("ours", side(ours_run, "ours"))]
+            if not args.no_fsync_row:
+                sides.append(("baseline+fsync", side(baseline_run, "baseline+fsync", fsync=True)))
+            measured = alternate(sides, args.repeats, mode, stored.total_bytes / 1e9)
             moto_rss = moto_peak_rss(endpoint)
             load_after = os.getloadavg()[0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    baseline = statistics.median(runs["baseline"])
-    ours = statistics.median(runs["ours"])
-    ratio = ours / baseline
-    own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     per_file = max(1, args.concurrency // args.file_jobs)
-    mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    print()
-    print("conditions")
-    print(f"  cpus            {os.cpu_count()} ({platform.machine()}), memory {mem_total / 2**30:.1f} GiB")
-    print(f"  load average    {load_before:.2f} before, {load_after:.2f} after (1 min)")
-    print(
-        f"  objects         {len(stored.files)} x ~{args.mb_per_file:g} MiB = {stored.total_bytes:,} bytes "
-        f"({gb:.2f} GB)"
+    return print_report(
+        measured,
+        [
+            ("boto3 download_file, no verification", "baseline"),
+            ("S3Source + writing/commit (sha256, fsync)", "ours"),
+            ("  (info) download_file, then fsync each file", "baseline+fsync"),
+        ],
+        stored=stored,
+        args=args,
+        mode=mode,
+        load=(load_before, load_after),
+        moto_rss=moto_rss,
+        transfer=f"{args.chunk_mb} MiB ranges, <= {args.concurrency} GETs in flight, {args.file_jobs} files at "
+        f"once (baseline: max_concurrency={per_file} per download_file)",
+        destination=f"destination     {work} (removed), the same disk for every side",
+        goal=GOAL_AT_RATE if args.rate else GOAL,
     )
-    print(f"  server          moto_server {version('moto')} on 127.0.0.1 (one process, threaded werkzeug)")
-    print(
-        f"  client          boto3 {version('boto3')}, botocore {version('botocore')}, "
-        f"s3transfer {version('s3transfer')}, python {platform.python_version()}"
-    )
-    print(
-        f"  transfer        {args.chunk_mb} MiB ranges, <= {args.concurrency} GETs in flight, "
-        f"{args.file_jobs} files at once (baseline: max_concurrency={per_file} per download_file)"
-    )
-    print(
-        f"  page cache      {'dropped before each run' if mode == 'drop' else 'warm (objects in page cache)'}"
-        "; sync before each run"
-    )
-    print(f"  destination     {work} (removed), the same disk for every side")
-    print(
-        f"  peak RSS        moto_server {moto_rss / 1e9:.2f} GB, benchmark process {own_rss / 1e9:.2f} GB"
-        if moto_rss is not None
-        else f"  peak RSS        benchmark process {own_rss / 1e9:.2f} GB"
-    )
-    print()
-
-    def row(name: str, key: str) -> None:
-        seconds = statistics.median(runs[key])
-        spread = ", ".join(f"{x:.2f}" for x in runs[key])
-        print(
-            f"  {name:<44} {seconds:8.2f} {gb / seconds:7.2f} {seconds / baseline:7.3f} "
-            f"{statistics.median(cpu[key]):8.2f}   [{spread}]"
-        )
-
-    print(f"  {'measurement':<44} {'seconds':>8} {'GB/s':>7} {'ratio':>7} {'cpu s':>8}   [runs]")
-    row("boto3 download_file, no verification", "baseline")
-    row("S3Source + writing/commit (sha256, fsync)", "ours")
-    if "baseline+fsync" in runs:
-        row("  (info) download_file, then fsync each file", "baseline+fsync")
-    print()
-    goal = GOAL_AT_RATE if args.rate else GOAL
-    print(f"  goal: ours / baseline <= {goal} {'met' if ratio <= goal else 'MISSED'}")
-    return ratio
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -410,11 +681,12 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmark: --file-jobs, --concurrency, --chunk-mb and --repeats must be >= 1", file=sys.stderr)
         return 2
     try:
-        ratio = run(args)
+        ratio = run_to_s3(args) if args.to_s3 else run(args)
     except BenchmarkError as e:
         print(f"benchmark aborted: {e}", file=sys.stderr)
         return 1
-    print(f"provision_s3_ratio_at_rate={ratio:.3f}" if args.rate else f"provision_s3_ratio={ratio:.3f}")
+    name = "provision_to_s3_ratio" if args.to_s3 else "provision_s3_ratio"
+    print(f"{name}_at_rate={ratio:.3f}" if args.rate else f"{name}={ratio:.3f}")
     return 0
 
 

@@ -30,7 +30,8 @@ from typing import Any, TextIO, cast
 
 from mt_assets.manifest import Manifest, ManifestFile
 from mt_assets.progress import FILES, NullProgress, Progress
-from mt_assets.volume import Digest, FileState, LocalVolume
+from mt_assets.volume import Digest, FileState, Volume
+from mt_assets.volume.base import Stat
 
 STATUSES = ("ok", "missing", "size_mismatch", "hash_mismatch", "unpinned")
 TO_FETCH = ("missing", "size_mismatch", "hash_mismatch")
@@ -111,7 +112,7 @@ class AuditReport:
     profile: str
     manifest: str
     volume: str
-    free_bytes: int
+    free_bytes: int | None  # None: the volume cannot tell (an S3 volume without a known size)
     files: list[FileAudit] = field(default_factory=list)
     full: bool = False
 
@@ -160,7 +161,8 @@ class AuditReport:
 
     @property
     def fits(self) -> bool:
-        return self.required_bytes <= self.free_bytes
+        """Whether the files to fetch fit; True where free space is unknown (nothing to refuse on)."""
+        return self.free_bytes is None or self.required_bytes <= self.free_bytes
 
     @property
     def bytes_read(self) -> int:
@@ -212,7 +214,7 @@ class AuditReport:
 
 def audit(
     manifest: Manifest,
-    volume: LocalVolume,
+    volume: Volume,
     *,
     full: bool = False,
     jobs: int | None = None,
@@ -235,7 +237,7 @@ def audit(
                 results[reading.pop(future)] = future.result()
             return len(done)
 
-        def settle(stat_ok: list[tuple[int, os.stat_result]]) -> int:
+        def settle(stat_ok: list[tuple[int, Stat]]) -> int:
             """Judge files that passed stat by the hash cache; hash the rest. How many are judged."""
             nonlocal pool
             if not stat_ok:
@@ -259,7 +261,7 @@ def audit(
                 reading[pool.submit(_check_bytes, f, volume, st, use_cache=False, progress=progress)] = i
             return judged + collect(block=False)
 
-        stat_ok: list[tuple[int, os.stat_result]] = []
+        stat_ok: list[tuple[int, Stat]] = []
         judged = 0
         try:
             for i, (f, state) in enumerate(zip(files, volume.states(f.target for f in files), strict=True)):
@@ -293,7 +295,7 @@ def audit(
 
 
 def audit_file(
-    f: ManifestFile, volume: LocalVolume, *, full: bool = False, progress: Progress | None = None
+    f: ManifestFile, volume: Volume, *, full: bool = False, progress: Progress | None = None
 ) -> FileAudit:
     """Audit one file (the hash cache answers unless `full`)."""
     quick = _judge_stat(f, volume.state(f.target))
@@ -302,7 +304,7 @@ def audit_file(
     return _check_bytes(f, volume, quick, use_cache=not full, progress=progress or NullProgress())
 
 
-def _judge_stat(f: ManifestFile, state: FileState) -> FileAudit | os.stat_result:
+def _judge_stat(f: ManifestFile, state: FileState) -> FileAudit | Stat:
     """A verdict from stat alone (missing, size_mismatch), or the stat to hash with."""
     if not state.present:
         return FileAudit(f, "missing", detail=None if state.problem == "missing" else state.problem)
@@ -315,7 +317,7 @@ def _judge_stat(f: ManifestFile, state: FileState) -> FileAudit | os.stat_result
 
 
 def _check_bytes(
-    f: ManifestFile, volume: LocalVolume, st: os.stat_result, *, use_cache: bool, progress: Progress
+    f: ManifestFile, volume: Volume, st: Stat, *, use_cache: bool, progress: Progress
 ) -> FileAudit:
     key = f.target
     progress.start(key, f.target, st.st_size)

@@ -20,11 +20,11 @@ from rich.console import Console
 
 from mt_assets import provision as provision_core
 from mt_assets.audit import audit as run_audit
-from mt_assets.config import PROFILE, SOURCE, VOLUME
+from mt_assets.config import PROFILE, SOURCE, VOLUME, ConfigError
 from mt_assets.manifest import Manifest, ManifestError, load_manifest, load_profile
 from mt_assets.sources import SourceError, TransientSourceError, open_source
 from mt_assets.terminal import RichProgress, print_audit, print_plan, print_provision
-from mt_assets.volume import LocalVolume, VolumeError, open_volume
+from mt_assets.volume import LocalVolume, Volume, VolumeError, open_mounted_volume, open_volume
 
 EXIT_OK, EXIT_PROBLEM, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -38,7 +38,7 @@ def _bad_input_exits(fn: Callable[..., Any]) -> Callable[..., Any]:
             # The network or the server, not the input: worth a retry later.
             click.echo(f"error: {e}", err=True)
             sys.exit(EXIT_PROBLEM)
-        except (ManifestError, VolumeError, SourceError) as e:
+        except (ManifestError, VolumeError, SourceError, ConfigError) as e:
             # Plain text, never wrapped: scripts grep these messages.
             click.echo(f"error: {e}", err=True)
             sys.exit(EXIT_BAD_INPUT)
@@ -69,8 +69,14 @@ def resolve_manifest(profile: str | None, manifest_path: str | None) -> Manifest
     return load_profile(profile or PROFILE.read())
 
 
-def resolve_volume(volume: str | None) -> LocalVolume:
+def resolve_volume(volume: str | None) -> Volume:
+    """The volume to audit or provision: a folder, or s3://bucket[/prefix]."""
     return open_volume(volume or VOLUME.read())
+
+
+def resolve_mounted_volume(volume: str | None, purpose: str) -> LocalVolume:
+    """The volume as a folder, for commands that read files as a filesystem; s3:// is refused."""
+    return open_mounted_volume(volume or VOLUME.read(), purpose)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -228,7 +234,7 @@ def verify_offline(
     from mt_assets.offline.terminal import print_offline
 
     manifest = resolve_manifest(profile, manifest_path)
-    vol = resolve_volume(volume)
+    vol = resolve_mounted_volume(volume, "verify-offline")
     try:
         overrides = parse_overrides(override_unit)
     except ValueError as e:
@@ -351,6 +357,9 @@ def render(
     as_json: bool,
 ) -> None:
     """Render a job file (YAML or JSON, MultiTalk's input format) or job folder to <out>/<id>/video.mp4."""
+    # Before the heavy imports below (torch): a manifest or volume that cannot serve is refused at once.
+    manifest = resolve_manifest(profile, manifest_path)
+    vol = resolve_mounted_volume(volume, "render")
 
     from mt_assets.jobs.decode import load_job_media
     from mt_assets.jobs.outputs import OutputExists, check_output_free, output_dir
@@ -361,8 +370,6 @@ def render(
     from mt_assets.render.terminal import StepProgress, print_render
     from mt_assets.terminal import audit_summary
 
-    manifest = resolve_manifest(profile, manifest_path)
-    vol = resolve_volume(volume)
     err = Console(stderr=True)
     out_dir = output_dir(vol.root, Path(out) if out else None)
     try:
@@ -468,7 +475,7 @@ def jobs_submit(job_file: str, volume: str | None) -> None:
     from mt_assets.jobs.queue import JobQueue
     from mt_assets.jobs.schema import JobError
 
-    vol = resolve_volume(volume)
+    vol = resolve_mounted_volume(volume, "jobs submit")
     try:
         target = JobQueue(vol.root).submit(Path(job_file))
     except JobError as e:
@@ -490,7 +497,7 @@ def jobs_list(volume: str | None, as_json: bool) -> None:
 
     from mt_assets.jobs.queue import STATES, JobQueue
 
-    vol = resolve_volume(volume)
+    vol = resolve_mounted_volume(volume, "jobs list")
     found = JobQueue(vol.root).status()
     if as_json:
         click.echo(json.dumps({"jobs": [s.to_json() for s in found]}, indent=2))
@@ -507,6 +514,47 @@ def jobs_list(volume: str | None, as_json: bool) -> None:
     counts = [f"{n} {state}" for state in STATES if (n := sum(s.state == state for s in found))]
     summary = ", ".join(counts) or "no jobs"
     console.print(f"{summary}; drop job files or folders into {vol.root / 'jobs' / 'inbox'}")
+
+
+@main.group()
+def volume() -> None:
+    """An `s3://` volume: a network volume seen through an S3-compatible API (RunPod's, per datacenter)."""
+
+
+@volume.command("check")
+@click.argument("uri", metavar="s3://BUCKET[/PREFIX]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout, nothing else.")
+@_bad_input_exits
+def volume_check(uri: str, as_json: bool) -> None:
+    """Try what the s3:// backend relies on (conditional writes, metadata, Range, listing, multipart) on
+    the volume itself, under <prefix>/.mt/probe-<random>/, and remove what was written.
+
+    The endpoint, region and keys: MT_VOLUME_S3_ENDPOINT, MT_VOLUME_S3_REGION, MT_VOLUME_S3_ACCESS_KEY_ID and
+    MT_VOLUME_S3_SECRET_ACCESS_KEY, else the AWS_* variables. Exit 0 when the volume is usable, 1 when a
+    required capability failed, 2 when it cannot be reached (no such bucket, keys refused).
+    """
+    from mt_assets import config
+    from mt_assets.sources.s3 import parse_s3_uri, scrub
+    from mt_assets.terminal import print_capabilities
+    from mt_assets.volume.s3_probe import probe
+
+    bucket, prefix = parse_s3_uri(uri, role="volume")
+    s3 = config.volume_s3_client(max_attempts=3)
+    try:
+        caps = probe(
+            s3.client,
+            bucket,
+            prefix,
+            endpoint=scrub(s3.client.meta.endpoint_url, s3.session),
+            scrub=lambda text: scrub(text, s3.session),
+        )
+    finally:
+        s3.client.close()
+    if as_json:
+        click.echo(json.dumps(caps.to_json(), indent=2))
+    else:
+        print_capabilities(caps, Console(highlight=False))
+    sys.exit(EXIT_OK if caps.usable else EXIT_PROBLEM)
 
 
 @main.group()

@@ -3,8 +3,8 @@
 plan()  audits the volume (hash cache allowed) and lists the files to fetch: missing, wrong
         size, wrong bytes. It sums the bytes and compares them with the free space.
 apply() fetches those files, several at once. Each file goes through the volume's writer lock
-        and an AtomicWriter, so bytes are hashed as they arrive and placed only when they match
-        the pin. Transient source errors are retried with exponential backoff; where the
+        and its writer (an AtomicWriter; on an S3 volume a verified upload, volume/s3_upload.py),
+        so bytes are hashed as they arrive and placed only when they match the pin. Transient source errors are retried with exponential backoff; where the
         source serves ranges, a retry (or a re-run after a kill) resumes from the staged bytes.
 
 Two provisioners on one volume: a file whose lock is held by a live writer is put aside and
@@ -25,7 +25,7 @@ from mt_assets.manifest import Manifest, ManifestFile
 from mt_assets.progress import NullProgress, Progress
 from mt_assets.sources.base import Source, SourceError, TransientSourceError
 from mt_assets.units import human_bytes
-from mt_assets.volume import Expected, IntegrityError, LocalVolume, LockLost, VolumeFullError, WriterBusy
+from mt_assets.volume import Expected, IntegrityError, LockLost, Volume, VolumeFullError, WriterBusy
 
 DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF = 0.5  # seconds before the first retry; doubles each time
@@ -51,7 +51,7 @@ class Plan:
         return self.audit.totals.unknown_size_files
 
     @property
-    def free_bytes(self) -> int:
+    def free_bytes(self) -> int | None:
         return self.audit.free_bytes
 
     @property
@@ -63,7 +63,7 @@ class Plan:
         return self.audit.fits
 
     def check_space(self) -> None:
-        if not self.fits:
+        if not self.fits and self.free_bytes is not None:
             raise NotEnoughSpace(
                 f"volume {self.audit.volume}: {human_bytes(self.free_bytes)} free, "
                 f"{human_bytes(self.to_fetch_bytes)} to fetch (+{SPACE_MARGIN:.0%} margin): "
@@ -150,7 +150,7 @@ class ProvisionReport:
 
 def plan(
     manifest: Manifest,
-    volume: LocalVolume,
+    volume: Volume,
     *,
     full: bool = False,
     jobs: int | None = None,
@@ -163,7 +163,7 @@ def plan(
 def apply(
     the_plan: Plan,
     source: Source,
-    volume: LocalVolume,
+    volume: Volume,
     *,
     jobs: int = 4,
     retries: int = DEFAULT_RETRIES,
@@ -192,7 +192,7 @@ def apply(
 
 class _Fetcher:
     def __init__(
-        self, source: Source, volume: LocalVolume, *, retries: int, backoff: float, progress: Progress
+        self, source: Source, volume: Volume, *, retries: int, backoff: float, progress: Progress
     ) -> None:
         self.source = source
         self.volume = volume

@@ -30,6 +30,14 @@ from mt_assets.audit import SPACE_MARGIN, AuditReport
 from mt_assets.progress import FILES
 from mt_assets.provision import Plan, ProvisionReport
 from mt_assets.units import human_bytes
+from mt_assets.volume.s3_probe import (
+    MB,
+    REQUIRED,
+    RUNPOD_NOTES,
+    RUNPOD_UNSUPPORTED,
+    S3_MAX_PARTS,
+    Capabilities,
+)
 
 FILE_ROWS = 200  # files listed in the audit's table at most
 
@@ -211,7 +219,6 @@ def audit_summary(report: AuditReport) -> str:
     """One line that answers the question, then what to do next."""
     t = report.totals
     counts = report.counts()
-    free = human_bytes(report.free_bytes)
     need = human_bytes(report.required_bytes)
     fit = "it fits" if report.fits else f"it does NOT fit (needs {need} with a {SPACE_MARGIN:.0%} margin)"
     if report.complete:
@@ -229,7 +236,12 @@ def audit_summary(report: AuditReport) -> str:
         next_step = "next: pin the unpinned files (mt-assets lock), then audit again"
     else:
         next_step = "next: fetch what is missing (mt-assets provision --source hub|s3://bucket/prefix|MIRROR)"
-    return f"{head}{unknown}; {free} free on the volume: {fit}.\n{next_step}"
+    space = (
+        f"{human_bytes(report.free_bytes)} free on the volume: {fit}"
+        if report.free_bytes is not None
+        else f"free space unknown on this volume (needs {need} with the margin)"
+    )
+    return f"{head}{unknown}; {space}.\n{next_step}"
 
 
 OUTCOME_STYLE = {"placed": "green", "skipped": "cyan", "failed": "bold red"}
@@ -246,6 +258,11 @@ def print_plan(the_plan: Plan, console: Console) -> None:
         t.add_row(fa.file.component, fa.file.path, fa.status, human_bytes(fa.file.planned_size))
     console.print(t)
     unknown = f" (+{the_plan.unknown_size_files} of unknown size)" if the_plan.unknown_size_files else ""
+    if the_plan.free_bytes is None:
+        console.print(
+            f"{human_bytes(the_plan.to_fetch_bytes)} to fetch{unknown}, free space unknown on this volume."
+        )
+        return
     console.print(
         f"{human_bytes(the_plan.to_fetch_bytes)} to fetch{unknown}, {human_bytes(the_plan.free_bytes)} free: "
         + ("it fits." if the_plan.fits else "[red]it does NOT fit.[/]")
@@ -271,3 +288,31 @@ def print_provision(report: ProvisionReport, console: Console) -> None:
         console.print(t)
     assert report.audit is not None
     console.print(audit_summary(report.audit))
+
+
+def print_capabilities(caps: Capabilities, console: Console) -> None:
+    """`mt-assets volume check`: one line per capability (yes/no, what it means), then the limits."""
+    where = f" at {caps.endpoint}" if caps.endpoint else ""
+    console.print(f"volume {caps.uri}{where}: what the s3:// backend will rely on", soft_wrap=True)
+    width = max(len(p.name) for p in caps.probes)
+    for p in caps.probes:
+        answer = "[green]yes[/]" if p.ok else ("[bold red]no [/]" if p.name in REQUIRED else "[yellow]no [/]")
+        console.print(f"  {p.name:<{width}}  {answer}  {p.meaning}", soft_wrap=True)
+        if not p.ok:
+            console.print(f"  {'':<{width}}       why: {p.detail}", markup=False, soft_wrap=True)
+    console.print(
+        f"RunPod's limits: PutObject < {caps.max_put_bytes // MB} MB; multipart parts <= "
+        f"{caps.max_part_bytes // MB} MB (each but the last >= {caps.min_part_bytes // 2**20} MiB, at most "
+        f"{S3_MAX_PARTS:,}); not supported: {', '.join(RUNPOD_UNSUPPORTED)}",
+        markup=False,
+        soft_wrap=True,
+    )
+    for note in RUNPOD_NOTES:
+        console.print(f"  - {note}", markup=False, soft_wrap=True)
+    for warning in caps.warnings:
+        console.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
+    if caps.usable:
+        console.print(f"next: mt-assets audit --volume {caps.uri}", markup=False, soft_wrap=True)
+    else:
+        missing = ", ".join(name for name in REQUIRED if not getattr(caps, name))
+        console.print(f"[red]this endpoint cannot hold an s3:// volume:[/] {missing} failed")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -161,6 +162,34 @@ def tiny_fusionx_volume(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFact
     return root
 
 
+@pytest.fixture(scope="session")
+def moto_volume_endpoint() -> Iterator[str]:
+    """moto_server holding the S3 volumes of `volume_backend` (one bucket, a prefix per test)."""
+    from mt_assets_tests.s3_server import s3_client, s3_server
+    from mt_assets_tests.volume.backends import BUCKET
+
+    # Parts of 256 KiB in the tests (S3's own minimum, and moto's default, is 5 MiB).
+    with s3_server(env={"S3_UPLOAD_PART_MIN_SIZE": str(64 * 1024)}) as url:
+        client = s3_client(url)
+        client.create_bucket(Bucket=BUCKET)
+        client.close()
+        yield url
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.servers)])
+def volume_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """An empty volume of each backend (mt_assets_tests/volume/backends.py): a folder, an S3 prefix."""
+    from mt_assets_tests.volume.backends import Backend
+
+    if request.param == "local":
+        root = tmp_path / "volume"
+        root.mkdir()
+        return Backend("local", root)
+    endpoint = request.getfixturevalue("moto_volume_endpoint")
+    prefix = "v-" + hashlib.sha1(request.node.nodeid.encode(), usedforsecurity=False).hexdigest()[:12]
+    return Backend("s3", tmp_path, endpoint=endpoint, prefix=prefix)
+
+
 def rot_bit(volume: LocalVolume, target: str, offset: int = 0) -> None:
     """Corrupt a byte the way failing storage does: the bytes change and no stat field shows it.
 
@@ -204,9 +233,12 @@ def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
 # `pytestmark = pytest.mark.servers` itself.
 SERVER_FIXTURES = (
     # moto_server (S3) on loopback
+    "mt_assets_tests/conftest.py::moto_volume_endpoint",  # requested by volume_backend's "s3" case, marked there too
     "test_provision_s3.py::endpoint",
     "sources/test_s3.py::endpoint",
     "test_media.py::endpoint",
+    "volume/test_s3_probe.py::endpoint",
+    "test_s3_proxy_faults.py::endpoint",
     # olah, the hub-compatible server
     "test_lock.py::hub",
     "sources/test_hub.py::hub",

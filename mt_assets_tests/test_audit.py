@@ -14,6 +14,7 @@ from mt_assets.audit import audit
 from mt_assets.manifest import parse_manifest
 from mt_assets.progress import FILES
 from mt_assets_tests.conftest import SyntheticVolume, flip_bit_keep_mtime, manifest_yaml, rot_bit
+from mt_assets_tests.volume.backends import Backend
 
 
 @pytest.fixture
@@ -308,3 +309,75 @@ def test_a_symlinked_folder_is_refused_for_every_file_under_it(
         assert fa.detail == (
             f"models/alpha/sub is a symlink (on the way to {fa.file.target}); the volume keeps real folders"
         )
+
+
+# -- both backends: a folder, and an S3 volume on moto_server (mt_assets_tests/volume/backends.py) -----
+
+
+def test_a_complete_volume_is_ok_and_audited_again_without_reading_a_byte(volume_backend: Backend) -> None:
+    b = volume_backend.fill()
+    assert b.manifest is not None
+    first = audit(b.manifest, b.volume())
+    assert first.complete
+    assert first.bytes_read == sum(len(f.data) for f in b.files)
+    second = audit(b.manifest, b.volume())  # a fresh volume object: the record or cache on the volume answers
+    assert second.complete
+    assert second.bytes_read == 0
+    assert second.totals.present_bytes == sum(len(f.data) for f in b.files)
+
+
+def test_each_kind_of_damage_gets_its_status_on_both_backends(volume_backend: Backend) -> None:
+    b = volume_backend.fill(
+        {"alpha": dict.fromkeys(["gone.bin", "short.bin", "other.bin", "bigger.bin", "fine.bin"], 5000)}
+    )
+    assert b.manifest is not None
+    audit(b.manifest, b.volume())  # recorded: every later change must be seen despite the record
+    b.delete(b.target("gone.bin"))
+    b.put(b.target("short.bin"), b.data("short.bin")[:4000])
+    other = bytearray(b.data("other.bin"))
+    other[1234] ^= 0x01
+    b.put(b.target("other.bin"), bytes(other))  # same size, one bit: a new ETag / a new ctime
+    b.put(b.target("bigger.bin"), b.data("bigger.bin") + b"tail")
+    b.put("models/alpha/extra.bin", b"not in the manifest")
+    report = audit(b.manifest, b.volume())
+    assert statuses(report) == {
+        "gone.bin": "missing",
+        "short.bin": "size_mismatch",
+        "other.bin": "hash_mismatch",
+        "bigger.bin": "size_mismatch",
+        "fine.bin": "ok",
+    }
+    assert report.bytes_read == 5000  # other.bin alone was read again
+    by_path = {fa.file.path: fa for fa in report.files}
+    assert by_path["short.bin"].detail == "size is 4000, expected 5000"
+    assert by_path["other.bin"].detail.startswith("sha256 is ")
+
+
+def test_unpinned_files_are_hashed_and_reported_unpinned_on_both_backends(volume_backend: Backend) -> None:
+    b = volume_backend.fill()
+    unpinned = parse_manifest(manifest_yaml(b.files, pin=False), "unpinned.yaml")
+    report = audit(unpinned, b.volume())
+    assert set(statuses(report).values()) == {"unpinned"}
+    assert {fa.sha256 for fa in report.files} == {f.sha256 for f in b.files}
+
+
+def test_a_full_audit_reads_every_file_again_on_both_backends(volume_backend: Backend) -> None:
+    b = volume_backend.fill()
+    assert b.manifest is not None
+    audit(b.manifest, b.volume())
+    report = audit(b.manifest, b.volume(), full=True, jobs=2)
+    assert report.complete
+    assert report.bytes_read == sum(len(f.data) for f in b.files)
+
+
+def test_space_accounting_and_fit_on_both_backends(volume_backend: Backend) -> None:
+    b = volume_backend.fill(
+        {"alpha": {"a.bin": 10_000, "b.bin": 20_000}, "beta": {"c.bin": 5_000}}, place=False
+    )
+    assert b.manifest is not None
+    report = audit(b.manifest, b.volume(capacity=1_000_000))
+    assert report.totals.to_fetch_bytes == 35_000
+    assert report.fits
+    tight = audit(b.manifest, b.volume(capacity=35_000))
+    assert tight.free_bytes is not None and tight.free_bytes <= 35_000
+    assert not tight.fits  # 35,000 to fetch + 5% margin > 35,000 free

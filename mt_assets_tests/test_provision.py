@@ -18,6 +18,7 @@ from mt_assets.audit import audit
 from mt_assets.manifest import parse_manifest
 from mt_assets.sources import MirrorSource
 from mt_assets_tests.conftest import CLI, SyntheticVolume, manifest_yaml, run_cli, small_tmpfs
+from mt_assets_tests.volume.backends import Backend, GatedMirror
 
 
 def make_mirror(sv: SyntheticVolume, root: Path) -> Path:
@@ -382,3 +383,101 @@ def test_one_files_unexpected_error_fails_that_file_and_not_the_run(
     assert outcomes == {"a.bin": "placed", "sub/b.bin": "placed", "c.json": "failed"}
     failed = next(r for r in report.results if r.outcome == "failed")
     assert failed.detail == "models/beta/c.json: ValueError: decoder exploded"
+
+
+# -- both backends: a folder, and an S3 volume on moto_server (mt_assets_tests/volume/backends.py) -----
+
+
+def test_provision_fills_both_backends_and_a_rerun_fetches_nothing(volume_backend: Backend, tmp_path: Path) -> None:
+    b = volume_backend.fill(place=False)
+    assert b.manifest is not None
+    vol = b.volume()
+    mirror = MirrorSource(b.mirror(tmp_path / "mirror"))
+    report = provision.apply(provision.plan(b.manifest, vol), mirror, vol, jobs=2)
+    assert report.complete
+    assert {r.outcome for r in report.results} == {"placed"}
+    for f in b.files:
+        assert b.get(b.target(f.path)) == f.data
+    again = b.volume()
+    assert provision.plan(b.manifest, again).to_fetch == []
+    assert audit(b.manifest, again).bytes_read == 0  # the writer recorded what it placed
+    assert b.uploads() == []
+
+
+def test_wrong_bytes_are_never_placed_on_either_backend(volume_backend: Backend, tmp_path: Path) -> None:
+    b = volume_backend.fill(place=False)
+    assert b.manifest is not None
+    root = b.mirror(tmp_path / "mirror")
+    bad = root / "alpha" / "a.bin"  # 300 kB: a multipart upload on the S3 volume
+    data = bytearray(bad.read_bytes())
+    data[250_000] ^= 0xFF  # in the last part: every part before it was already sent
+    bad.write_bytes(bytes(data))
+    vol = b.volume()
+    report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(root), vol)
+    result = next(r for r in report.results if r.file.path == "a.bin")
+    assert (result.outcome, result.status) == ("failed", "missing")
+    assert result.detail is not None and result.detail.startswith("models/alpha/a.bin: sha256 is ")
+    assert result.detail.endswith("; not placed")
+    assert b.get(b.target("a.bin")) is None
+    assert b.uploads() == []  # aborted, not left to take space
+    assert {r.outcome for r in report.results if r.file.path != "a.bin"} == {"placed"}
+
+
+def test_a_damaged_file_is_replaced_on_both_backends(volume_backend: Backend, tmp_path: Path) -> None:
+    b = volume_backend.fill()
+    assert b.manifest is not None
+    b.put(b.target("a.bin"), b.data("a.bin")[:10])
+    vol = b.volume()
+    the_plan = provision.plan(b.manifest, vol)
+    assert [(fa.file.path, fa.status) for fa in the_plan.to_fetch] == [("a.bin", "size_mismatch")]
+    report = provision.apply(the_plan, MirrorSource(b.mirror(tmp_path / "mirror")), vol)
+    assert report.complete
+    assert b.get(b.target("a.bin")) == b.data("a.bin")
+
+
+def test_two_provisioners_at_once_fetch_each_file_once_on_both_backends(
+    volume_backend: Backend, tmp_path: Path
+) -> None:
+    b = volume_backend.fill({"alpha": {"x.bin": 200_000, "y.bin": 300_000, "z.bin": 400_000}}, place=False)
+    assert b.manifest is not None
+    root = b.mirror(tmp_path / "mirror")
+    first_source = GatedMirror(root, "x.bin")
+    reports: dict[str, provision.ProvisionReport] = {}
+
+    def run(name: str, source: MirrorSource, jobs: int) -> None:
+        vol = b.volume()  # each provisioner its own volume object, as two processes would have
+        reports[name] = provision.apply(provision.plan(b.manifest, vol), source, vol, jobs=jobs)  # type: ignore[arg-type]
+
+    first = threading.Thread(target=run, args=("first", first_source, 1))
+    first.start()
+    assert first_source.started.wait(30)  # the first holds x.bin's lock, waiting for its bytes
+    second = threading.Thread(target=run, args=("second", MirrorSource(root), 2))
+    second.start()
+    deadline = time.monotonic() + 60
+    while not (b.get(b.target("y.bin")) and b.get(b.target("z.bin"))):
+        assert time.monotonic() < deadline, "the second provisioner did not place y and z"
+        time.sleep(0.05)
+    first_source.gate.set()
+    first.join(60)
+    second.join(60)
+    outcomes = {name: {r.file.path: r.outcome for r in report.results} for name, report in reports.items()}
+    assert outcomes == {
+        "first": {"x.bin": "placed", "y.bin": "skipped", "z.bin": "skipped"},
+        "second": {"x.bin": "skipped", "y.bin": "placed", "z.bin": "placed"},
+    }
+    assert audit(b.manifest, b.volume(), full=True).complete
+
+
+def test_unpinned_files_larger_than_a_part_are_placed_and_reported_unpinned_on_both_backends(
+    volume_backend: Backend, tmp_path: Path
+) -> None:
+    b = volume_backend.fill({"alpha": {"big.bin": 700_000, "small.bin": 1_000}}, place=False)
+    unpinned = parse_manifest(manifest_yaml(b.files, pin=False), "unpinned.yaml")  # sizes unknown too
+    vol = b.volume()
+    report = provision.apply(provision.plan(unpinned, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
+    assert {(r.file.path, r.outcome, r.status) for r in report.results} == {
+        ("big.bin", "placed", "unpinned"),
+        ("small.bin", "placed", "unpinned"),
+    }
+    assert {r.sha256 for r in report.results} == {f.sha256 for f in b.files}
+    assert b.get(b.target("big.bin")) == b.data("big.bin")  # held until it proved large, then in parts

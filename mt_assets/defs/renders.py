@@ -74,12 +74,12 @@ def _renderer(
     background while the first job's encoders run (that job's render waits for it).
     """
     from mt_assets.render.pipeline import MultiTalkRenderer
-    from mt_assets.volume import open_volume
+    from mt_assets.volume import open_mounted_volume
 
     key = (root, manifest.profile, device, t5_cpu, offload, persistent_params)
     if key not in _RENDERERS:
         _RENDERERS[key] = MultiTalkRenderer.from_volume(
-            open_volume(root),
+            open_mounted_volume(root, "render"),
             manifest,
             device=device,
             t5_cpu=t5_cpu,

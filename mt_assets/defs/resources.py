@@ -9,7 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from mt_assets.sources import Source, open_source
-from mt_assets.volume import LocalVolume, open_volume
+from mt_assets.volume import LocalVolume, open_mounted_volume
 
 
 class VolumeResource(dg.ConfigurableResource):
@@ -18,7 +18,7 @@ class VolumeResource(dg.ConfigurableResource):
     path: str
 
     def open(self) -> LocalVolume:
-        return open_volume(self.path)
+        return open_mounted_volume(self.path, "Dagster (a later issue adds s3:// volumes there)")
 
 
 class SourceResource(dg.ConfigurableResource):

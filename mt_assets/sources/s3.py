@@ -84,6 +84,7 @@ from mt_assets import config
 from mt_assets.manifest import ManifestFile
 from mt_assets.sources.base import Source, SourceError, TransientSourceError
 from mt_assets.volume import AtomicWriter
+from mt_assets.volume.base import Writer
 from mt_assets.volume.direct import aligned_buffer
 
 MiB = 1024 * 1024
@@ -170,27 +171,43 @@ def check_key_prefix(prefix: str) -> str | None:
     return None
 
 
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """(bucket, prefix) of `s3://bucket[/prefix]`; a trailing '/' is dropped. Raises SourceError."""
+def parse_s3_uri(uri: str, *, role: str = "source") -> tuple[str, str]:
+    """(bucket, prefix) of `s3://bucket[/prefix]`; a trailing '/' is dropped. Raises SourceError.
+
+    `role` ("source" or "volume") begins the messages and picks the credential variables they name."""
+    keys = (
+        "MT_VOLUME_S3_ACCESS_KEY_ID and MT_VOLUME_S3_SECRET_ACCESS_KEY"
+        if role == "volume"
+        else "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )
     if not uri.startswith("s3://"):
-        raise SourceError(f"source {_shown(uri)}: expected s3://bucket/prefix")
+        raise SourceError(f"{role} {_shown(uri)}: expected s3://bucket/prefix")
     rest = uri[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
     if "@" in bucket:
-        raise SourceError(
-            f"source {_shown(uri)}: credentials do not belong in the URI; "
-            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead"
-        )
+        raise SourceError(f"{role} {_shown(uri)}: credentials do not belong in the URI; set {keys} instead")
     if "?" in rest or "#" in rest:
-        raise SourceError(f"source {_shown(uri)}: must not contain a query ('?') or fragment ('#')")
+        raise SourceError(f"{role} {_shown(uri)}: must not contain a query ('?') or fragment ('#')")
     problem = check_bucket_name(bucket)
     if problem:
-        raise SourceError(f"source {uri}: bucket name {bucket!r} is not a valid S3 bucket name ({problem})")
+        raise SourceError(f"{role} {uri}: bucket name {bucket!r} is not a valid S3 bucket name ({problem})")
     prefix = prefix[:-1] if prefix.endswith("/") else prefix
     problem = check_key_prefix(prefix)
     if problem:
-        raise SourceError(f"source {uri}: key prefix {prefix!r} {problem}")
+        raise SourceError(f"{role} {uri}: key prefix {prefix!r} {problem}")
     return bucket, prefix
+
+
+def scrub(text: str, session: Any) -> str:
+    """`text` with the credential values of `session` (a boto3 Session) and any URL userinfo taken out."""
+    text = re.sub(r"//[^/\s@]+@", "//***@", text)
+    credentials = session.get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        for secret in (frozen.secret_key, frozen.token, frozen.access_key):
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, "***")
+    return text
 
 
 class S3Source(Source):
@@ -212,6 +229,7 @@ class S3Source(Source):
         connect_timeout: float = CONNECT_TIMEOUT,
         read_timeout: float = READ_TIMEOUT,
         addressing_style: str | None = None,
+        s3: config.S3Client | None = None,
     ) -> None:
         self.bucket, self.prefix = parse_s3_uri(f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}")
         self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
@@ -223,20 +241,21 @@ class S3Source(Source):
         self.chunk_size = chunk_size
         self.window = max(2, min(max_concurrency, window_bytes // chunk_size))
 
-        endpoint_url = endpoint_url or config.s3_endpoint()
-        if endpoint_url:
-            _check_endpoint(self.uri, endpoint_url)
-        s3 = config.s3_client(
-            endpoint_url=endpoint_url,
-            region=region,
-            max_attempts=max_attempts,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            tcp_keepalive=True,
-            # Ranged GETs in flight, plus HEADs and single GETs from the callers' own threads.
-            max_pool_connections=max_concurrency + 16,
-            addressing_style=addressing_style,
-        )
+        if s3 is None:  # else a client made for someone else (an S3 volume reading its own objects)
+            endpoint_url = endpoint_url or config.s3_endpoint()
+            if endpoint_url:
+                _check_endpoint(self.uri, endpoint_url)
+            s3 = config.s3_client(
+                endpoint_url=endpoint_url,
+                region=region,
+                max_attempts=max_attempts,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                tcp_keepalive=True,
+                # Ranged GETs in flight, plus HEADs and single GETs from the callers' own threads.
+                max_pool_connections=max_concurrency + 16,
+                addressing_style=addressing_style,
+            )
         self.region = s3.region
         self._session = s3.session
         self._client = s3.client
@@ -292,6 +311,13 @@ class S3Source(Source):
             raise SourceError(
                 f"{where}: the object is {size} bytes, the manifest expects {expected}; nothing fetched"
             )
+        self.read_object(key, size, writer, on_bytes, where)
+
+    def read_object(
+        self, key: str, size: int, writer: Writer, on_bytes: Callable[[int], None], where: str
+    ) -> None:
+        """Write the `size` bytes of object `key` into `writer` from writer.resume_from (ranged GETs,
+        several at once for a large object); `where` names it in errors."""
         start = writer.resume_from
         if start > size:  # staged bytes from something else: start over
             writer.truncate_to(0)
@@ -359,7 +385,7 @@ class S3Source(Source):
         key: str,
         start: int,
         size: int,
-        writer: AtomicWriter,
+        writer: Writer,
         on_bytes: Callable[[int], None],
         where: str,
     ) -> None:
@@ -393,7 +419,7 @@ class S3Source(Source):
         key: str,
         start: int,
         size: int,
-        writer: AtomicWriter,
+        writer: Writer,
         on_bytes: Callable[[int], None],
         where: str,
     ) -> None:
@@ -532,15 +558,7 @@ class S3Source(Source):
         return SourceError(f"{where}: {type(e).__name__}{suffix}: {self._scrub(str(e))}")
 
     def _scrub(self, text: str) -> str:
-        """`text` with this session's credential values (and any URL userinfo) taken out."""
-        text = re.sub(r"//[^/\s@]+@", "//***@", text)
-        credentials = self._session.get_credentials()
-        if credentials is not None:
-            frozen = credentials.get_frozen_credentials()
-            for secret in (frozen.secret_key, frozen.token, frozen.access_key):
-                if secret and len(secret) >= 4:
-                    text = text.replace(secret, "***")
-        return text
+        return scrub(text, self._session)
 
 
 class _Part:

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mt_assets.volume.atomic import AtomicWriter, Expected, IntegrityError, VolumeFullError
+from mt_assets.volume.base import FileState, ObjectStat, Volume
 from mt_assets.volume.hashing import Digest, hash_file
-from mt_assets.volume.local import FileState, LocalVolume, LockLost, VolumeError, WriterBusy
+from mt_assets.volume.local import LocalVolume, LockLost, VolumeError, WriterBusy
 from mt_assets.volume.lock import LockOwner, LockTimeout, WriterLock
 
+if TYPE_CHECKING:
+    from mt_assets.volume.s3 import S3Volume
 
-def open_volume(spec: str) -> LocalVolume:
-    """A volume from its configuration string (MT_VOLUME or --volume): a folder path."""
+
+def open_volume(spec: str) -> LocalVolume | S3Volume:
+    """A volume from its configuration string (MT_VOLUME or --volume): a folder path, or
+    s3://bucket[/prefix] for one reached through an S3-compatible API (audit and provision)."""
+    if spec.startswith("s3://"):
+        from mt_assets.volume.s3 import S3Volume
+
+        return S3Volume.from_uri(spec)
+    return LocalVolume(spec)
+
+
+def open_mounted_volume(spec: str, purpose: str) -> LocalVolume:
+    """A volume that must be a folder, for `purpose` (render, verify-offline, the worker): those read
+    the files as a filesystem, which the S3 API is not. VolumeError for s3://, saying so."""
     if spec.startswith("s3://"):
         raise VolumeError(
-            f"volume {spec}: S3-compatible volumes are not supported yet; mount the volume and pass its path"
+            f"volume {spec}: {purpose} needs a mounted volume (a folder such as /runpod-volume or "
+            "/workspace); an s3:// volume serves audit and provision only"
         )
     return LocalVolume(spec)
 
@@ -27,10 +45,13 @@ __all__ = [
     "LockLost",
     "LockOwner",
     "LockTimeout",
+    "ObjectStat",
+    "Volume",
     "VolumeError",
     "VolumeFullError",
     "WriterBusy",
     "WriterLock",
     "hash_file",
+    "open_mounted_volume",
     "open_volume",
 ]

@@ -50,6 +50,18 @@ class Expected:
     git_sha1: str | None = None
 
 
+def mismatch(exp: Expected, digest: Digest) -> str | None:
+    """How `digest` differs from what was pinned, or None when it matches."""
+    if exp.size is not None and digest.size != exp.size:
+        return f"size is {digest.size}, expected {exp.size}"
+    if exp.sha256 is not None and digest.sha256 != exp.sha256:
+        return f"sha256 is {digest.sha256[:12]}…, expected {exp.sha256[:12]}…"
+    if exp.git_sha1 is not None and digest.git_sha1 != exp.git_sha1:
+        got = (digest.git_sha1 or "not computed")[:12]
+        return f"git_sha1 is {got}…, expected {exp.git_sha1[:12]}…"
+    return None
+
+
 def target_key(target: str) -> str:
     return hashlib.sha1(target.encode(), usedforsecurity=False).hexdigest()[:16]
 
@@ -195,7 +207,7 @@ class AtomicWriter:
         self._close_direct()
         self._file.close()
         digest = self._hasher.digest()
-        problem = self._mismatch(digest)
+        problem = mismatch(self.expected, digest)
         if problem:
             self._discard()
             raise IntegrityError(f"{self.label}: {problem}; not placed")
@@ -224,17 +236,6 @@ class AtomicWriter:
             self.abort()
 
     # -- internals -----------------------------------------------------------------------
-
-    def _mismatch(self, digest: Digest) -> str | None:
-        exp = self.expected
-        if exp.size is not None and digest.size != exp.size:
-            return f"size is {digest.size}, expected {exp.size}"
-        if exp.sha256 is not None and digest.sha256 != exp.sha256:
-            return f"sha256 is {digest.sha256[:12]}…, expected {exp.sha256[:12]}…"
-        if exp.git_sha1 is not None and digest.git_sha1 != exp.git_sha1:
-            got = (digest.git_sha1 or "not computed")[:12]
-            return f"git_sha1 is {got}…, expected {exp.git_sha1[:12]}…"
-        return None
 
     def _discard(self) -> None:
         self._close_direct()

@@ -18,12 +18,12 @@ import os
 import stat as stat_module
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from mt_assets.manifest.schema import check_relative_path
 from mt_assets.volume.atomic import AtomicWriter, Expected, staging_prefix, target_key
+from mt_assets.volume.base import FileState
 from mt_assets.volume.hashcache import CACHE_NAME, HashCache
 from mt_assets.volume.hashing import Digest, hash_file
 from mt_assets.volume.lock import LockOwner, WriterLock
@@ -47,18 +47,6 @@ class WriterBusy(RuntimeError):
         self.holder = holder
         who = holder.describe() if holder else "another writer"
         super().__init__(f"{target}: being written by {who}")
-
-
-@dataclass(frozen=True, slots=True)
-class FileState:
-    """What a stat of a target found: a regular file with its stat, or why not."""
-
-    st: os.stat_result | None
-    problem: str | None = None  # None when st describes a regular file
-
-    @property
-    def present(self) -> bool:
-        return self.st is not None and self.problem is None
 
 
 class LocalVolume:

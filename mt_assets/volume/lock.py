@@ -30,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 
 class LockTimeout(TimeoutError):
@@ -85,13 +86,7 @@ class WriterLock:
         return False
 
     def acquire(self, timeout: float | None = None, poll: float = 0.2) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.try_acquire():
-            if deadline is not None and time.monotonic() >= deadline:
-                holder = self.holder()
-                who = holder.describe() if holder else "another writer"
-                raise LockTimeout(f"lock {self.path}: still held by {who} after {timeout:.0f}s")
-            time.sleep(poll)
+        wait_for(self, timeout, poll)
 
     def release(self) -> None:
         if self.owner is None:
@@ -118,44 +113,21 @@ class WriterLock:
     def holder(self) -> LockOwner | None:
         """Who holds the lock now, or None when it is free (or unreadable mid-creation)."""
         try:
-            data = json.loads(self.path.read_text())
-            return LockOwner(
-                host=data["host"],
-                pid=int(data["pid"]),
-                started=float(data["started"]),
-                token=data["token"],
-                pid_space=str(data.get("pid_space", "")),
-            )
+            return parse_owner(self.path.read_bytes())
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError):
-            # Created but not yet written by its owner, or garbage: judged by age alone.
-            return LockOwner(host="?", pid=-1, started=0.0, token="")
 
     def _is_stale(self, holder: LockOwner) -> bool:
         try:
             age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
             return False
-        if age > self.stale_after:
-            return True
-        same_pid_space = (
-            holder.host == socket.gethostname() and holder.pid_space and holder.pid_space == _pid_space()
-        )
-        if self.trust_local_pids and same_pid_space and holder.pid > 0:
-            return not pid_alive(holder.pid)
-        return False
+        return is_stale(holder, age, self.stale_after, trust_local_pids=self.trust_local_pids)
 
     # -- internals ---------------------------------------------------------------------
 
     def _create(self) -> bool:
-        owner = LockOwner(
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            started=time.time(),
-            token=secrets.token_hex(16),
-            pid_space=_pid_space(),
-        )
+        owner = new_owner()
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -210,6 +182,65 @@ class WriterLock:
             return False
         current = self.holder()
         return current is not None and current.token == self.owner.token
+
+
+class _Lock(Protocol):
+    path: Any
+
+    def try_acquire(self) -> bool: ...
+
+    def holder(self) -> LockOwner | None: ...
+
+
+def wait_for(lock: _Lock, timeout: float | None, poll: float) -> None:
+    """Try `lock` every `poll` seconds until it is taken; LockTimeout after `timeout` (None: never)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not lock.try_acquire():
+        if deadline is not None and time.monotonic() >= deadline:
+            holder = lock.holder()
+            who = holder.describe() if holder else "another writer"
+            raise LockTimeout(f"lock {lock.path}: still held by {who} after {timeout:.0f}s")
+        time.sleep(poll)
+
+
+def new_owner() -> LockOwner:
+    """This process as a lock's owner, with a fresh token."""
+    return LockOwner(
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started=time.time(),
+        token=secrets.token_hex(16),
+        pid_space=_pid_space(),
+    )
+
+
+def parse_owner(text: bytes | str) -> LockOwner:
+    """The owner a lock's JSON names; one that cannot be read is judged by age alone (token "")."""
+    try:
+        data = json.loads(text)
+        return LockOwner(
+            host=data["host"],
+            pid=int(data["pid"]),
+            started=float(data["started"]),
+            token=data["token"],
+            pid_space=str(data.get("pid_space", "")),
+        )
+    except (ValueError, KeyError, TypeError):
+        # Created but not yet written by its owner, or garbage.
+        return LockOwner(host="?", pid=-1, started=0.0, token="")
+
+
+def is_stale(holder: LockOwner, age: float, stale_after: float, *, trust_local_pids: bool) -> bool:
+    """A lock `age` seconds past its last heartbeat is stale after `stale_after`, or at once when its
+    owner ran in this host's pid space and is gone (`trust_local_pids`)."""
+    if age > stale_after:
+        return True
+    same_pid_space = (
+        holder.host == socket.gethostname() and holder.pid_space and holder.pid_space == _pid_space()
+    )
+    if trust_local_pids and same_pid_space and holder.pid > 0:
+        return not pid_alive(holder.pid)
+    return False
 
 
 def _pid_space() -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mt_assets.manifest import Manifest, ManifestError, load_manifest, load_profile
-from mt_assets.volume import LocalVolume, VolumeError, open_volume
+from mt_assets.volume import LocalVolume, VolumeError, open_mounted_volume
 from mt_assets.worker.environment import ConfigError, WorkerSettings
 from mt_assets.worker.volume_check import VolumeCheck, check_volume
 
@@ -65,7 +65,7 @@ class Worker:
 def open_settings(settings: WorkerSettings) -> tuple[LocalVolume, Manifest]:
     """The volume and the manifest the settings name; StartupError (status 2) when they cannot be used."""
     try:
-        volume = open_volume(settings.volume)
+        volume = open_mounted_volume(settings.volume, "the worker")
         manifest = (
             load_manifest(settings.manifest) if settings.manifest else load_profile(settings.profile or "")
         )

@@ -1,0 +1,338 @@
+"""The verified upload of one file onto an S3 volume: hash while sending, complete only on a match.
+
+A file smaller than `multipart_threshold` is held in memory while its bytes arrive and hashed, then
+sent with one PutObject, and only if its size and sha256 (and git blob id) match the pin: a wrong
+byte never leaves the machine. A larger one is a multipart upload: parts of `part_size` go out as
+they fill (`parts_in_flight` at once, on a thread of the upload's own, so the source keeps
+downloading), each byte hashed on its way and copied once, into a part buffer that is sent as it is
+and reused once sent; CompleteMultipartUpload is sent only once the whole file's digest matches the
+pin, AbortMultipartUpload otherwise. Until Complete nothing is at the key
+(the parts sit in `.s3compat_uploads/` on a RunPod volume), so a kill leaves no half-written
+object; the next writer of the key aborts the dead upload (s3.py).
+
+RunPod limits: PutObject below 500 MB, parts of at most 500 MB (both checked); the defaults send
+files from 64 MiB on in 64 MiB parts, so a writer holds at most (parts_in_flight + 1) parts.
+
+Complete that does not answer (RunPod merges large objects slowly: a timeout, a 524 or another 5xx,
+or, to a retried Complete, NoSuchUpload) is confirmed: HeadObject every `confirm_poll` seconds until
+the object's size is the file's (at most `confirm_timeout` seconds), then its bytes are read back
+and hashed. A match is placed; a mismatch is deleted; no object in time aborts the upload. Either
+failure says which answer started it.
+
+Errors: HTTP 507 (RunPod: the volume is full) is a VolumeFullError; 5xx, throttling and dropped
+connections a TransientSourceError (provision retries the file); anything else a SourceError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
+
+from mt_assets.sources.base import TransientSourceError
+from mt_assets.volume.atomic import Expected, IntegrityError, VolumeFullError, mismatch
+from mt_assets.volume.base import ObjectStat
+from mt_assets.volume.hashing import Digest, StreamHasher
+
+MB = 1000 * 1000
+MiB = 1024 * 1024
+RUNPOD_PUT_LIMIT = 500 * MB  # RunPod's S3 API: PutObject below this, parts at most this
+DEFAULT_PART_SIZE = 64 * MiB
+DEFAULT_MULTIPART_THRESHOLD = 64 * MiB
+DEFAULT_PARTS_IN_FLIGHT = 2
+DEFAULT_CONFIRM_TIMEOUT = 1800.0  # RunPod: a 10+ GB merge can take many minutes
+DEFAULT_CONFIRM_POLL = 5.0
+
+
+def check_sizes(part_size: int, multipart_threshold: int) -> None:
+    if not 1 <= part_size <= RUNPOD_PUT_LIMIT:
+        raise ValueError(
+            f"part_size must be 1 to {RUNPOD_PUT_LIMIT} bytes (RunPod's part limit), got {part_size}"
+        )
+    if not 1 <= multipart_threshold <= RUNPOD_PUT_LIMIT:
+        raise ValueError(
+            f"multipart_threshold must be 1 to {RUNPOD_PUT_LIMIT} bytes (RunPod's PutObject limit), "
+            f"got {multipart_threshold}"
+        )
+
+
+class S3Upload:
+    """Write one object; `commit()` verifies and places it. Leaving without commit aborts."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        *,
+        expected: Expected | None = None,
+        label: str,
+        error: Callable[[BaseException, str], Exception],
+        read_digest: Callable[[ObjectStat, bool], Digest],
+        guard: Callable[[], None] | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        parts_in_flight: int = DEFAULT_PARTS_IN_FLIGHT,
+        confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT,
+        confirm_poll: float = DEFAULT_CONFIRM_POLL,
+    ) -> None:
+        check_sizes(part_size, multipart_threshold)
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.expected = expected or Expected()
+        self.label = label
+        self.error = error  # a botocore failure -> the error to raise (SourceError family)
+        self.read_digest = read_digest  # the placed object's bytes, read back and hashed
+        self.guard = guard
+        self.part_size = part_size
+        self.multipart_threshold = multipart_threshold
+        self.parts_in_flight = max(parts_in_flight, 1)
+        self.confirm_timeout = confirm_timeout
+        self.confirm_poll = confirm_poll
+        self.digest: Digest | None = None
+        self.stat: ObjectStat | None = None  # of the placed object, once committed
+        self.upload_id: str | None = None
+        self._hasher = StreamHasher(
+            total_size=self.expected.size, git_sha1=self.expected.git_sha1 is not None
+        )
+        # A file pinned at multipart_threshold or more goes up in parts from its first byte; one of
+        # unknown size is held in `_small` until it proves that large.
+        self._multipart = self.expected.size is not None and self.expected.size >= multipart_threshold
+        self._small = bytearray()  # the whole file, for one PutObject
+        self._part: bytearray | None = None  # the part being filled, `_fill` bytes of it so far
+        self._fill = 0
+        self._idle: list[bytearray] = []  # part buffers whose upload finished, for the next parts
+        self._parts: list[Future[dict[str, Any]]] = []
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- writing -------------------------------------------------------------------------
+
+    @property
+    def resume_from(self) -> int:
+        """Bytes received so far (an upload never resumes an earlier writer's: it starts at 0)."""
+        return self._hasher.size
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._hasher.update(data)
+        if not self._multipart:
+            self._small += data
+            if len(self._small) < self.multipart_threshold:
+                return
+            self._multipart, data, self._small = True, self._small, bytearray()
+        if self.upload_id is None:
+            self._start_multipart()
+        # Each byte is copied once, into a part buffer that goes out as it is (measured: slicing a
+        # growing bytearray and copying the slice again cost as much CPU as the sha256).
+        view = memoryview(data).cast("B")
+        while view:
+            if self._part is None:
+                self._part, self._fill = (self._idle.pop() if self._idle else bytearray(self.part_size)), 0
+            n = min(len(view), self.part_size - self._fill)
+            self._part[self._fill : self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
+            if self._fill == self.part_size:
+                part, self._part = self._part, None
+                self._send_part(part)
+
+    def truncate_to(self, size: int) -> None:
+        if size == self._hasher.size:
+            return
+        if size != 0:
+            raise ValueError("can only restart from zero")
+        self.abort()
+        self._hasher = StreamHasher(
+            total_size=self.expected.size, git_sha1=self.expected.git_sha1 is not None
+        )
+
+    def commit(self) -> Digest:
+        """Verify against `expected`, check `guard`, then put or complete; abort on any failure."""
+        try:
+            parts = self._finish_parts()
+            digest = self._hasher.digest()
+            problem = mismatch(self.expected, digest)
+            if problem:
+                raise IntegrityError(f"{self.label}: {problem}; not placed")
+            if self.guard is not None:
+                self.guard()
+            if self.upload_id is None:
+                response = self._call(
+                    "PutObject",
+                    self.client.put_object,
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    Body=self._small,
+                )
+                self._small = bytearray()
+                self.stat = ObjectStat(digest.size, str(response.get("ETag")), time.time())
+            else:
+                self.stat = self._complete(parts, digest)
+        except BaseException:
+            self.abort()
+            raise
+        self.digest = digest
+        return digest
+
+    def abort(self) -> None:
+        """Drop what was received; abort the multipart upload, if one was started (best effort)."""
+        self._small, self._part, self._fill, self._idle = bytearray(), None, 0, []
+        for future in self._parts:
+            future.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._parts = []
+        if self.upload_id is not None:
+            upload_id, self.upload_id = self.upload_id, None
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+
+    def __enter__(self) -> S3Upload:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.digest is None:
+            self.abort()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        try:
+            return fn(**kwargs)
+        except (ClientError, BotoCoreError) as e:
+            raise self._translate(e, what) from e
+
+    def _translate(self, e: BaseException, what: str) -> Exception:
+        if isinstance(e, ClientError) and http_status(e) == 507:
+            return VolumeFullError(
+                f"{self.label}: the volume is full ({what} answered HTTP 507 Insufficient Storage); nothing was placed",
+            )
+        return self.error(e, f"{self.label}: {what}")
+
+    def _start_multipart(self) -> None:
+        response = self._call(
+            "CreateMultipartUpload", self.client.create_multipart_upload, Bucket=self.bucket, Key=self.key
+        )
+        self.upload_id = str(response["UploadId"])
+        self._pool = ThreadPoolExecutor(self.parts_in_flight, thread_name_prefix="mt-s3-upload")
+
+    def _send_part(self, data: bytearray) -> None:
+        """Queue `data` as the next part; its buffer comes back to `_idle` once sent."""
+        assert self._pool is not None and self.upload_id is not None
+        # Bounded memory: wait for the oldest part in flight before queueing one more.
+        in_flight = [f for f in self._parts if not f.done()]
+        if len(in_flight) >= self.parts_in_flight:
+            in_flight[0].result()
+        for done in self._parts:
+            if done.done():
+                done.result()  # a failed part stops the upload now, not at commit
+        number = len(self._parts) + 1
+        future = self._pool.submit(
+            self._call,
+            f"UploadPart {number}",
+            self.client.upload_part,
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        if len(data) == self.part_size:
+            future.add_done_callback(lambda _: self._idle.append(data))
+        self._parts.append(future)
+
+    def _finish_parts(self) -> list[dict[str, Any]]:
+        if self.upload_id is None:
+            return []
+        if self._fill or not self._parts:
+            last, self._part = self._part if self._part is not None else bytearray(), None
+            del last[self._fill :]  # the file's short last part, sent from the same buffer
+            self._fill = 0
+            self._send_part(last)
+        done = [{"PartNumber": n, "ETag": f.result()["ETag"]} for n, f in enumerate(self._parts, 1)]
+        assert self._pool is not None
+        self._pool.shutdown(wait=True)
+        self._pool = None
+        return done
+
+    def _complete(self, parts: list[dict[str, Any]], digest: Digest) -> ObjectStat:
+        assert self.upload_id is not None
+        try:
+            response = self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}
+            )
+        except ClientError as e:
+            status = http_status(e)
+            if status == 507:
+                raise self._translate(e, "CompleteMultipartUpload") from e
+            if status < 500 and error_code(e) != "NoSuchUpload":
+                raise self._translate(e, "CompleteMultipartUpload") from e
+            answer = f"HTTP {status} ({error_code(e)})"
+        except (ReadTimeoutError, ConnectionError) as e:
+            answer = type(e).__name__
+        except BotoCoreError as e:
+            raise self._translate(e, "CompleteMultipartUpload") from e
+        else:
+            self.upload_id = None  # completed: nothing left to abort
+            return ObjectStat(digest.size, str(response.get("ETag")), time.time())
+        return self._confirm(digest, answer)
+
+    def _confirm(self, digest: Digest, answer: str) -> ObjectStat:
+        """After Complete answered `answer`: wait for the object to appear whole, then read it back."""
+        said = f"CompleteMultipartUpload answered {answer}"
+        deadline = time.monotonic() + self.confirm_timeout
+        while True:
+            st = self._head()
+            if st is not None and st.st_size == digest.size:
+                break
+            if time.monotonic() >= deadline:
+                raise TransientSourceError(
+                    f"{self.label}: {said} and the object did not appear whole within "
+                    f"{self.confirm_timeout:g} s; upload aborted, nothing was placed"
+                )
+            time.sleep(self.confirm_poll)
+        self.upload_id = None  # the server completed it
+        got = self.read_digest(st, digest.git_sha1 is not None)
+        problem = mismatch(self.expected, got) or (
+            None if got.sha256 == digest.sha256 else "sha256 differs from the bytes sent"
+        )
+        if problem:
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self.client.delete_object(Bucket=self.bucket, Key=self.key)
+            raise IntegrityError(f"{self.label}: {said}; the object that appeared has {problem}; deleted")
+        return st
+
+    def _head(self) -> ObjectStat | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key)
+        except ClientError as e:
+            if error_code(e) in ("NoSuchKey", "404", "NotFound") or http_status(e) >= 500:
+                return None
+            raise self._translate(e, "HeadObject") from e
+        except (ReadTimeoutError, ConnectionError):
+            return None
+        return ObjectStat(int(head["ContentLength"]), str(head.get("ETag")), head["LastModified"].timestamp())
+
+
+def http_status(e: ClientError) -> int:
+    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def error_code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code") or "")
+
+
+def server_time(response: dict[str, Any]) -> float:
+    """Now by the server's clock (the response's Date header), else by ours: ages of objects and
+    uploads are measured on the clock that stamped them."""
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    with contextlib.suppress(TypeError, ValueError):
+        if date:
+            return email.utils.parsedate_to_datetime(date).timestamp()
+    return time.time()

@@ -1,0 +1,541 @@
+"""The S3 volume on moto_server: kills mid-upload, RunPod's faults through the proxy, locks, the hash
+record, multipart uploads left behind, free space, and the commands that need a mounted volume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mt_assets import provision
+from mt_assets.audit import audit
+from mt_assets.sources import MirrorSource, TransientSourceError
+from mt_assets.volume import open_volume
+from mt_assets.volume.s3 import ListingError, S3Volume
+from mt_assets.volume.s3_hashes import FORMAT
+from mt_assets.volume.s3_lock import S3Lock
+from mt_assets_tests.conftest import run_cli
+from mt_assets_tests.s3_server import FaultyProxy
+from mt_assets_tests.volume.backends import BUCKET, Backend, GatedMirror, volume_env
+
+
+@pytest.fixture
+def s3(moto_volume_endpoint: str, tmp_path: Path, request: pytest.FixtureRequest) -> Backend:
+    prefix = "s3-" + request.node.name[:40].replace("_", "-").lower()
+    return Backend("s3", tmp_path, endpoint=moto_volume_endpoint, prefix=prefix)
+
+
+def result_of(report: provision.ProvisionReport, path: str) -> provision.FetchResult:
+    return next(r for r in report.results if r.file.path == path)
+
+
+# -- kills and wrong bytes -------------------------------------------------------------------------
+
+CHILD = """
+import sys
+from mt_assets import config, provision
+from mt_assets.manifest import load_manifest
+from mt_assets.sources import MirrorSource
+from mt_assets.volume.s3 import S3Volume
+from mt_assets_tests.volume.backends import BUCKET, volume_env
+endpoint, prefix, manifest, mirror = sys.argv[1:]
+s3 = config.volume_s3_client(env=volume_env(endpoint))
+vol = S3Volume(BUCKET, prefix, s3=s3, conditional_writes=True, part_size=256 * 1024, multipart_threshold=256 * 1024)
+provision.apply(provision.plan(load_manifest(manifest), vol), MirrorSource(mirror), vol, jobs=1)
+"""
+
+
+def test_sigkill_mid_upload_leaves_nothing_at_the_key_and_the_next_run_aborts_the_upload(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {"big.bin": 1_500_000}}, place=False)
+    assert b.manifest is not None
+    mirror = b.mirror(tmp_path / "mirror")
+    pipe = mirror / "alpha" / "big.bin"
+    pipe.unlink()
+    os.mkfifo(pipe)
+    manifest = b.write_manifest(tmp_path / "m.yaml")
+    victim = subprocess.Popen(
+        [sys.executable, "-c", CHILD, b.endpoint, b.prefix, str(manifest), str(mirror)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with open(pipe, "wb") as feed:  # blocks until the provisioner opens the pipe
+            feed.write(b.data("big.bin")[:800_000])
+            feed.flush()
+            deadline = time.monotonic() + 30
+            while True:  # at least one part sent
+                uploads = b.client.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{b.prefix}/").get(
+                    "Uploads", []
+                )
+                parts = (
+                    b.client.list_parts(
+                        Bucket=BUCKET, Key=uploads[0]["Key"], UploadId=uploads[0]["UploadId"]
+                    ).get("Parts", [])
+                    if uploads
+                    else []
+                )
+                if parts:
+                    break
+                assert victim.poll() is None, victim.stderr.read() if victim.stderr else ""
+                assert time.monotonic() < deadline, "the provisioner never sent a part"
+                time.sleep(0.05)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    assert b.get(b.target("big.bin")) is None  # nothing half-written at the key
+    assert b.uploads() == [b.target("big.bin")]  # its parts still take space
+
+    pipe.unlink()
+    b.mirror(mirror)  # the source is whole again
+    vol = b.volume()  # the dead writer's lock: same host and pid space, its pid gone
+    report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(mirror), vol)
+    assert report.complete
+    assert b.get(b.target("big.bin")) == b.data("big.bin")
+    assert b.uploads() == []  # the dead upload was aborted
+
+
+def test_the_hash_record_binds_key_size_and_etag_to_the_sha256(s3: Backend, tmp_path: Path) -> None:
+    b = s3.fill(place=False)
+    assert b.manifest is not None
+    vol = b.volume()
+    provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
+    doc = json.loads(b.client.get_object(Bucket=BUCKET, Key=f"{b.prefix}/.mt/hashes.json")["Body"].read())
+    assert doc["format"] == FORMAT
+    listed = {
+        o["Key"][len(b.prefix) + 1 :]: o
+        for o in b.client.list_objects_v2(Bucket=BUCKET, Prefix=f"{b.prefix}/models/")["Contents"]
+    }
+    assert set(doc["files"]) == set(listed) == {b.target(f.path) for f in b.files}
+    for f in b.files:
+        entry = doc["files"][b.target(f.path)]
+        assert (entry["size"], entry["sha256"]) == (len(f.data), f.sha256)
+        assert entry["etag"] == listed[b.target(f.path)]["ETag"]
+
+
+# -- RunPod's faults, through the proxy ------------------------------------------------------------
+
+
+def test_a_full_volume_507_stops_the_file_with_a_message_and_places_nothing(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill(place=False)
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.volume_full(path_contains="a.bin")
+        vol = b.volume(endpoint=proxy.url)
+        report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
+    failed = result_of(report, "a.bin")
+    assert (failed.outcome, failed.attempts) == ("failed", 1)  # not retried: a full volume stays full
+    assert failed.detail is not None
+    assert failed.detail.startswith(
+        "models/alpha/a.bin: the volume is full (CreateMultipartUpload answered HTTP 507"
+    )
+    assert failed.detail.endswith("; nothing was placed")
+    assert b.get(b.target("a.bin")) is None
+    assert b.uploads() == []
+
+
+def test_a_complete_answering_524_whose_object_never_appears_is_aborted_naming_524(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {"a.bin": 600_000}}, place=False)
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        # The first POST creates the upload; every later one (Complete) answers 524.
+        proxy.fail(524, "Timeout", times=None, skip=1, method="POST", path_contains="a.bin")
+        vol = b.volume(endpoint=proxy.url, confirm_timeout=0.5, confirm_poll=0.1)
+        report = provision.apply(
+            provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol, retries=0
+        )
+    failed = result_of(report, "a.bin")
+    assert failed.outcome == "failed"
+    assert failed.detail is not None
+    assert "CompleteMultipartUpload answered HTTP 524" in failed.detail
+    assert "did not appear whole within 0.5 s; upload aborted" in failed.detail
+    assert b.get(b.target("a.bin")) is None
+    assert b.uploads() == []
+
+
+def test_an_audit_writes_its_hash_record_without_probing_the_endpoint(s3: Backend) -> None:
+    b = s3.fill()
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        vol = b.volume(endpoint=proxy.url, conditional_writes=None)  # unknown: a writer would probe
+        assert audit(b.manifest, vol).complete
+        written = [(r.method, r.path) for r in proxy.requests if r.method in ("PUT", "POST", "DELETE")]
+    assert written == [("PUT", f"/{BUCKET}/{b.prefix}/.mt/hashes.json")]  # one write: the record
+
+
+def test_a_hash_record_that_cannot_be_read_only_costs_reading_the_files(s3: Backend) -> None:
+    b = s3.fill()
+    assert b.manifest is not None
+    audit(b.manifest, b.volume())
+    b.client.put_object(Bucket=BUCKET, Key=f"{b.prefix}/.mt/hashes.json", Body=b"{not json")  # damaged
+    damaged = audit(b.manifest, b.volume())
+    assert damaged.complete and damaged.bytes_read == sum(len(f.data) for f in b.files)  # and rewritten
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.fail(403, "AccessDenied", times=None, method="GET", path_contains="hashes.json")
+        denied = audit(b.manifest, b.volume(endpoint=proxy.url))
+    assert denied.complete and denied.bytes_read == sum(len(f.data) for f in b.files)
+    assert audit(b.manifest, b.volume()).bytes_read == 0  # the record, rewritten after the damage
+
+
+def test_502s_on_the_listing_are_retried_and_the_audit_completes(s3: Backend) -> None:
+    b = s3.fill()
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.fail(502, "BadGateway", times=2, method="GET", path_contains=f"/{BUCKET}")
+        report = audit(b.manifest, b.volume(endpoint=proxy.url))
+        statuses = [r.status for r in proxy.requests]
+    assert report.complete
+    assert statuses[:3] == [502, 502, 200]
+
+
+def test_502s_on_parts_and_complete_are_retried_and_the_file_placed(s3: Backend, tmp_path: Path) -> None:
+    b = s3.fill({"alpha": {"a.bin": 600_000}}, place=False)
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.fail(502, "BadGateway", times=2, method="PUT", path_contains="a.bin")  # two parts
+        proxy.fail(502, "BadGateway", times=1, skip=1, method="POST", path_contains="a.bin")  # Complete
+        vol = b.volume(endpoint=proxy.url)
+        report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
+        failed_writes = [r for r in proxy.requests if r.status == 502]
+    assert result_of(report, "a.bin").outcome == "placed"
+    assert len(failed_writes) == 3
+    assert b.get(b.target("a.bin")) == b.data("a.bin")
+
+
+def test_502s_that_do_not_stop_end_the_audit_with_a_message_naming_them(s3: Backend) -> None:
+    b = s3.fill()
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.fail(502, "BadGateway", times=None, method="GET")
+        with pytest.raises(
+            TransientSourceError, match=r"listing [^ ]*/models/: the server failed, HTTP 502 \(BadGateway"
+        ):
+            audit(b.manifest, b.volume(endpoint=proxy.url))
+
+
+def test_a_repeated_continuation_token_is_asked_again_and_the_listing_completes(s3: Backend) -> None:
+    b = s3.fill()
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.repeat_continuation_token(times=1)  # RunPod: "same next token received twice"
+        vol = b.volume(endpoint=proxy.url, list_page_size=1, list_retry_wait=0.01)
+        assert isinstance(vol, S3Volume)
+        assert set(vol.listing("models/")) == {b.target(f.path) for f in b.files}
+        listings = [r for r in proxy.requests if r.method == "GET" and r.path == f"/{BUCKET}"]
+    assert len(listings) == 4  # three pages, the second asked twice
+    assert [r.fault for r in listings].count("repeat_continuation_token") == 1
+
+
+def test_a_token_that_keeps_repeating_stops_the_listing_with_a_message_naming_it(s3: Backend) -> None:
+    b = s3.fill()
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.repeat_continuation_token(times=1)
+        vol = b.volume(endpoint=proxy.url, list_page_size=1, list_retries=0)  # no patience at all
+        assert isinstance(vol, S3Volume)
+        with pytest.raises(
+            ListingError, match=r"sent a continuation token it had sent before, 1 time\(s\) in a row"
+        ):
+            vol.listing("models/")
+
+
+def test_a_complete_answering_524_is_confirmed_when_the_object_appears_and_verified(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {"a.bin": 600_000}}, place=False)
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.complete_times_out(524, delay=1.0, path_contains="a.bin")  # the merge ends a second later
+        vol = b.volume(endpoint=proxy.url, confirm_poll=0.2, confirm_timeout=30)
+        report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
+        heads = [r for r in proxy.requests if r.method == "HEAD" and "a.bin" in r.path]
+        reads = proxy.gets("a.bin")
+    placed = result_of(report, "a.bin")
+    assert (placed.outcome, placed.status, placed.attempts) == ("placed", "ok", 1)
+    assert heads  # confirmed by HeadObject
+    assert reads  # and verified: its bytes read back and hashed
+    assert b.get(b.target("a.bin")) == b.data("a.bin")
+    assert b.uploads() == []
+    assert audit(b.manifest, b.volume()).bytes_read == 0  # recorded once verified
+
+
+# -- locks, and without them -----------------------------------------------------------------------
+
+
+def test_a_held_lock_refuses_a_second_writer_and_a_stale_one_is_taken_over(s3: Backend) -> None:
+    vol = s3.volume()
+    assert isinstance(vol, S3Volume)
+    key = f"{s3.prefix}/.mt/locks/test.lock"
+    first = S3Lock(vol.client, BUCKET, key, stale_after=60, heartbeat=60)
+    second = S3Lock(vol.client, BUCKET, key, stale_after=60)
+    assert first.try_acquire()
+    assert not second.try_acquire()  # a live holder: If-None-Match refused, not stale
+    first._stop.set()
+    assert first.holder() is not None
+    judge = S3Lock(vol.client, BUCKET, key, stale_after=0.5, trust_local_pids=False)
+    time.sleep(1.2)
+    assert judge.try_acquire()  # stale by the server's clock: taken over
+    assert not first.still_held()  # the presumed-dead writer learns it before completing
+    judge.release()
+    assert second.try_acquire()
+    second.release()
+
+
+def test_a_lock_keeps_beating_where_the_endpoint_refuses_if_match(s3: Backend) -> None:
+    key = f"{s3.prefix}/.mt/locks/beat.lock"
+    with FaultyProxy(s3.endpoint) as proxy:
+        vol = s3.volume(endpoint=proxy.url)
+        assert isinstance(vol, S3Volume)
+        # The create (If-None-Match) passes; the first heartbeat (If-Match) is refused as unknown.
+        proxy.fail(501, "NotImplemented", times=1, skip=1, method="PUT", path_contains="beat.lock")
+        lock = S3Lock(vol.client, BUCKET, key, stale_after=60, heartbeat=0.1)
+        assert lock.try_acquire()
+        time.sleep(0.6)
+        assert not lock.lost and lock.still_held()  # beating with a read, then a plain put
+        assert [r.status for r in proxy.requests if r.method == "PUT"][:3] == [200, 501, 200]
+        lock.release()
+        assert lock.holder() is None
+
+
+def test_locks_are_used_only_where_a_live_probe_saw_the_second_writer_refused(
+    s3: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert isinstance(s3.volume(conditional_writes=None).lock_for("models/a/x.bin"), S3Lock)  # moto: 412
+    with FaultyProxy(s3.endpoint) as proxy, caplog.at_level(logging.WARNING, logger="mt_assets.volume.s3"):
+        proxy.ignore_if_none_match(times=None)  # an S3 look-alike that accepts the header and ignores it
+        vol = s3.volume(endpoint=proxy.url, conditional_writes=None)
+        assert not isinstance(vol.lock_for("models/a/x.bin"), S3Lock)
+        assert not isinstance(vol.lock_for("models/a/y.bin"), S3Lock)
+    [warning] = [r.getMessage() for r in caplog.records]  # once per volume
+    assert warning.startswith(
+        f"volume {s3.spec}: the endpoint does not enforce conditional writes (If-None-Match)"
+    )
+
+
+def test_without_conditional_writes_two_provisioners_both_upload_and_the_volume_ends_correct(
+    s3: Backend, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = s3.fill({"alpha": {"x.bin": 300_000, "y.bin": 100_000}}, place=False)
+    assert b.manifest is not None
+    root = b.mirror(tmp_path / "mirror")
+    gated = GatedMirror(root, "x.bin")
+    reports: dict[str, provision.ProvisionReport] = {}
+    vol_a, vol_b = b.volume(conditional_writes=False), b.volume(conditional_writes=False)
+
+    def run(name: str, source: MirrorSource, vol: Any) -> None:
+        reports[name] = provision.apply(provision.plan(b.manifest, vol), source, vol, jobs=1)  # type: ignore[arg-type]
+
+    with caplog.at_level(logging.WARNING, logger="mt_assets.volume.s3"):
+        first = threading.Thread(target=run, args=("first", gated, vol_a))
+        first.start()
+        assert gated.started.wait(30)
+        run("second", MirrorSource(root), vol_b)  # no lock to wait for: it uploads x.bin too
+        gated.gate.set()
+        first.join(60)
+    assert {r.file.path: r.outcome for r in reports["second"].results} == {
+        "x.bin": "placed",
+        "y.bin": "placed",
+    }
+    assert result_of(reports["first"], "x.bin").outcome == "placed"  # identical bytes, last writer wins
+    assert audit(b.manifest, b.volume(), full=True).complete
+    warnings = [r.getMessage() for r in caplog.records if "conditional writes" in r.getMessage()]
+    assert len(warnings) == 2  # once per volume (here: per provisioner)
+    assert "the last one wins with identical bytes" in warnings[0]
+
+
+def test_stale_uploads_of_others_are_aborted_and_live_ones_kept(s3: Backend, tmp_path: Path) -> None:
+    b = s3.fill({"alpha": {"a.bin": 1000}}, place=False)
+    assert b.manifest is not None
+    old = b.client.create_multipart_upload(Bucket=BUCKET, Key=f"{b.prefix}/models/other/old.bin")
+    time.sleep(2.2)
+    live = b.client.create_multipart_upload(Bucket=BUCKET, Key=f"{b.prefix}/models/other/live.bin")
+    b.client.upload_part(  # a live writer sends parts (moto reports a fixed Initiated date: parts tell)
+        Bucket=BUCKET,
+        Key=f"{b.prefix}/models/other/live.bin",
+        UploadId=live["UploadId"],
+        PartNumber=1,
+        Body=b"x",
+    )
+    vol = b.volume(stale_upload_age=2.0)
+    report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
+    assert report.complete
+    assert b.uploads() == ["models/other/live.bin"]  # the old one aborted, another provisioner's kept
+    b.client.abort_multipart_upload(
+        Bucket=BUCKET, Key=f"{b.prefix}/models/other/live.bin", UploadId=live["UploadId"]
+    )
+    assert old["UploadId"] != live["UploadId"]
+
+
+# -- free space ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def runpod_rest() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A loopback stand-in for RunPod's REST API: GET /networkvolumes/<id> -> {"id", "size": 1} (GB)."""
+    seen: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append({"path": self.path, "authorization": self.headers.get("authorization", "")})
+            body = json.dumps({"id": self.path.rsplit("/", 1)[-1], "size": 1, "name": "v"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_free_space_is_runpods_volume_size_less_the_listing_and_unknown_without_a_key(
+    s3: Backend, runpod_rest: tuple[str, list[dict[str, str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, seen = runpod_rest
+    b = s3.fill()
+    used = sum(len(f.data) for f in b.files)
+    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+    assert b.volume(rest_base=base).free_bytes() is None  # no key: unknown, never guessed
+    assert seen == []
+    monkeypatch.setenv("RUNPOD_API_KEY", "rpa_secret")
+    vol = b.volume(rest_base=base)
+    assert vol.free_bytes() == 1_000_000_000 - used
+    assert seen == [{"path": f"/v1/networkvolumes/{BUCKET}", "authorization": "Bearer rpa_secret"}]
+    report = audit(b.manifest, vol)  # type: ignore[arg-type]
+    assert report.fits
+    assert report.free_bytes == 1_000_000_000 - vol.used_bytes()  # the hash record, now written, counts too
+
+
+def test_an_s3_volume_of_unknown_size_plans_without_refusing_and_says_so(s3: Backend, tmp_path: Path) -> None:
+    b = s3.fill(place=False)
+    manifest = b.write_manifest(tmp_path / "m.yaml")
+    env = {**os.environ, **volume_env(b.endpoint)}
+    env.pop("RUNPOD_API_KEY", None)
+    result = run_cli(
+        "provision",
+        "--manifest",
+        str(manifest),
+        "--volume",
+        b.spec,
+        "--source",
+        str(tmp_path),
+        "--dry-run",
+        env=env,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "free space unknown on this volume" in result.stdout
+
+
+# -- the commands ----------------------------------------------------------------------------------
+
+
+def test_cli_provisions_and_audits_an_s3_volume_with_its_own_endpoint_and_keys(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill(place=False)
+    manifest = b.write_manifest(tmp_path / "m.yaml")
+    mirror = b.mirror(tmp_path / "mirror")
+    # The volume's variables only: AWS_* point elsewhere (an s3:// source would use those).
+    env = {
+        **os.environ,
+        **volume_env(b.endpoint),
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "x",
+    }
+    done = run_cli(
+        "provision",
+        "--manifest",
+        str(manifest),
+        "--volume",
+        b.spec,
+        "--source",
+        str(mirror),
+        "--json",
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["complete"] is True
+    audited = run_cli("audit", "--manifest", str(manifest), "--volume", b.spec, "--full", "--json", env=env)
+    assert audited.returncode == 0, audited.stderr
+    doc = json.loads(audited.stdout)
+    assert (doc["complete"], doc["volume"], doc["free_bytes"]) == (True, b.spec, None)
+    assert "testing" not in done.stdout + done.stderr + audited.stdout + audited.stderr
+
+
+def test_refused_keys_are_named_as_the_volumes_own_variables_never_their_values(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill()
+    manifest = b.write_manifest(tmp_path / "m.yaml")
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.fail(403, "SignatureDoesNotMatch", times=None)
+        env = {**os.environ, **volume_env(proxy.url), "MT_VOLUME_S3_SECRET_ACCESS_KEY": "rps_never-shown"}
+        result = run_cli("audit", "--manifest", str(manifest), "--volume", b.spec, env=env, timeout=60)
+    assert result.returncode == 2
+    assert f"error: volume {b.spec}: listing {b.prefix}/models/: the request signature does not match: " in (
+        result.stderr
+    )
+    assert (
+        "check MT_VOLUME_S3_SECRET_ACCESS_KEY (and that it belongs to MT_VOLUME_S3_ACCESS_KEY_ID)"
+        in result.stderr
+    )
+    assert "rps_never-shown" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", [["render", "job.yaml"], ["verify-offline"], ["jobs", "list"]])
+def test_commands_that_read_files_refuse_an_s3_volume_saying_it_must_be_mounted(command: list[str]) -> None:
+    result = run_cli(*command, "--volume", "s3://some-volume/prefix", timeout=60)
+    assert result.returncode == 2
+    assert "error: volume s3://some-volume/prefix: " in result.stderr
+    assert "needs a mounted volume (a folder such as /runpod-volume or /workspace)" in result.stderr
+
+
+def test_the_worker_refuses_an_s3_volume_at_start_up() -> None:
+    from mt_assets.worker.environment import WorkerSettings
+    from mt_assets.worker.startup import StartupError, open_settings
+
+    with pytest.raises(StartupError, match="the worker needs a mounted volume") as raised:
+        open_settings(WorkerSettings(volume="s3://some-volume", profile="tiny"))
+    assert raised.value.exit_status == 2
+
+
+def test_open_volume_names_a_bad_bucket_as_the_volume() -> None:
+    with pytest.raises(ValueError, match=r"^volume s3://Bad_Bucket: bucket name 'Bad_Bucket' is not a valid"):
+        open_volume("s3://Bad_Bucket")
+
+
+def test_one_volume_key_without_the_other_is_bad_input_naming_the_missing_one() -> None:
+    env = {**os.environ, "MT_VOLUME_S3_ACCESS_KEY_ID": "user_x"}
+    env.pop("MT_VOLUME_S3_SECRET_ACCESS_KEY", None)
+    result = run_cli("audit", "--profile", "tiny", "--volume", "s3://some-volume", env=env, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "error: volume s3://some-volume: MT_VOLUME_S3_SECRET_ACCESS_KEY: expected it"
+    )
+    assert "user_x" not in result.stderr
