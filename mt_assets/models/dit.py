@@ -586,9 +586,7 @@ def build_multitalk_transformer(
         model = MultiTalkTransformer3DModel(**kwargs)
         model.attach_audio_adapter(mt)
     if torch.device(device).type != "meta":
-        nn.Module.to(
-            model, dtype=dtype
-        )  # ModelMixin.to warns about fp32 modules; keep_fp32_modules handles them
+        nn.Module.to(model, dtype=dtype)  # ModelMixin.to warns about fp32 modules; keep_fp32_modules handles them
         keep_fp32_modules(model)
     return model.eval()
 
