@@ -301,3 +301,35 @@ def test_a_missing_or_malformed_map_is_refused_naming_it(
     with pytest.raises(QuantError, match=message) as e:
         load_quantized_transformer(dit_config, file, qmap)
     assert str(qmap) in str(e.value)
+
+
+def test_the_golden_int8_files_laid_out_as_the_int8_profile_load_through_load_pipeline_components(
+    tmp_path: Path, golden, dit_inputs
+) -> None:
+    """The renderer's own path: `load_pipeline_components` (what `MultiTalkRenderer.from_volume` calls)
+    finds the quantized DiT, its map, the Wan config and the quantized T5 by the profile's components."""
+    from mt_assets.manifest import load_profile
+    from mt_assets.models.pipeline import load_pipeline_components
+    from mt_assets.volume import LocalVolume
+
+    manifest = load_profile("multitalk-480p-int8")
+    dit, dit_map = manifest.quantized("transformer").quant_files
+    t5, t5_map = manifest.quantized("t5").quant_files
+    config = f"models/{manifest.component('wan-dit').dir}/config.json"
+    placed = {
+        config: DIT_GOLDEN_DIR / "dit_config.json",
+        dit.target: QUANT / VARIANTS["int8"][0],
+        dit_map.target: QUANT / VARIANTS["int8"][1],
+        t5.target: QUANT / "t5_int8.safetensors",
+        t5_map.target: QUANT / "t5_map_int8.json",
+    }
+    for target, source in placed.items():
+        (tmp_path / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, tmp_path / target)
+    loaded = load_pipeline_components(LocalVolume(tmp_path), manifest, only=["transformer", "t5"])
+    assert loaded.reports["transformer"].files == (config, dit.target, dit_map.target)
+    err = _max_abs(_forward(loaded.transformer, dit_inputs, "1spk_cond"), golden["int8.out_1spk_cond"])
+    assert err <= ATOL
+    t5_golden = load_file(str(PIPELINE_GOLDEN_DIR / "t5_golden.safetensors"))
+    [context, _] = encode_text(loaded.t5, t5_golden["ids"], t5_golden["mask"])
+    assert _max_abs(context, golden["t5_int8.context_0"]) <= ATOL
