@@ -370,3 +370,24 @@ def test_a_lora_on_a_profile_with_a_quantized_dit_is_refused_with_the_premerged_
     message = quant_error(doc)
     assert "component 'lora-fusionx': field 'lora_scale': the DiT of this profile is quantized" in message
     assert "quant_model_int8_FusionX.safetensors" in message
+
+
+def test_a_dropped_components_bundle_goes_with_it_or_is_made_again_from_its_replacement() -> None:
+    from mt_assets.manifest import load_profile
+
+    gone = parse(quant_doc(drop=["wan-dit", "multitalk", "t5", "wav2vec2"]))
+    assert "wav2vec2-processor" not in {b.name for b in gone.bundles}
+    base = load_profile("multitalk-480p").component("t5-tokenizer")
+    replaced_doc = quant_doc(drop=["wan-dit", "multitalk", "t5", "t5-tokenizer"])
+    replaced_doc["components"].append(
+        {
+            "name": "t5-tokenizer",
+            "repo": base.repo,
+            "revision": "main",
+            "dir": "umt5-elsewhere",
+            "files": [{"path": f.path, "kind": f.kind} for f in base.files],
+        }
+    )
+    [bundle] = [b for b in parse(replaced_doc).bundles if b.name == "t5-tokenizer"]
+    assert bundle.location == "models/umt5-elsewhere/google/umt5-xxl"
+    assert {f.revision for f in bundle.files} == {"main"}
