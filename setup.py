@@ -18,6 +18,8 @@ setup(
         "numpy",
         "safetensors",
         "diffusers>=0.42,<0.43",
+        # MeiGen's int8/fp8 DiT and T5 files (models/quant.py); 0.2.6 is the version MeiGen pins
+        "optimum-quanto>=0.2.6,<0.3",
         "transformers>=5,<6",
         "tokenizers",
         "sentencepiece",

@@ -28,7 +28,9 @@ network volume's bandwidth and the ratios show where the read, not the CPU, domi
 The last lines are `cold_start_ratio=<best strategy's median total / raw-read limit>` (goal <= 1.15),
 `peak_rss_ratio=<transient memory of the DiT load / its largest file>` (goal <= 1.5) and, when the
 volume has a repack (<volume>/repacks/*/repack.json), `repack_bytes_ratio=<bytes read with / without>`,
-and `first_step_ratio=<median time from a cold start to the first denoising step of a small render,
+`int8_bytes_ratio=<bytes of multitalk-480p-int8 / of multitalk-480p>` (from the manifests alone: what a
+cold start of each shipped real profile reads, printed as a table first; goal <= 0.36; `--bytes-only`
+prints just that, in a second), and `first_step_ratio=<median time from a cold start to the first denoising step of a small render,
 the DiT loading in the background while the encoders load and encode / the raw read of every loaded
 file>` (goal <= 1.1; `--no-first-step` skips it; mt_assets.bench.first_step is the probe).
 """
@@ -52,7 +54,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mt_assets.bench import BenchError, ColdStart, first_steps, load_files, measure, raw_read_limit
-from mt_assets.bench.cold_start import files_read
+from mt_assets.bench.cold_start import files_read, profile_bytes
 from mt_assets.bench.throttle import ThrottleError, read_throttle
 from mt_assets.manifest import Manifest, load_manifest, load_profile
 from mt_assets.manifest.lockfile import to_yaml
@@ -63,6 +65,17 @@ from mt_assets.volume import LocalVolume
 COLD_START_GOAL = 1.15
 PEAK_RSS_GOAL = 1.5
 FIRST_STEP_GOAL = 1.1
+INT8_BYTES_GOAL = 0.36
+INT8_PROFILE = "multitalk-480p-int8"
+# the base first: every ratio is to it
+BYTES_PROFILES = (
+    "multitalk-480p",
+    "multitalk-480p-fusionx",
+    "multitalk-480p-lightx2v",
+    INT8_PROFILE,
+    "multitalk-480p-int8-fusionx",
+    "multitalk-480p-fp8-fusionx",
+)
 DEFAULT_CACHE = Path("var/bench/medium")
 
 
@@ -161,6 +174,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="throttle reads of the volume's disk to MBPS MB/s (a network volume's bandwidth; root)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout, nothing else")
+    parser.add_argument(
+        "--bytes-only",
+        action="store_true",
+        help="only the bytes a cold start reads per shipped profile, from the manifests (no loads)",
+    )
     args = parser.parse_args(argv)
     if (args.manifest or args.profile) and not args.volume:
         parser.error("--manifest / --profile need --volume")
@@ -180,6 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=args.json, highlight=False)
     if not console.is_terminal:
         console.width = 110
+    by_profile = profile_bytes([load_profile(name) for name in BYTES_PROFILES])
+    int8_ratio = float(by_profile.set_index("profile").loc[INT8_PROFILE, "ratio"])
+    if args.bytes_only:
+        if args.json:
+            print(json.dumps({"profiles": by_profile.to_dict(orient="records"), "int8_bytes_ratio": int8_ratio}))
+            return 0
+        console.print(bytes_table(by_profile))
+        print(f"int8_bytes_ratio={int8_ratio:.3f}")
+        return 0
     if args.volume:
         volume = LocalVolume(args.volume)
         manifest = load_manifest(args.manifest) if args.manifest else load_profile(args.profile)
@@ -234,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(f"peak_rss_ratio={peak:.3f}")
     if repack is not None:
         results.append(f"repack_bytes_ratio={repack[0] / repack[1]:.3f}")
+    results.append(f"int8_bytes_ratio={int8_ratio:.3f}")
     if first is not None:
         results.append(f"first_step_ratio={first['ratio']:.3f}")
     conditions = {
@@ -265,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             "cold_start_ratio": ratio,
             "peak_rss_ratio": peak,
             "repack_bytes_ratio": repack[0] / repack[1] if repack else None,
+            "profiles": by_profile.to_dict(orient="records"),
+            "int8_bytes_ratio": int8_ratio,
             "first_step": None if first is None else {
                 "runs": first["runs"].to_dict(orient="records"),
                 "raw": first["raw"].to_dict(orient="records"),
@@ -310,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(
             "  no repack on the volume (<volume>/repacks/*/repack.json): repack_bytes_ratio not measured"
         )
+    console.print(bytes_table(by_profile))
     if first is not None:
         console.print(first_step_table(first))
         ratio_first = first["ratio"]
@@ -321,6 +352,18 @@ def main(argv: list[str] | None = None) -> int:
     for line in results:
         print(line)
     return 0
+
+
+def bytes_table(frame: pd.DataFrame) -> Table:
+    table = Table(
+        title=f"bytes a cold start reads, per profile (manifests; goal {INT8_PROFILE} <= {INT8_BYTES_GOAL} x base)",
+        title_justify="left",
+    )
+    for column in ("profile", "files", "GB", f"/ {frame['profile'].iloc[0]}", "sized by estimate"):
+        table.add_column(column, justify="left" if column == "profile" else "right")
+    for row in frame.itertuples():
+        table.add_row(row.profile, str(row.files), f"{row.gb:.1f}", f"{row.ratio:.3f}", str(row.estimated))
+    return table
 
 
 def first_step(

@@ -582,11 +582,17 @@ def tiny_build(directory: str, seed: int, scale: str, update_profile: bool) -> N
     """Write a mirror of every tiny profile's files into DIRECTORY (new or empty), plus their pinned manifests.
 
     One mirror serves `tiny` and its add-on twins (`tiny-fusionx`, `tiny-lightx2v`: the same files
-    plus a tiny LoRA each); each manifest is written beside the model folders as <profile>.yaml.
+    plus a tiny LoRA each; `tiny-int8`, `tiny-int8-fusionx`, `tiny-fp8-fusionx`: quantized DiT and T5
+    files instead of the float ones); each manifest is written beside the model folders as <profile>.yaml.
     """
     from mt_assets.manifest import profile_path
-    from mt_assets.tiny.lora import TINY_LORAS
-    from mt_assets.tiny.profile import TINY_PROFILE, build_tiny_mirror, tiny_addon_yaml, tiny_profile_yaml
+    from mt_assets.tiny.profile import (
+        TINY_PROFILE,
+        build_tiny_mirror,
+        tiny_addon_yaml,
+        tiny_profile_yaml,
+        tiny_twins,
+    )
 
     if update_profile and scale != "tiny":
         click.echo(
@@ -609,10 +615,10 @@ def tiny_build(directory: str, seed: int, scale: str, update_profile: bool) -> N
         click.echo(f"next: mt-assets provision --manifest {written} --source {directory}")
         return
     texts = {TINY_PROFILE: text}
-    for spec in TINY_LORAS:
-        texts[spec.profile] = tiny_addon_yaml(directory, spec.profile)
-        (Path(directory) / f"{spec.profile}.yaml").write_text(texts[spec.profile])
-        click.echo(f"add-on {spec.profile}: manifest {Path(directory) / f'{spec.profile}.yaml'}")
+    for twin in tiny_twins():
+        texts[twin] = tiny_addon_yaml(directory, twin)
+        (Path(directory) / f"{twin}.yaml").write_text(texts[twin])
+        click.echo(f"add-on {twin}: manifest {Path(directory) / f'{twin}.yaml'}")
     differ = []
     for name, built in texts.items():
         shipped = profile_path(name)

@@ -134,13 +134,17 @@ def tiny_mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_volume(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A volume provisioned from the tiny mirror through the real provisioner (read-only use)."""
+    return provision_tiny("tiny", tiny_mirror, tmp_path_factory.mktemp("tiny-volume"))
+
+
+def provision_tiny(profile: str, mirror: Path, root: Path) -> Path:
+    """A volume at `root` of a shipped tiny profile, provisioned from the tiny mirror by the real provisioner."""
     from mt_assets import provision
     from mt_assets.manifest import load_profile
     from mt_assets.sources import MirrorSource
 
-    root = tmp_path_factory.mktemp("tiny-volume")
     volume = LocalVolume(root)
-    report = provision.apply(provision.plan(load_profile("tiny"), volume), MirrorSource(tiny_mirror), volume)
+    report = provision.apply(provision.plan(load_profile(profile), volume), MirrorSource(mirror), volume)
     assert report.complete, [r.detail for r in report.results if r.outcome == "failed"]
     return root
 
@@ -149,17 +153,19 @@ def tiny_volume(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def tiny_fusionx_volume(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A volume of the tiny-fusionx profile (tiny plus its LoRA file), provisioned from the same tiny
     mirror through the real provisioner (read-only use; copy it to damage it)."""
-    from mt_assets import provision
-    from mt_assets.manifest import load_profile
-    from mt_assets.sources import MirrorSource
+    return provision_tiny("tiny-fusionx", tiny_mirror, tmp_path_factory.mktemp("tiny-fusionx-volume"))
 
-    root = tmp_path_factory.mktemp("tiny-fusionx-volume")
-    volume = LocalVolume(root)
-    report = provision.apply(
-        provision.plan(load_profile("tiny-fusionx"), volume), MirrorSource(tiny_mirror), volume
-    )
-    assert report.complete, [r.detail for r in report.results if r.outcome == "failed"]
-    return root
+
+@pytest.fixture(scope="session")
+def tiny_int8_volume(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A volume of the tiny-int8 profile (the quantized DiT and T5 instead of the float ones), read-only use."""
+    return provision_tiny("tiny-int8", tiny_mirror, tmp_path_factory.mktemp("tiny-int8-volume"))
+
+
+@pytest.fixture(scope="session")
+def tiny_fp8_fusionx_volume(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A volume of the tiny-fp8-fusionx profile (fp8 DiT with the FusionX LoRA merged, fp8 T5), read-only use."""
+    return provision_tiny("tiny-fp8-fusionx", tiny_mirror, tmp_path_factory.mktemp("tiny-fp8-fusionx-volume"))
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ Frames (pandas):
                       load's other cost beside the reads: on some VMs new memory is slower than the disk)
     summarize()       one row per (strategy, unit) and a `total` per strategy: runs, median, min,
                       max, p50, p95 seconds, bytes, gb_per_s (bytes / median seconds)
+    profile_bytes()   one row per profile: the bytes a cold start reads, from the manifests alone
     first_steps()     one row per (mode, run) of a cold start to the first denoising step of a small
                       render (mt_assets.bench.first_step): `overlap` loads the DiT in the background
                       while the encoders load and encode, `serial` one after another
@@ -102,6 +103,29 @@ def load_files(volume: LocalVolume, manifest: Manifest, units: Sequence[str]) ->
     """The volume paths of every file the units read, in manifest order."""
     names = {c for u in units for c in unit_components(manifest, u)}
     return [volume.path(f.target) for c in manifest.components if c.name in names for f in c.files]
+
+
+def cold_start_bytes(manifest: Manifest) -> tuple[int, int]:
+    """(bytes, files) a cold start of every unit reads, from the manifest alone: the planned size
+    (pinned, else estimated) of each file of the units' components (`loaded_components`); without repacks."""
+    from mt_assets.models.pipeline import loaded_components
+
+    components = loaded_components(manifest)
+    files = [f for f in manifest.files if f.component in components]
+    return sum(f.planned_size or 0 for f in files), len(files)
+
+
+def profile_bytes(profiles: Sequence[Manifest]) -> pd.DataFrame:
+    """One row per profile: profile, files, bytes, gb, estimated (files sized by estimate only),
+    ratio (bytes / the first profile's)."""
+    rows = []
+    for m in profiles:
+        nbytes, files = cold_start_bytes(m)
+        estimated = sum(1 for f in m.files if f.size is None)
+        rows.append({"profile": m.profile, "files": files, "bytes": nbytes, "gb": nbytes / 1e9, "estimated": estimated})
+    frame = pd.DataFrame(rows)
+    frame["ratio"] = frame["bytes"] / frame["bytes"].iloc[0]
+    return frame
 
 
 def repack_files(volume: LocalVolume) -> list[Path]:

@@ -97,13 +97,12 @@ def build_benchmark_report_asset(manifest: Manifest) -> dg.AssetsDefinition:
             storage_frame,
             write_report,
         )
-        from mt_assets.models.pipeline import UNITS
+        from mt_assets.models.pipeline import loadable_units
         from mt_assets.models.reading import check_strategy, strategy_from_env
 
         vol = volume.open()
         strategy = check_strategy(config.strategy) if config.strategy else strategy_from_env()
-        declared = {c.name for c in manifest.components}
-        units = [u for u, names in UNITS.items() if set(names) <= declared]
+        units = loadable_units(manifest)
         context.log.info(f"cold loads: {config.runs} x {strategy}, units {', '.join(units)}")
         cold = measure(vol, manifest, strategies=[strategy], runs=config.runs, units=units)
         created = datetime.now(UTC)

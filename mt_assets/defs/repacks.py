@@ -26,6 +26,7 @@ from mt_assets.manifest import Manifest
 from mt_assets.models.repack import (
     REPACKS,
     RepackManifest,
+    applicable_repacks,
     expected_sources,
     read_repack,
     source_files,
@@ -59,12 +60,10 @@ def repack_data_version(repack: RepackManifest) -> dg.DataVersion:
 
 
 def build_repack_defs(manifest: Manifest) -> list[dg.AssetsDefinition]:
-    """Each repack whose components the manifest declares: its asset and its check."""
-    names = {c.name for c in manifest.components}
+    """Each repack the profile can use (`applicable_repacks`): its asset and its check."""
     defs: list[dg.AssetsDefinition] = []
-    for name, components in REPACKS.items():
-        if set(components) <= names:
-            defs += [build_repack_asset(manifest, name), build_repack_check(name)]
+    for name in applicable_repacks(manifest):
+        defs += [build_repack_asset(manifest, name), build_repack_check(name)]
     return defs
 
 

@@ -9,7 +9,7 @@ The result is a manifest in the same format (a *lock file*), so everything that 
 
 `estimated_size` is dropped once a size is known. A profile that `extends` another is written flat:
 the base's components and bundles, then its own, with no `extends` (a lock stands alone); its
-`presets` and the components' `lora_scale` are kept. What changed against the previous lock is
+`presets` and the components' `lora_scale` and `quantized` are kept (a `drop` is already applied). What changed against the previous lock is
 returned as a list of changes to show. Any file the Hub does not have at the commit is an
 error, and nothing is written: a lock is all or nothing.
 """
@@ -86,6 +86,7 @@ def lock_manifest(manifest: Manifest, hub: MetadataSource) -> Manifest:
                 dir=c.dir,
                 files=tuple(files),
                 lora_scale=c.lora_scale,
+                quantized=c.quantized,
             )
         )
     locked = Manifest(
@@ -133,7 +134,7 @@ def diff(old: Manifest | None, new: Manifest) -> list[Change]:
 
 def to_yaml(manifest: Manifest, header: str = "") -> str:
     """The manifest as a flat document: every component and bundle (an `extends` base's included, no
-    `extends`), `presets` and `lora_scale` kept."""
+    `extends`, `drop` applied), `presets`, `lora_scale` and `quantized` kept."""
     doc: dict[str, Any] = {"profile": manifest.profile}
     if manifest.presets:
         doc["presets"] = list(manifest.presets)
@@ -144,6 +145,7 @@ def to_yaml(manifest: Manifest, header: str = "") -> str:
             "revision": c.revision,
             "dir": c.dir,
             **({"lora_scale": c.lora_scale} if c.lora_scale is not None else {}),
+            **({"quantized": c.quantized} if c.quantized is not None else {}),
             "files": [_file_doc(f) for f in c.files],
         }
         for c in manifest.components

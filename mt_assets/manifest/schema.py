@@ -18,9 +18,16 @@ A manifest (a "profile") is a YAML document that people write by hand:
       - name: lora-fusionx
         lora_scale: 1.0                   # a LoRA add-on: each weights file merged into the DiT at
         ...                               # load with this scale, in the order listed
+      - name: dit-int8
+        quantized: transformer            # transformer | t5: this unit's weights, quantized with
+        ...                               # optimum-quanto: one .safetensors weights file and one .json
+                                          # config file (its quantization map; models/quant.py)
 
     extends: multitalk-480p               # optional: a shipped profile whose components and bundles
                                           # come first; this document adds its own (an add-on)
+    drop: [wan-dit, multitalk, t5]        # optional, with extends: base components (and their bundles)
+                                          # this profile does not use; a dropped name may be declared
+                                          # again (a replacement)
     presets: [fusionx]                    # optional: the job presets (jobs/schema.py) this profile serves
 
     bundles:                              # optional: files that must load together
@@ -28,6 +35,13 @@ A manifest (a "profile") is a YAML document that people write by hand:
         loader: tokenizer                 # tokenizer | feature_extractor
         component: t5-tokenizer
         folder: google/umt5-xxl           # under the component's dir; default: the dir itself
+
+A quantized component replaces the unit's float files: with `quantized: transformer` the DiT is built
+from the `wan-dit` component's config.json and filled from the quantized file (no shards, no
+multitalk.safetensors); with `quantized: t5` the T5 is read from it instead of the `t5` component.
+LoRAs are never merged into quantized weights (MeiGen's reference ignores its LoRA scales there): a
+profile with a quantized transformer and a `lora_scale` component is refused; MeiGen publishes the
+LoRA-merged variant as a quantized file of its own (`quant_model_int8_FusionX.safetensors`).
 
 A bundle is the component's non-weights files under `folder` (tokenizer, processor and
 config files), loaded together with transformers from the volume, offline.
@@ -63,11 +77,12 @@ _HEX = re.compile(r"^[0-9a-f]+$")
 _REF = re.compile(r"^[A-Za-z0-9._/-]+$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
-_TOP_FIELDS = ("profile", "extends", "presets", "components", "bundles")
+_TOP_FIELDS = ("profile", "extends", "drop", "presets", "components", "bundles")
 PRESETS = ("fusionx", "lightx2v")  # the step-distilled settings MeiGen's README runs (jobs/schema.py)
 _BUNDLE_FIELDS = ("name", "loader", "component", "folder")
 BUNDLE_LOADERS = ("tokenizer", "feature_extractor")
-_COMPONENT_FIELDS = ("name", "repo", "revision", "dir", "files", "lora_scale")
+_COMPONENT_FIELDS = ("name", "repo", "revision", "dir", "files", "lora_scale", "quantized")
+QUANTIZED_UNITS = ("transformer", "t5")  # load units (models/pipeline.py) that read a quantized file
 _FILE_FIELDS = ("path", "size", "sha256", "git_sha1", "kind", "estimated_size")
 
 
@@ -113,6 +128,14 @@ class Component:
     dir: str
     files: tuple[ManifestFile, ...]
     lora_scale: float | None = None  # set: a LoRA add-on, its weights files merged into the DiT at load
+    quantized: str | None = None  # set: the load unit (transformer | t5) whose weights it holds, quantized
+
+    @property
+    def quant_files(self) -> tuple[ManifestFile, ManifestFile]:
+        """(the quantized state dict, its quantization map) of a quantized component."""
+        [weights] = [f for f in self.files if f.kind == "weights"]
+        [qmap] = [f for f in self.files if f.kind == "config"]
+        return weights, qmap
 
     @property
     def locked(self) -> bool:
@@ -143,6 +166,7 @@ class Manifest:
     bundles: tuple[Bundle, ...] = ()
     presets: tuple[str, ...] = ()  # job presets this profile serves
     extends: str | None = None  # the shipped profile it adds to (already composed in `components`)
+    dropped: tuple[str, ...] = ()  # the base's components it does not use (`drop`)
 
     @cached_property
     def files(self) -> tuple[ManifestFile, ...]:
@@ -155,6 +179,10 @@ class Manifest:
             (f, c.lora_scale) for c in self.components if c.lora_scale is not None for f in c.files if f.kind == "weights"
         )
 
+    def quantized(self, unit: str) -> Component | None:
+        """The component holding `unit`'s quantized weights (`quantized: transformer | t5`), if any."""
+        return next((c for c in self.components if c.quantized == unit), None)
+
     def select(self, names: list[str]) -> Manifest:
         """The same manifest with only the named components (each must exist)."""
         chosen = [self.component(n) for n in names]
@@ -166,6 +194,7 @@ class Manifest:
             bundles=bundles,
             presets=self.presets,
             extends=self.extends,
+            dropped=self.dropped,
         )
 
     def only(self, targets: set[str]) -> Manifest:
@@ -176,7 +205,13 @@ class Manifest:
             if files:
                 components.append(
                     Component(
-                        name=c.name, repo=c.repo, revision=c.revision, dir=c.dir, files=files, lora_scale=c.lora_scale
+                        name=c.name,
+                        repo=c.repo,
+                        revision=c.revision,
+                        dir=c.dir,
+                        files=files,
+                        lora_scale=c.lora_scale,
+                        quantized=c.quantized,
                     )
                 )
         return Manifest(
@@ -185,6 +220,7 @@ class Manifest:
             components=tuple(components),
             presets=self.presets,
             extends=self.extends,
+            dropped=self.dropped,
         )
 
     def component(self, name: str) -> Component:
@@ -316,12 +352,15 @@ class _Parser:
             raise self.fail("", f"field 'profile' must match [a-z0-9_-]+, got '{profile}'")
         extends = top.get("extends")
         inherited = self.base_profile(extends) if extends is not None else None
+        dropped = self.drop(top.get("drop"), inherited)
         presets = self.presets(top.get("presets", []))
         raw_components = top.get("components")
         if not isinstance(raw_components, list) or not raw_components:
             raise self.fail("", "field 'components' must be a non-empty list")
 
-        components: list[Component] = list(inherited.components) if inherited else []
+        components: list[Component] = (
+            [c for c in inherited.components if c.name not in dropped] if inherited else []
+        )
         names: set[str] = {c.name for c in components}
         targets: set[str] = {f.target for c in components for f in c.files}
         for index, raw in enumerate(raw_components, start=1):
@@ -346,8 +385,20 @@ class _Parser:
         raw_bundles = top.get("bundles", [])
         if not isinstance(raw_bundles, list):
             raise self.fail("", f"field 'bundles' must be a list, got {_kind_of(raw_bundles)}")
-        bundles: list[Bundle] = list(inherited.bundles) if inherited else []
         by_name = {c.name: c for c in components}
+        bundles: list[Bundle] = []
+        for b in inherited.bundles if inherited else ():
+            if b.component not in dropped:
+                bundles.append(b)
+            elif b.component in by_name:  # replaced: the bundle is made again from the new component
+                bundles.append(
+                    self.bundle(
+                        {"name": b.name, "loader": b.loader, "component": b.component, "folder": b.folder or None},
+                        0,
+                        by_name,
+                    )
+                )
+        self.check_quantized(components)
         bundle_names: set[str] = {b.name for b in bundles}
         for index, raw in enumerate(raw_bundles, start=1):
             bundle = self.bundle(raw, index, by_name)
@@ -362,7 +413,46 @@ class _Parser:
             bundles=tuple(bundles),
             presets=presets,
             extends=extends,
+            dropped=tuple(sorted(dropped)),
         )
+
+    def drop(self, raw: Any, inherited: Manifest | None) -> set[str]:
+        if raw is None:
+            return set()
+        if inherited is None:
+            raise self.fail("", "field 'drop' needs 'extends': it removes components of the base profile")
+        if not isinstance(raw, list) or not raw or not all(isinstance(n, str) for n in raw):
+            raise self.fail("", f"field 'drop' must be a non-empty list of component names, got {_kind_of(raw)}")
+        known = [c.name for c in inherited.components]
+        unknown = [n for n in raw if n not in known]
+        if unknown:
+            raise self.fail(
+                "",
+                f"field 'drop': profile {inherited.profile} has no component '{unknown[0]}' (known: {', '.join(known)})",
+            )
+        return set(raw)
+
+    def check_quantized(self, components: list[Component]) -> None:
+        """One quantized component per unit; no LoRA merged into a quantized DiT."""
+        seen: dict[str, str] = {}
+        for c in components:
+            if c.quantized is None:
+                continue
+            if c.quantized in seen:
+                raise self.fail(
+                    f"component '{c.name}': ",
+                    f"field 'quantized': component '{seen[c.quantized]}' already holds the quantized {c.quantized}",
+                )
+            seen[c.quantized] = c.name
+        loras = [c.name for c in components if c.lora_scale is not None]
+        if "transformer" in seen and loras:
+            raise self.fail(
+                f"component '{loras[0]}': ",
+                f"field 'lora_scale': the DiT of this profile is quantized (component '{seen['transformer']}'); "
+                "a LoRA is not merged into quantized weights (MeiGen's reference ignores its LoRA scales "
+                "there): declare a quantized file with the LoRA merged in, such as MeiGen's "
+                "quant_model_int8_FusionX.safetensors, instead",
+            )
 
     def base_profile(self, name: Any) -> Manifest:
         if not isinstance(name, str) or not _NAME.match(name):
@@ -463,8 +553,32 @@ class _Parser:
             if not any(f.kind == "weights" for f in files):
                 raise self.fail(where, "field 'lora_scale': a LoRA component needs at least one weights file")
             lora_scale = float(lora_scale)
+        quantized = mapping.get("quantized")
+        if quantized is not None:
+            if quantized not in QUANTIZED_UNITS:
+                raise self.fail(
+                    where, f"field 'quantized' must be one of {', '.join(QUANTIZED_UNITS)}, got {quantized!r}"
+                )
+            if lora_scale is not None:
+                raise self.fail(where, "fields 'quantized' and 'lora_scale' exclude each other")
+            kinds = sorted(f.kind for f in files)
+            if kinds != ["config", "weights"] or not all(
+                f.path.endswith(".safetensors" if f.kind == "weights" else ".json") for f in files
+            ):
+                raise self.fail(
+                    where,
+                    "field 'quantized': a quantized component has exactly one weights file (.safetensors, the "
+                    "quantized state dict) and one config file (.json, its quantization map), got "
+                    + ", ".join(f"{f.path} ({f.kind})" for f in files),
+                )
         return Component(
-            name=name, repo=repo, revision=revision, dir=directory, files=files, lora_scale=lora_scale
+            name=name,
+            repo=repo,
+            revision=revision,
+            dir=directory,
+            files=files,
+            lora_scale=lora_scale,
+            quantized=quantized,
         )
 
     def file(

@@ -40,6 +40,7 @@ from mt_assets.models.reading import (
     ReadBuffer,
     check_strategy,
     iter_safetensors,
+    owned_copy,
     read_safetensors_header,
     strategy_from_env,
 )
@@ -224,11 +225,7 @@ def load_multitalk_transformer(
         raise CheckpointError(
             f"{adapter_source}: key {diffusers_to_reference_key(unfilled[0])!r} was not loaded"
         )
-    _materialize_buffers(model)
-    for module in model.modules():  # the RoPE tables: moved, kept float32 ('rope' is an fp32 module)
-        for name, buf in module._buffers.items():
-            if buf is not None:
-                module._buffers[name] = buf.to(device)
+    finish_buffers(model, device)
     _own_aligned_storage(model)  # a no-op now (every weight is a fresh copy); kept as the guard it was
     return model.eval()
 
@@ -259,13 +256,7 @@ def _fill_from_file(
         target = source.dtype
         if source.is_floating_point():
             target = torch.float32 if any(p in name.split(".") for p in keep_fp32) else dtype
-        weight = source.to(device=device, dtype=target)
-        if (
-            weight.device.type == "cpu"
-            and weight.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
-        ):
-            weight = weight.clone()  # own, aligned storage: not a view into the file's buffer
-        part[name] = weight
+        part[name] = owned_copy(source, device=device, dtype=target)
         del source
     if len(part) != len(header):  # the file changed between the header check and the read
         missing = sorted(set(header) - {diffusers_to_reference_key(k) for k in part})[0]
@@ -320,11 +311,17 @@ def _index_headers(
     return headers
 
 
-def _materialize_buffers(model: MultiTalkTransformer3DModel) -> None:
-    """Loading with assign=True leaves non-persistent buffers (diffusers' RoPE tables) on meta."""
+def finish_buffers(model: MultiTalkTransformer3DModel, device: str | torch.device) -> None:
+    """Loading with assign=True leaves non-persistent buffers (diffusers' RoPE tables) on meta: built
+    again (the reference's `init_freqs()` after building on meta) and moved to `device`, float32
+    ('rope' is an fp32 module)."""
     if any(b.is_meta for b in model.buffers()):
         cfg = model.config
         model.rope = WanRotaryPosEmbed(cfg.attention_head_dim, cfg.patch_size, cfg.rope_max_seq_len)
+    for module in model.modules():
+        for name, buf in module._buffers.items():
+            if buf is not None:
+                module._buffers[name] = buf.to(device)
 
 
 def _own_aligned_storage(model: nn.Module) -> None:

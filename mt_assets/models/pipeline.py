@@ -14,6 +14,12 @@ components from `<volume>/models/<dir>/...`:
     vae             Wan2.1_VAE.pth
     wav2vec2        chinese-wav2vec2-base/ (model + feature extractor)
 
+A quantized profile (a component with `quantized: transformer | t5`; models/quant.py) reads, for the
+transformer, wan-dit's config.json and the quantized component's file and map (no shards, no adapter
+file, no LoRA: the LoRA-merged variant is a quantized file of its own), and for the t5 the quantized
+component instead of the bf16 .pth. The bf16 transformer repack does not apply to a quantized DiT
+(it is made from the float files such a profile does not have); CLIP's does as before.
+
 Per unit it reports seconds and bytes (the on-volume size of the files it loads); `unit_components`
 gives a unit's components for a manifest (UNITS, plus the LoRA components for the transformer).
 
@@ -67,9 +73,18 @@ UNITS: dict[str, tuple[str, ...]] = {
 def unit_components(manifest: Manifest, unit: str) -> tuple[str, ...]:
     """The components whose files `unit` reads from this manifest: UNITS[unit], and for the
     transformer the manifest's LoRA components (those with a `lora_scale`), in merge order."""
+    quantized = manifest.quantized(unit)
+    if quantized is not None:  # the DiT: built from wan-dit's config.json, filled from the quantized file
+        return ("wan-dit", quantized.name) if unit == "transformer" else (quantized.name,)
     if unit == "transformer":
         return UNITS[unit] + tuple(c.name for c in manifest.components if c.lora_scale is not None)
     return UNITS[unit]
+
+
+def loadable_units(manifest: Manifest) -> list[str]:
+    """The load units whose components (`unit_components`) the manifest declares, in UNITS order."""
+    names = {c.name for c in manifest.components}
+    return [unit for unit in UNITS if set(unit_components(manifest, unit)) <= names]
 
 
 def loaded_components(manifest: Manifest) -> set[str]:
@@ -166,10 +181,12 @@ def load_pipeline_components(
     from mt_assets.models.audio import load_wav2vec2
     from mt_assets.models.clip_vision import load_clip_vision
     from mt_assets.models.dit_loading import load_multitalk_transformer
+    from mt_assets.models.quant import load_quantized_t5, load_quantized_transformer
     from mt_assets.models.repack import (
         CLIP_FILE_NAME,
         UNIT_REPACK,
         RepackManifest,
+        applicable_repacks,
         repack_inputs,
         usable_repack,
     )
@@ -188,15 +205,37 @@ def load_pipeline_components(
     def dir_of(component: str) -> Path:
         return volume.root / "models" / manifest.component(component).dir
 
-    loaders: dict[str, Callable[[], Any]] = {
-        "transformer": lambda: load_multitalk_transformer(
+    def quantized(unit: str) -> tuple[Path, Path] | None:
+        """(quantized file, its map) on the volume for a quantized unit; None for a float one."""
+        component = manifest.quantized(unit)
+        if component is None:
+            return None
+        weights, qmap = component.quant_files
+        return volume.path(weights.target), volume.path(qmap.target)
+
+    def load_transformer() -> Any:
+        quant = quantized("transformer")
+        if quant is not None:
+            return load_quantized_transformer(
+                dir_of("wan-dit") / "config.json", *quant, device=device, dtype=dtype, strategy=strategy
+            )
+        return load_multitalk_transformer(
             dir_of("wan-dit"),
             dir_of("multitalk") / "diffusion_pytorch_model.safetensors.index.json",
             device=device,
             dtype=dtype,
             strategy=strategy,
-        ),
-        "t5": lambda: load_t5_encoder(one_file("t5"), dtype=dtype, device=device, strategy=strategy),
+        )
+
+    def load_t5() -> Any:
+        quant = quantized("t5")
+        if quant is not None:
+            return load_quantized_t5(*quant, device=device, dtype=dtype, strategy=strategy)
+        return load_t5_encoder(one_file("t5"), dtype=dtype, device=device, strategy=strategy)
+
+    loaders: dict[str, Callable[[], Any]] = {
+        "transformer": load_transformer,
+        "t5": load_t5,
         "t5-tokenizer": lambda: load_t5_tokenizer(folder("t5-tokenizer")),
         "clip": lambda: load_clip_vision(one_file("clip"), dtype=dtype, device=device, strategy=strategy),
         "clip-tokenizer": lambda: load_clip_tokenizer(folder("clip-tokenizer")),
@@ -235,6 +274,8 @@ def load_pipeline_components(
     result = PipelineComponents()
 
     loras = [(f, scale) for f, scale in manifest.loras]
+    loras_by_component = {f.component for f, _ in loras}
+    quantized_dit = manifest.quantized("transformer") is not None
 
     def merge_into(transformer: Any) -> list[tuple[str, int]]:
         """Merge the manifest's LoRA files into the loaded DiT; (target, size) of each file read."""
@@ -266,11 +307,18 @@ def load_pipeline_components(
         components = unit_components(manifest, unit)
         if unit == "transformer":
             check_loras()
-        files = tuple(f for name in UNITS[unit] for f in manifest.component(name).files)  # LoRAs: merge_into
+        # the unit's own files (LoRAs: merge_into); of wan-dit only config.json for a quantized DiT
+        files = tuple(
+            f
+            for name in components
+            if name not in loras_by_component
+            for f in manifest.component(name).files
+            if not (quantized_dit and name == "wan-dit" and f.path != "config.json")
+        )
         started = time.perf_counter()
         repack = (
             usable_repack(volume, manifest, UNIT_REPACK[unit])
-            if use_repacks and unit in UNIT_REPACK
+            if use_repacks and unit in UNIT_REPACK and UNIT_REPACK[unit] in applicable_repacks(manifest)
             else None
         )
         if repack is not None:

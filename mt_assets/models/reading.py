@@ -367,6 +367,15 @@ def warm_tensors(
             os.close(fd)
 
 
+def owned_copy(tensor: torch.Tensor, *, device: str | torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`tensor` cast to `dtype` on `device`, in storage of its own: a read buffer's (or a mapping's)
+    view is copied even when neither the dtype nor the device changes, so the buffer can go."""
+    out = tensor.to(device=device, dtype=dtype)
+    if out.device.type == "cpu" and out.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr():
+        out = out.clone()  # own, aligned storage: not a view into the file's buffer
+    return out
+
+
 def will_copy(tensor: torch.Tensor, dtype: torch.dtype, device: str | torch.device) -> bool:
     """Whether `tensor.to(device=device, dtype=dtype)` copies it (reads all of its bytes).
 

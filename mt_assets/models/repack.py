@@ -143,6 +143,18 @@ def source_files(manifest: Manifest, name: str) -> tuple[ManifestFile, ...]:
     return tuple(f for c in REPACKS[name] for f in manifest.component(c).files)
 
 
+def applicable_repacks(manifest: Manifest) -> tuple[str, ...]:
+    """The repacks a profile can use: those whose source components it declares, and never for a
+    quantized unit (a quantized DiT, models/quant.py, is read from its own smaller file; the
+    transformer repack is made from the float shards such a profile does not have)."""
+    names = {c.name for c in manifest.components}
+    return tuple(
+        name
+        for unit, name in UNIT_REPACK.items()
+        if manifest.quantized(unit) is None and set(REPACKS[name]) <= names
+    )
+
+
 def expected_sources(manifest: Manifest, name: str) -> tuple[tuple[str, str], ...]:
     """(target, sha256) of every source file as the manifest pins it now (sorted by target)."""
     return tuple(
@@ -418,7 +430,7 @@ def unvouched_repacks(manifest: Manifest, volume: LocalVolume) -> dict[str, str]
     found: dict[str, str] = {}
     cache = ReadOnlyHashCache(volume.state_dir / CACHE_NAME)
     try:
-        for name in REPACKS:
+        for name in applicable_repacks(manifest):
             try:
                 repack = read_repack(volume, name)
             except RepackError:

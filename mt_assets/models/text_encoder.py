@@ -98,27 +98,29 @@ def t5_config_from_state(state: Mapping[str, torch.Tensor], source: str) -> UMT5
     )
 
 
-def wan_t5_to_transformers(state: Mapping[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
-    """Rename a (checked) Wan T5 state dict to UMT5EncoderModel's keys."""
-    out = {
-        "shared.weight": state["token_embedding.weight"],
+def wan_t5_key_map(num_layers: int) -> dict[str, tuple[str, ...]]:
+    """Every Wan T5 encoder key -> its UMT5EncoderModel name(s) (the embedding has two: tied)."""
+    names: dict[str, tuple[str, ...]] = {
         # Tied to `shared`: the same tensor under both names keeps them tied after loading.
-        "encoder.embed_tokens.weight": state["token_embedding.weight"],
-        "encoder.final_layer_norm.weight": state["norm.weight"],
+        "token_embedding.weight": ("shared.weight", "encoder.embed_tokens.weight"),
+        "norm.weight": ("encoder.final_layer_norm.weight",),
     }
     for n in range(num_layers):
         w, h = f"blocks.{n}.", f"encoder.block.{n}.layer."
         for x in "qkvo":
-            out[f"{h}0.SelfAttention.{x}.weight"] = state[f"{w}attn.{x}.weight"]
-        out[f"{h}0.SelfAttention.relative_attention_bias.weight"] = state[
-            f"{w}pos_embedding.embedding.weight"
-        ]
-        out[f"{h}0.layer_norm.weight"] = state[f"{w}norm1.weight"]
-        out[f"{h}1.DenseReluDense.wi_0.weight"] = state[f"{w}ffn.gate.0.weight"]
-        out[f"{h}1.DenseReluDense.wi_1.weight"] = state[f"{w}ffn.fc1.weight"]
-        out[f"{h}1.DenseReluDense.wo.weight"] = state[f"{w}ffn.fc2.weight"]
-        out[f"{h}1.layer_norm.weight"] = state[f"{w}norm2.weight"]
-    return out
+            names[f"{w}attn.{x}.weight"] = (f"{h}0.SelfAttention.{x}.weight",)
+        names[f"{w}pos_embedding.embedding.weight"] = (f"{h}0.SelfAttention.relative_attention_bias.weight",)
+        names[f"{w}norm1.weight"] = (f"{h}0.layer_norm.weight",)
+        names[f"{w}ffn.gate.0.weight"] = (f"{h}1.DenseReluDense.wi_0.weight",)
+        names[f"{w}ffn.fc1.weight"] = (f"{h}1.DenseReluDense.wi_1.weight",)
+        names[f"{w}ffn.fc2.weight"] = (f"{h}1.DenseReluDense.wo.weight",)
+        names[f"{w}norm2.weight"] = (f"{h}1.layer_norm.weight",)
+    return names
+
+
+def wan_t5_to_transformers(state: Mapping[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """Rename a (checked) Wan T5 state dict to UMT5EncoderModel's keys."""
+    return {name: state[key] for key, names in wan_t5_key_map(num_layers).items() for name in names}
 
 
 def load_t5_encoder(

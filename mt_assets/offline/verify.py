@@ -287,10 +287,9 @@ class OfflineProof:
 
 def provable_units(manifest: Manifest) -> list[str]:
     """The load units whose components the manifest declares: what `verify_offline` can prove."""
-    from mt_assets.models.pipeline import UNITS
+    from mt_assets.models.pipeline import loadable_units
 
-    names = {c.name for c in manifest.components}
-    return [unit for unit, components in UNITS.items() if set(components) <= names]
+    return loadable_units(manifest)
 
 
 def prove_offline(

@@ -162,11 +162,18 @@ def medium_scale(divisor: int = 1) -> MirrorScale:
     )
 
 
-def tiny_profile_names() -> list[str]:
-    """The shipped tiny profiles: `tiny` and its add-on twins (tiny/lora.py TINY_LORAS)."""
+def tiny_twins() -> dict[str, str]:
+    """{tiny twin: the real profile it copies}: the LoRA twins (tiny/lora.py TINY_LORAS) and the
+    quantized ones (tiny/quant.py TINY_QUANTS), each `extends: tiny`."""
     from mt_assets.tiny.lora import TINY_LORAS
+    from mt_assets.tiny.quant import TINY_QUANTS
 
-    return [TINY_PROFILE, *(spec.profile for spec in TINY_LORAS)]
+    return {spec.profile: spec.real_profile for spec in (*TINY_LORAS, *TINY_QUANTS)}
+
+
+def tiny_profile_names() -> list[str]:
+    """The shipped tiny profiles: `tiny` and its twins (`tiny_twins`)."""
+    return [TINY_PROFILE, *tiny_twins()]
 
 
 def stale_tiny_files(root: str | Path) -> list[str]:
@@ -191,8 +198,10 @@ def build_tiny_mirror(root: str | Path, *, seed: int = 0, scale: str | MirrorSca
     or a MirrorScale. Built in a temporary folder beside `root` and renamed into place, so an
     interrupted build leaves no half mirror behind.
     """
-    from mt_assets.tiny.dit import write_tiny_dit
-    from mt_assets.tiny.lora import write_tiny_loras
+    from mt_assets.models.text_encoder import T5_FILE
+    from mt_assets.tiny.dit import tiny_reference_state, write_tiny_dit
+    from mt_assets.tiny.lora import TINY_LORAS, lora_target, write_tiny_loras
+    from mt_assets.tiny.quant import write_tiny_quants
     from mt_assets.tiny.wan_parts import (
         write_tiny_clip,
         write_tiny_t5,
@@ -225,6 +234,14 @@ def build_tiny_mirror(root: str | Path, *, seed: int = 0, scale: str | MirrorSca
         write_tiny_tokenizers(wan)
         write_tiny_wav2vec2(work / WAV2VEC2_DIR, seed=seed, sizes=sizes.wav2vec2)
         write_tiny_loras(work, config=sizes.dit)  # the add-ons' LoRA files, for the tiny twins
+        [fusionx] = [spec for spec in TINY_LORAS if spec.family == "fusionx"]
+        write_tiny_quants(  # the quantized twins' files, made from the float ones just written
+            work,
+            dit_state=tiny_reference_state(sizes.dit, seed=seed),
+            config=sizes.dit,
+            t5_path=wan / T5_FILE,
+            fusionx_lora=work.joinpath(*lora_target(fusionx)),
+        )
         manifest = mirror_manifest(work, profile=sizes.profile, revision=sizes.revision)
         if root.exists():
             root.rmdir()
@@ -329,53 +346,72 @@ def mirror_manifest(
     return parse_manifest(to_yaml(draft), source)
 
 
-def _addon_files() -> dict[str, Any]:
-    """{`<dir>/<path>` of each tiny add-on's LoRA file: its TinyLora}."""
-    from mt_assets.tiny.lora import TINY_LORAS, lora_target
+def _twin_components(real_profile: str) -> list[Component]:
+    """The components a real add-on profile declares itself (new ones, and replacements of the ones it
+    drops), not those it inherits."""
+    real = load_profile(real_profile)
+    base = {c.name for c in load_profile(real.extends).components} if real.extends else set()
+    return [c for c in real.components if c.name not in base or c.name in real.dropped]
 
-    return {"/".join(lora_target(spec)): spec for spec in TINY_LORAS}
+
+def _addon_files() -> set[str]:
+    """`<dir>/<path>` of every tiny twin's own files that the template profile does not have."""
+    template = {f"{f.dir}/{f.path}" for f in load_profile(TEMPLATE_PROFILE).files}
+    return {
+        f"{f.dir}/{f.path}"
+        for real in tiny_twins().values()
+        for c in _twin_components(real)
+        for f in c.files
+        if f"{f.dir}/{f.path}" not in template
+    }
 
 
 def tiny_addon_yaml(mirror: str | Path, name: str) -> str:
-    """The shipped text of a tiny add-on profile (`tiny-fusionx`, ...) for a built mirror: `extends: tiny`,
-    the real add-on profile's presets, and its LoRA component (name, repo, dir, path, lora_scale) with
-    the mirror file's size and sha256 and the revision `tiny-local`."""
+    """The shipped text of a tiny twin (`tiny-fusionx`, `tiny-int8`, ...) for a built mirror: `extends:
+    tiny`, the real profile's `drop` and presets, and the components it declares itself (name, repo,
+    dir, paths, lora_scale, quantized) with the mirror files' sizes and sha256 and the revision
+    `tiny-local`."""
     import yaml
 
-    from mt_assets.tiny.lora import TINY_LORAS
-
-    specs = {spec.profile: spec for spec in TINY_LORAS}
-    if name not in specs:
-        raise ManifestError(f"tiny add-on profile '{name}': not one of {', '.join(specs)}")
-    spec = specs[name]
-    real = load_profile(spec.real_profile)
-    component = real.component(spec.component)
-    files = []
-    for f in component.files:
-        path = Path(mirror) / f.dir / f.path
-        if not path.is_file():
-            raise ManifestError(
-                f"{name} mirror {mirror}: {f.dir}/{f.path} is missing; build the mirror again"
-            )
-        files.append({"path": f.path, "kind": f.kind, "size": path.stat().st_size, "sha256": _sha256(path)})
-    doc = {
-        "profile": name,
-        "extends": TINY_PROFILE,
-        "presets": list(real.presets),
-        "components": [
+    twins = tiny_twins()
+    if name not in twins:
+        raise ManifestError(f"tiny add-on profile '{name}': not one of {', '.join(twins)}")
+    real = load_profile(twins[name])
+    components = []
+    for component in _twin_components(real.profile):
+        files = []
+        for f in component.files:
+            path = Path(mirror) / f.dir / f.path
+            if not path.is_file():
+                raise ManifestError(
+                    f"{name} mirror {mirror}: {f.dir}/{f.path} is missing; build the mirror again"
+                )
+            files.append({"path": f.path, "kind": f.kind, "size": path.stat().st_size, "sha256": _sha256(path)})
+        components.append(
             {
                 "name": component.name,
                 "repo": component.repo,
                 "revision": TINY_REVISION,
                 "dir": component.dir,
-                "lora_scale": component.lora_scale,
+                **({"lora_scale": component.lora_scale} if component.lora_scale is not None else {}),
+                **({"quantized": component.quantized} if component.quantized is not None else {}),
                 "files": files,
             }
-        ],
-    }
+        )
+    doc: dict[str, Any] = {"profile": name, "extends": TINY_PROFILE}
+    if real.dropped:
+        doc["drop"] = list(real.dropped)
+    if real.presets:
+        doc["presets"] = list(real.presets)
+    doc["components"] = components
+    what = (
+        f"{real.profile}'s quantized DiT and T5\nat toy scale (tiny float files "
+        "quantized as MeiGen's are; tiny/quant.py)"
+        if any(c.quantized for c in _twin_components(real.profile))
+        else f"{real.profile}'s LoRA at toy scale (random\nweights in the real file's key families; tiny/lora.py)"
+    )
     header = (
-        f"The {name} profile: the tiny profile plus {spec.real_profile}'s LoRA at toy scale (random\n"
-        f"weights in the real file's key families; tiny/lora.py), built by `mt-assets tiny build DIR`.\n"
+        f"The {name} profile: the tiny profile plus {what}, built by `mt-assets tiny build DIR`.\n"
         "Generated: do not edit; rebuild with `mt-assets tiny build DIR --update-profile`."
     )
     text = yaml.safe_dump(doc, sort_keys=False, width=200)

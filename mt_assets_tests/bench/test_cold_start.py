@@ -124,3 +124,37 @@ def test_report_files_are_written_whole_with_a_png_that_decodes(volume: LocalVol
     assert json.loads(first["json"].read_text())["units"]["total"]["p95"] == pytest.approx(0.39)
     assert "no renders yet" in first["md"].read_text() and "no provisioning recorded" in report.markdown
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_quantized_profile_reads_about_a_third_of_the_base_bytes_and_none_of_its_float_files() -> None:
+    """Issue 22: the int8 profile's cold start reads <= 0.36x the base's bytes (from the manifests)."""
+    from mt_assets.bench.cold_start import cold_start_bytes, profile_bytes
+
+    names = ["multitalk-480p", "multitalk-480p-int8", "multitalk-480p-int8-fusionx", "multitalk-480p-fp8-fusionx"]
+    frame = profile_bytes([load_profile(n) for n in names]).set_index("profile")
+    assert frame.loc["multitalk-480p", "ratio"] == 1.0
+    for name in names[1:]:
+        assert frame.loc[name, "ratio"] <= 0.36, name
+        nbytes, files = cold_start_bytes(load_profile(name))
+        assert (nbytes, files) == (frame.loc[name, "bytes"], frame.loc[name, "files"])
+    base = {f.target for f in load_profile("multitalk-480p").files if f.component in ("wan-dit", "multitalk", "t5")}
+    for name in names[1:]:
+        assert base & {f.target for f in load_profile(name).files} == {
+            "models/Wan2.1-I2V-14B-480P/config.json"
+        }  # the DiT is built from it; no shard, adapter or .pth T5
+
+
+def test_the_cold_start_benchmark_prints_the_int8_bytes_ratio_last() -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[2]
+    out = subprocess.run(
+        [sys.executable, "cold_start.py", "--bytes-only"], cwd=root / "benchmarks", capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(root)}, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("int8_bytes_ratio=") and float(last.split("=")[1]) <= 0.36
+    assert "multitalk-480p-fp8-fusionx" in out.stdout

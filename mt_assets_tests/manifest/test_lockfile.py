@@ -84,3 +84,33 @@ def test_a_lock_of_an_extends_profile_is_flat_and_keeps_presets_and_lora_scales(
     assert (lora.revision, lora.size, lora.sha256) == ("d" * 40, 7, "e" * 64)
     assert again.component("lora-fusionx").locked
     assert diff(locked, again) == []
+
+
+def test_a_lock_of_a_quantized_profile_is_flat_with_the_drop_applied_and_keeps_quantized(tmp_path: Path) -> None:
+    from dataclasses import dataclass
+
+    from mt_assets.manifest.lockfile import lock_manifest
+
+    @dataclass
+    class Info:
+        size: int
+        sha256: str | None
+        git_sha1: str | None
+
+    class Hub:
+        def resolve_revision(self, repo: str, revision: str) -> str:
+            return "d" * 40
+
+        def paths_info(self, repo: str, commit: str, paths: list[str]) -> dict[str, Info]:
+            return {p: Info(7, "e" * 64, None) for p in paths}
+
+    m = load_profile("multitalk-480p-int8")
+    out = tmp_path / "int8.lock.yaml"
+    write_lock(lock_manifest(m, Hub()), out)
+    text = out.read_text()
+    assert "extends" not in text and "drop" not in text
+    again = load_manifest(out)
+    assert [c.name for c in again.components] == [c.name for c in m.components]
+    assert "multitalk" not in [c.name for c in again.components]
+    assert again.quantized("transformer").name == "dit-int8" and again.quantized("t5").name == "t5-int8"
+    assert all(c.locked for c in again.components)

@@ -182,7 +182,7 @@ def test_duplicate_component_names() -> None:
             "component 'wav2vec2': field 'revision' must be a 40-hex commit or a ref name, got 'main branch'",
         ),
         ("files", [], "component 'wav2vec2': field 'files' must be a non-empty list"),
-        ("url", "x", "component 'wav2vec2': unknown field 'url' (known: name, repo, revision, dir, files, lora_scale)"),
+        ("url", "x", "component 'wav2vec2': unknown field 'url' (known: name, repo, revision, dir, files, lora_scale, quantized)"),
     ],
 )
 def test_bad_component_fields_are_named(field: str, value: Any, message: str) -> None:
@@ -197,7 +197,7 @@ def test_unknown_top_level_field() -> None:
         doc["profiles"] = "x"
 
     assert error_for(edit) == (
-        "manifest profiles/custom.yaml: unknown field 'profiles' (known: profile, extends, presets, components, bundles); did you mean 'profile'?"
+        "manifest profiles/custom.yaml: unknown field 'profiles' (known: profile, extends, drop, presets, components, bundles); did you mean 'profile'?"
     )
 
 
@@ -263,3 +263,131 @@ def test_bundles_take_the_non_weights_files_of_their_folder() -> None:
 )
 def test_bad_bundles_are_named(bundle: dict[str, Any], message: str) -> None:
     assert bundle_error(bundle) == f"manifest profiles/custom.yaml: {message}"
+
+
+# ---- drop and quantized components (extends) -------------------------------------------------------
+def quant_doc(**top: Any) -> dict[str, Any]:
+    """An add-on of multitalk-480p that drops its float DiT and T5 for quantized ones."""
+    return {
+        "profile": "custom",
+        "extends": "multitalk-480p",
+        "drop": ["wan-dit", "multitalk", "t5"],
+        "components": [
+            {
+                "name": "wan-dit",
+                "repo": "Wan-AI/Wan2.1-I2V-14B-480P",
+                "revision": "main",
+                "dir": "Wan2.1-I2V-14B-480P",
+                "files": [{"path": "config.json", "kind": "config"}],
+            },
+            {
+                "name": "dit-int8",
+                "quantized": "transformer",
+                "repo": "MeiGen-AI/MeiGen-MultiTalk",
+                "revision": "main",
+                "dir": "MeiGen-MultiTalk",
+                "files": [
+                    {"path": "quant_models/dit_model_int8.safetensors", "kind": "weights"},
+                    {"path": "quant_models/dit_model_map_int8.json", "kind": "config"},
+                ],
+            },
+        ],
+        **top,
+    }
+
+
+def quant_error(doc: dict[str, Any]) -> str:
+    with pytest.raises(ManifestError) as info:
+        parse(doc)
+    return str(info.value)
+
+
+def test_drop_removes_base_components_and_a_dropped_name_may_be_declared_again() -> None:
+    m = parse(quant_doc())
+    names = [c.name for c in m.components]
+    assert "multitalk" not in names and "t5" not in names and names.count("wan-dit") == 1
+    assert [f.path for f in m.component("wan-dit").files] == ["config.json"]
+    assert m.dropped == ("multitalk", "t5", "wan-dit")
+    assert m.quantized("transformer").name == "dit-int8" and m.quantized("t5") is None
+    weights, qmap = m.quantized("transformer").quant_files
+    assert (weights.kind, qmap.path) == ("weights", "quant_models/dit_model_map_int8.json")
+    assert {b.name for b in m.bundles} == {"t5-tokenizer", "clip-tokenizer", "wav2vec2-processor"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.pop("extends"), "field 'drop' needs 'extends': it removes components of the base profile"),
+        (lambda d: d.update(drop="t5"), "field 'drop' must be a non-empty list of component names, got a string ('t5')"),
+        (
+            lambda d: d.update(drop=["wan-dit", "t6"]),
+            "field 'drop': profile multitalk-480p has no component 't6' (known: wan-dit, t5, t5-tokenizer",
+        ),
+        (
+            lambda d: d.update(drop=["t5"]),
+            "component #1: field 'name': duplicate component name 'wan-dit'",
+        ),
+        (
+            lambda d: d["components"][1].update(quantized="vae"),
+            "component 'dit-int8': field 'quantized' must be one of transformer, t5, got 'vae'",
+        ),
+        (
+            lambda d: d["components"][1]["files"].pop(),
+            "component 'dit-int8': field 'quantized': a quantized component has exactly one weights file "
+            "(.safetensors, the quantized state dict) and one config file (.json, its quantization map), "
+            "got quant_models/dit_model_int8.safetensors (weights)",
+        ),
+        (
+            lambda d: d["components"][1].update(lora_scale=1.0),
+            "component 'dit-int8': fields 'quantized' and 'lora_scale' exclude each other",
+        ),
+        (
+            lambda d: d["components"].append(
+                {**copy.deepcopy(d["components"][1]), "name": "dit-fp8", "dir": "MeiGen-MultiTalk-fp8"}
+            ),
+            "field 'quantized': component 'dit-int8' already holds the quantized transformer",
+        ),
+    ],
+)
+def test_bad_drop_and_quantized_fields_are_named(edit: Any, message: str) -> None:
+    doc = quant_doc()
+    edit(doc)
+    assert message in quant_error(doc)
+
+
+def test_a_lora_on_a_profile_with_a_quantized_dit_is_refused_with_the_premerged_alternative() -> None:
+    doc = quant_doc()
+    doc["components"].append(
+        {
+            "name": "lora-fusionx",
+            "lora_scale": 1.0,
+            "repo": "vrgamedevgirl84/Wan14BT2VFusioniX",
+            "revision": "main",
+            "dir": "Wan14BT2VFusioniX",
+            "files": [{"path": "FusionX_LoRa/Wan2.1_I2V_14B_FusionX_LoRA.safetensors", "kind": "weights"}],
+        }
+    )
+    message = quant_error(doc)
+    assert "component 'lora-fusionx': field 'lora_scale': the DiT of this profile is quantized" in message
+    assert "quant_model_int8_FusionX.safetensors" in message
+
+
+def test_a_dropped_components_bundle_goes_with_it_or_is_made_again_from_its_replacement() -> None:
+    from mt_assets.manifest import load_profile
+
+    gone = parse(quant_doc(drop=["wan-dit", "multitalk", "t5", "wav2vec2"]))
+    assert "wav2vec2-processor" not in {b.name for b in gone.bundles}
+    base = load_profile("multitalk-480p").component("t5-tokenizer")
+    replaced_doc = quant_doc(drop=["wan-dit", "multitalk", "t5", "t5-tokenizer"])
+    replaced_doc["components"].append(
+        {
+            "name": "t5-tokenizer",
+            "repo": base.repo,
+            "revision": "main",
+            "dir": "umt5-elsewhere",
+            "files": [{"path": f.path, "kind": f.kind} for f in base.files],
+        }
+    )
+    [bundle] = [b for b in parse(replaced_doc).bundles if b.name == "t5-tokenizer"]
+    assert bundle.location == "models/umt5-elsewhere/google/umt5-xxl"
+    assert {f.revision for f in bundle.files} == {"main"}

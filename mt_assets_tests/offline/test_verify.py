@@ -241,3 +241,54 @@ def test_a_lora_file_deleted_from_the_volume_is_named_by_the_audit_the_offline_p
     settings = WorkerSettings.from_env({"MT_VOLUME": str(volume), "MT_PROFILE": "tiny-fusionx"})
     with pytest.raises(StartupError, match=rf"missing\s+{lora.target}"):
         startup(settings)
+
+
+def test_a_quantization_map_deleted_from_the_volume_is_named_by_the_audit_the_offline_proof_and_the_worker(
+    tiny_int8_volume: Path, tmp_path: Path
+) -> None:
+    from mt_assets.worker.environment import WorkerSettings
+    from mt_assets.worker.startup import StartupError, startup
+    from mt_assets_tests.conftest import run_cli
+    from mt_assets_tests.offline.conftest import copy_volume
+
+    volume = copy_volume(tiny_int8_volume, tmp_path / "volume")
+    int8 = load_profile("tiny-int8")
+    _, qmap = int8.quantized("transformer").quant_files
+    (volume / qmap.target).unlink()
+
+    audited = run_cli("audit", "--profile", "tiny-int8", "--volume", str(volume), "--json")
+    assert audited.returncode == 1, audited.stderr
+    missing = [f["target"] for f in json.loads(audited.stdout)["files"] if f["status"] == "missing"]
+    assert missing == [qmap.target]
+
+    report = verify_offline(volume, int8, only=["transformer"])
+    assert report.to_json()["ok"] is False
+    assert report.missing == [qmap.target]
+    [unit] = report.units
+    assert unit.status == "failed" and "dit-int8" in unit.components
+    assert f"quantization map {volume / qmap.target}: no such file" in (unit.error or "")
+
+    settings = WorkerSettings.from_env({"MT_VOLUME": str(volume), "MT_PROFILE": "tiny-int8"})
+    with pytest.raises(StartupError, match=rf"missing\s+{qmap.target}"):
+        startup(settings)
+
+
+def test_a_quantized_file_with_a_key_removed_fails_the_offline_proof_naming_the_key(
+    tiny_int8_volume: Path, tmp_path: Path
+) -> None:
+    """On the volume, as the golden test shows for the file alone: the reference would load it with the
+    key's memory uninitialised; the proof's load refuses it, naming the file and the key."""
+    from safetensors.torch import load_file, save_file
+
+    from mt_assets_tests.offline.conftest import copy_volume
+
+    volume = copy_volume(tiny_int8_volume, tmp_path / "volume")
+    int8 = load_profile("tiny-int8")
+    weights, _ = int8.quantized("transformer").quant_files
+    tensors = load_file(str(volume / weights.target))
+    del tensors["blocks.0.self_attn.q.weight._scale"]
+    save_file(tensors, str(volume / weights.target))
+    report = verify_offline(volume, int8, only=["transformer"])
+    [unit] = report.units
+    assert unit.status == "failed"
+    assert f"{volume / weights.target}: missing key 'blocks.0.self_attn.q.weight._scale'" in (unit.error or "")

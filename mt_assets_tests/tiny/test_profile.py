@@ -14,7 +14,9 @@ from mt_assets.tiny.profile import (
     stale_tiny_files,
     tiny_addon_yaml,
     tiny_manifest,
+    tiny_profile_names,
     tiny_profile_yaml,
+    tiny_twins,
 )
 from mt_assets.volume import LocalVolume
 from mt_assets_tests.conftest import run_cli
@@ -36,7 +38,7 @@ def test_the_builder_writes_exactly_the_shipped_tiny_profile(tiny_mirror: Path) 
     assert tiny_profile_yaml(tiny_manifest(tiny_mirror)) == profile_path("tiny").read_text()
 
 
-@pytest.mark.parametrize("name", ["tiny-fusionx", "tiny-lightx2v"])
+@pytest.mark.parametrize("name", list(tiny_twins()))
 def test_the_builder_writes_exactly_the_shipped_tiny_addon_profiles(tiny_mirror: Path, name: str) -> None:
     assert tiny_addon_yaml(tiny_mirror, name) == profile_path(name).read_text()
 
@@ -58,9 +60,7 @@ def test_tiny_addon_twins_declare_the_real_lora_components_on_top_of_tiny(tiny: 
 def test_two_builds_are_byte_identical(tiny_mirror: Path, tmp_path: Path) -> None:
     second = tmp_path / "again"
     build_tiny_mirror(second)
-    for f in {
-        f.target: f for n in ("tiny", "tiny-fusionx", "tiny-lightx2v") for f in load_profile(n).files
-    }.values():
+    for f in {f.target: f for n in tiny_profile_names() for f in load_profile(n).files}.values():
         assert (second / f.dir / f.path).read_bytes() == (tiny_mirror / f.dir / f.path).read_bytes(), f.target
 
 
