@@ -108,9 +108,6 @@ NOISY_SPREAD = 1.5  # slowest / fastest run of one variant above which the outpu
 REFERENCE_STEPS = 40  # the reference default: 40 steps x 3 evaluations per 81-frame clip
 TEACACHE_THRESHOLDS = (0.2, 0.3)
 LORA = TINY_LORAS[0]  # the FusionX key family (image branch included), drawn for the benchmark's DiT
-# MeiGen's published quantization maps leave `time_embedding.{0,2}` and `time_projection.1` in float
-# (its `exclude=['time_embedding*', 'time_projection*']`); in diffusers' names, ours:
-QUANT_EXCLUDE = ["condition_embedder.time_embedder*", "condition_embedder.time_proj*"]
 
 
 @dataclass(frozen=True)
@@ -260,11 +257,12 @@ def quantized_copy(model: MultiTalkTransformer3DModel, qtype: str) -> tuple[Mult
     MeiGen's files were made; and how many modules were quantized."""
     import copy
 
-    from optimum.quanto import QTensor, freeze, qfloat8, qint8, quantize
+    from optimum.quanto import QTensor
+
+    from mt_assets.tiny.quant import quantize_dit
 
     quantized = copy.deepcopy(model)
-    quantize(quantized, weights={"qint8": qint8, "qfloat8": qfloat8}[qtype], exclude=QUANT_EXCLUDE)
-    freeze(quantized)
+    quantize_dit(quantized, qtype)
     modules = sum(isinstance(getattr(m, "weight", None), QTensor) for m in quantized.modules())
     return quantized, modules
 

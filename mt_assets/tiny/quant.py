@@ -54,14 +54,13 @@ TINY_QUANTS: tuple[TinyQuant, ...] = (
 )
 
 
-def quantize_linears(
+def quantize_in_place(
     model: nn.Module, qtype: str, to_reference: Mapping[str, str], exclude: tuple[str, ...] = ()
-) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, str]]]:
-    """Quantize `model`'s linears (weights only, optimum-quanto, frozen) and return its state dict and
-    quantization map in the reference's naming (`to_reference`: each float state-dict key -> its
-    reference name), leaving out the modules whose reference name matches an `exclude` pattern.
-    Tied tensors appear once."""
-    from optimum.quanto import freeze, quantization_map, quantize
+) -> dict[str, str]:
+    """Quantize `model`'s linears in place (weights only, optimum-quanto, frozen), leaving out the
+    modules whose reference name (`to_reference`: each float state-dict key -> its reference name)
+    matches an `exclude` pattern. Returns every linear: model module -> reference module."""
+    from optimum.quanto import freeze, quantize
 
     modules = {  # model module -> reference module, from the linears' weight keys
         key.removesuffix(".weight"): ref.removesuffix(".weight")
@@ -71,6 +70,26 @@ def quantize_linears(
     include = [m for m, ref in modules.items() if not any(fnmatch(ref, p) for p in exclude)]
     quantize(model, weights=qtype, include=include)
     freeze(model)
+    return modules
+
+
+def quantize_dit(model: nn.Module, qtype: str) -> None:
+    """Quantize our DiT in place as MeiGen's DiT files were made: every linear but the time embedding
+    and projection (QUANT_EXCLUDE, in the reference's names), frozen (benchmarks, low-VRAM tests)."""
+    from mt_assets.models.dit_loading import diffusers_to_reference_key
+
+    to_reference = {k: diffusers_to_reference_key(k) for k in model.state_dict()}
+    quantize_in_place(model, qtype, to_reference, QUANT_EXCLUDE)
+
+
+def quantize_linears(
+    model: nn.Module, qtype: str, to_reference: Mapping[str, str], exclude: tuple[str, ...] = ()
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, str]]]:
+    """Quantize `model` (quantize_in_place) and return its state dict and quantization map in the
+    reference's naming. Tied tensors appear once."""
+    from optimum.quanto import quantization_map
+
+    modules = quantize_in_place(model, qtype, to_reference, exclude)
 
     def rename(key: str) -> str:
         if key in to_reference:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from optimum.quanto import QTensor, freeze, qint8, quantize
+from optimum.quanto import QTensor
 from torch import nn
 
 from mt_assets.jobs.reader import load_job
@@ -32,6 +32,7 @@ from mt_assets.render.run import render_job
 from mt_assets.render.sampler import timesteps
 from mt_assets.render.teacache import COEFFICIENTS, plan_teacache
 from mt_assets.tiny.dit import write_tiny_dit
+from mt_assets.tiny.quant import quantize_dit
 from mt_assets.volume import LocalVolume
 from mt_assets.worker.environment import WorkerSettings
 from mt_assets_tests.conftest import run_cli
@@ -189,8 +190,7 @@ def test_an_int8_quantized_dit_gives_identical_outputs_and_its_qtensor_weights_v
 ) -> None:
     """optimum-quanto's QLinear is handled like any module: its QTensor weight moves as it is."""
     quantized = copy.deepcopy(tiny_dit)
-    quantize(quantized, weights=qint8, exclude=["time_embedding*", "time_projection*"])
-    freeze(quantized)
+    quantize_dit(quantized, "qint8")
     reference = run(quantized, inputs)
     qlinears = [m for m in quantized.modules() if isinstance(getattr(m, "weight", None), QTensor)]
     assert qlinears
