@@ -257,6 +257,7 @@ class S3Source(Source):
                 addressing_style=addressing_style,
             )
         self.region = s3.region
+        self._s3 = s3
         self._session = s3.session
         self._client = s3.client
         self.endpoint = _without_userinfo(self._client.meta.endpoint_url)
@@ -290,6 +291,36 @@ class S3Source(Source):
 
     def __repr__(self) -> str:
         return f"S3Source({self.uri!r}, endpoint={self.endpoint!r})"
+
+    def holds_volume(self) -> bool:
+        """Whether `<prefix>/models/` holds an object: then the prefix is a volume's root (replication,
+        sources/volume.py), not a bucket in the mirror layout. One ListObjectsV2 of one key. A key that
+        may not list (403) reads the prefix as a bucket, as before listing was asked."""
+        models = f"{self.prefix}/models/" if self.prefix else "models/"
+        try:
+            page = self._client.list_objects_v2(Bucket=self.bucket, Prefix=models, MaxKeys=1)
+        except ClientError as e:
+            if _code(e) in _DENIED or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403:
+                return False
+            raise self._error(e, f"source {self.uri}: listing {models}") from e
+        except BotoCoreError as e:
+            raise self._error(e, f"source {self.uri}: listing {models}") from e
+        return bool(page.get("Contents"))
+
+    def as_volume(self) -> Source:
+        """This prefix read as a volume (`holds_volume`), through the same client (AWS_*, not MT_VOLUME_S3_*)."""
+        from mt_assets.sources.volume import VolumeSource
+        from mt_assets.volume.s3 import S3Volume
+
+        return VolumeSource(
+            S3Volume(
+                self.bucket,
+                self.prefix,
+                s3=self._s3,
+                max_concurrency=self.max_concurrency,
+                chunk_size=self.chunk_size,
+            )
+        )
 
     # -- naming ------------------------------------------------------------------------------
 
