@@ -6,11 +6,13 @@ Layout: the volume's own `<dir>/<path>` layout under a key prefix,
 
 so a bucket can be filled with `aws s3 sync <mirror folder> s3://bucket/prefix`, and a RunPod
 volume seen through its S3 API (bucket = volume id) serves its own `models/` folder with
-`s3://<volume id>/models`.
+`s3://<volume id>/models`. A prefix that holds `models/` is a volume's root instead (`holds_volume`,
+one ListObjectsV2 of one key when the source is opened): open_source reads it as a volume
+(`as_volume`, sources/volume.py: replication).
 
 Protocol, per file: one HeadObject (the object's size, checked against the manifest's `size`
-before any byte is fetched), then GetObject with a byte Range. Only GET and HEAD are used: no
-listing, no presigned URLs, no DeleteObjects.
+before any byte is fetched), then GetObject with a byte Range. Besides that one listing, only GET and
+HEAD are used: no presigned URLs, no DeleteObjects.
 
 Resume: `supports_ranges` is true; the fetch starts at `writer.resume_from` with
 `Range: bytes=<resume_from>-`. A server that ignores the range (200 with the whole body) makes the

@@ -68,6 +68,7 @@ from mt_assets.volume.s3_upload import (
     DEFAULT_PART_SIZE,
     DEFAULT_PARTS_IN_FLIGHT,
     DEFAULT_SPOOL_MEMORY,
+    PartBuffers,
     S3Upload,
     check_sizes,
     error_code,
@@ -142,6 +143,8 @@ class S3Volume:
         self.multipart_threshold = multipart_threshold
         self.parts_in_flight = parts_in_flight
         self.spool_memory = spool_memory
+        # Shared by this volume's uploads; idle ones kept for 4 files at once (provision's default jobs).
+        self._part_buffers = PartBuffers(part_size, keep=4 * (parts_in_flight + 1))
         self.confirm_timeout = confirm_timeout
         self.confirm_poll = confirm_poll
         self.lock_stale_after = lock_stale_after
@@ -178,6 +181,7 @@ class S3Volume:
 
     def close(self) -> None:
         self.hash_cache.flush()  # entries still waiting (s3_hashes.py)
+        self._part_buffers.clear()
         self._reader.close()  # and the client the reader shares
 
     # -- keys --------------------------------------------------------------------------------
@@ -432,6 +436,7 @@ class S3Volume:
                 multipart_threshold=self.multipart_threshold,
                 parts_in_flight=self.parts_in_flight,
                 spool_memory=self.spool_memory,
+                buffers=self._part_buffers,
                 confirm_timeout=self.confirm_timeout,
                 confirm_poll=self.confirm_poll,
             )

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -68,6 +69,37 @@ def check_sizes(part_size: int, multipart_threshold: int) -> None:
         )
 
 
+class PartBuffers:
+    """Part buffers of `part_size`, reused across the uploads of a volume: a fresh 64 MiB bytearray
+    is zeroed page by page (page faults, then memset) before a byte of the part is copied in, which
+    measured about as much CPU as that copy and half the sha256 (cProfile of benchmarks/provision.py
+    --to-s3, files of 2 to 4 parts: no upload reused its own buffers). Keeps at most `keep` idle ones;
+    `clear()` lets them go (S3Volume.close)."""
+
+    def __init__(self, part_size: int, keep: int) -> None:
+        self.part_size = part_size
+        self.keep = keep
+        self._idle: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> bytearray:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return bytearray(self.part_size)
+
+    def give(self, buffer: bytearray) -> None:
+        if len(buffer) != self.part_size:
+            return  # a short last part, trimmed: not reusable
+        with self._lock:
+            if len(self._idle) < self.keep:
+                self._idle.append(buffer)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._idle.clear()
+
+
 class S3Upload:
     """Write one object; `commit()` verifies and places it. Leaving without commit aborts."""
 
@@ -88,6 +120,7 @@ class S3Upload:
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT,
         confirm_poll: float = DEFAULT_CONFIRM_POLL,
         spool_memory: int = DEFAULT_SPOOL_MEMORY,
+        buffers: PartBuffers | None = None,
     ) -> None:
         check_sizes(part_size, multipart_threshold)
         self.client = client
@@ -116,7 +149,7 @@ class S3Upload:
         self._spool: tempfile.SpooledTemporaryFile[bytes] | None = None  # the whole file, for one PutObject
         self._part: bytearray | None = None  # the part being filled, `_fill` bytes of it so far
         self._fill = 0
-        self._idle: list[bytearray] = []  # part buffers whose upload finished, for the next parts
+        self._buffers = buffers or PartBuffers(part_size, keep=self.parts_in_flight + 1)
         self._parts: list[Future[dict[str, Any]]] = []
         self._pool: ThreadPoolExecutor | None = None
 
@@ -153,7 +186,7 @@ class S3Upload:
         view = memoryview(data).cast("B")
         while view:
             if self._part is None:
-                self._part, self._fill = (self._idle.pop() if self._idle else bytearray(self.part_size)), 0
+                self._part, self._fill = self._buffers.take(), 0
             n = min(len(view), self.part_size - self._fill)
             self._part[self._fill : self._fill + n] = view[:n]
             self._fill += n
@@ -202,7 +235,7 @@ class S3Upload:
         """Drop what was received; abort the multipart upload, if one was started (best effort)."""
         if self._spool is not None:
             self._spool.close()  # its file, if it had one, is removed
-        self._spool, self._part, self._fill, self._idle = None, None, 0, []
+        self._spool, self._part, self._fill = None, None, 0
         for future in self._parts:
             future.cancel()
         if self._pool is not None:
@@ -244,7 +277,7 @@ class S3Upload:
         self._pool = ThreadPoolExecutor(self.parts_in_flight, thread_name_prefix="mt-s3-upload")
 
     def _send_part(self, data: bytearray) -> None:
-        """Queue `data` as the next part; its buffer comes back to `_idle` once sent."""
+        """Queue `data` as the next part; its buffer goes back to the pool once sent."""
         assert self._pool is not None and self.upload_id is not None
         # Bounded memory: wait for the oldest part in flight before queueing one more.
         in_flight = [f for f in self._parts if not f.done()]
@@ -265,7 +298,7 @@ class S3Upload:
             Body=data,
         )
         if len(data) == self.part_size:
-            future.add_done_callback(lambda _: self._idle.append(data))
+            future.add_done_callback(lambda _: self._buffers.give(data))
         self._parts.append(future)
 
     def _finish_parts(self) -> list[dict[str, Any]]:

@@ -120,6 +120,26 @@ def test_the_hash_record_binds_key_size_and_etag_to_the_sha256(s3: Backend, tmp_
         assert entry["etag"] == listed[b.target(f.path)]["ETag"]
 
 
+def test_the_hash_record_is_written_every_16_files_and_at_the_end_not_once_per_file(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {f"f{i:02}.bin": 1_000 for i in range(20)}}, place=False)
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        vol = b.volume(endpoint=proxy.url)
+        vol.hash_cache.flush_seconds = 3600.0  # only the count decides here
+        report = provision.apply(
+            provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol, jobs=1
+        )
+    assert report.complete
+    record = f"{b.prefix}/.mt/hashes.json"
+    writes = [r for r in proxy.requests if r.method == "PUT" and r.path.endswith(record)]
+    assert len(writes) == 3  # the first file (none written for a while), files 2-17, then the rest on leaving
+    assert not any(r.method == "GET" and "/models/" in r.path for r in proxy.requests)  # nothing re-read
+    doc = json.loads(b.client.get_object(Bucket=BUCKET, Key=record)["Body"].read())
+    assert set(doc["files"]) == {b.target(f.path) for f in b.files}
+
+
 # -- RunPod's faults, through the proxy ------------------------------------------------------------
 
 
