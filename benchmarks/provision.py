@@ -391,9 +391,13 @@ def run_to_s3(args: argparse.Namespace) -> float:
         shutil.rmtree(work, ignore_errors=True)
 
     per_file = max(1, args.concurrency // args.file_jobs)
-    threshold = args.multipart_from_mb * MB if args.multipart_from_mb else DEFAULT_MULTIPART_THRESHOLD
+    below = (
+        f"{args.multipart_from_mb} MiB"
+        if args.multipart_from_mb
+        else f"{DEFAULT_MULTIPART_THRESHOLD / 1e6:g} MB"
+    )
     ours_rule = (
-        f"PutObject below {threshold / 1e6:g} MB (spooled, {DEFAULT_SPOOL_MEMORY // MB} MiB in memory), "
+        f"PutObject below {below} (spooled, {DEFAULT_SPOOL_MEMORY // MB} MiB in memory), "
         f"{args.chunk_mb} MiB parts from it, <= {per_file} parts in flight per file"
     )
     return print_report(

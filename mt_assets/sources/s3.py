@@ -23,7 +23,7 @@ several at once on a thread pool shared by every fetch of this source (`max_conc
 GETs in flight in all, across files). The parts are written into the writer in order, so the
 sha256 is computed in one pass over the bytes while later parts are still downloading; at most
 `window_bytes` (at least two parts) of one file are held in memory ahead of the writer. Parts are
-read into reused buffers and handed to the writer in 1 MiB writes (both measured: see _Buffers
+read into reused buffers and handed to the writer in 1 MiB writes (both measured: see volume/buffers.py
 and _fetch_ranges). A part that fails stops the fetch after the parts before it were written, so
 a retry resumes there. An object no larger than `chunk_size` (or a resumed remainder that small)
 is one streaming GET.
@@ -62,7 +62,6 @@ be slow: the read timeout is generous and standard retry mode retries what fails
 
 from __future__ import annotations
 
-import mmap
 import re
 import threading
 from collections import deque
@@ -87,6 +86,7 @@ from mt_assets.manifest import ManifestFile
 from mt_assets.sources.base import Source, SourceError, TransientSourceError
 from mt_assets.volume import AtomicWriter
 from mt_assets.volume.base import Writer
+from mt_assets.volume.buffers import BufferPool
 from mt_assets.volume.direct import aligned_buffer
 
 MiB = 1024 * 1024
@@ -266,7 +266,10 @@ class S3Source(Source):
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
         # Enough idle buffers for the parts in flight plus one file's window.
-        self._buffers = _Buffers(chunk_size, keep=max_concurrency + self.window + 1)
+        # Page-aligned, so the writer can send their 1 MiB blocks to the disk directly (volume/direct.py).
+        self._buffers = BufferPool(
+            lambda: aligned_buffer(chunk_size), chunk_size, keep=max_concurrency + self.window + 1
+        )
 
     @classmethod
     def from_uri(
@@ -506,7 +509,7 @@ class S3Source(Source):
                 finally:
                     # A part still downloading keeps its buffer (its reader writes into it): dropped.
                     if part.view is not None and part.finished:
-                        self._buffers.give(part.view)
+                        self._give(part.view)
                 pending.popleft()
                 if not topped_up:
                     submit_next()
@@ -516,7 +519,7 @@ class S3Source(Source):
                 future.cancel()
 
     def _get_part(self, key: str, part: _Part, size: int, where: str, stop: threading.Event) -> None:
-        """Read bytes part.first..part.last into a reused buffer (see _Buffers), telling `part` as
+        """Read bytes part.first..part.last into a reused buffer (volume/buffers.py), telling `part` as
         they arrive; the writer gives the buffer back, since it reads from it meanwhile."""
         try:
             if stop.is_set():
@@ -531,7 +534,7 @@ class S3Source(Source):
                         f"{where}: asked for bytes {first}-{last} of {size}, got {got}; the object may be "
                         "changing or the server ignored the range"
                     )
-                view = part.view = self._buffers.take(want)
+                view = part.view = memoryview(self._buffers.take())[:want]
                 received = 0
                 try:
                     while received < want:
@@ -548,6 +551,12 @@ class S3Source(Source):
                 body.close()
         finally:
             part.finish()
+
+    def _give(self, view: memoryview) -> None:
+        """A part's buffer back to the pool, once the view the writer read is released."""
+        buffer = view.obj
+        view.release()
+        self._buffers.give(buffer)  # type: ignore[arg-type]
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._executor_lock:
@@ -625,38 +634,6 @@ class _Part:
         with self._changed:
             self._changed.wait_for(lambda: self._received >= count or self._finished)
             return self._received, self._finished
-
-
-class _Buffers:
-    """Part buffers of chunk_size, reused: a fresh 64 MiB buffer per part costs page faults (the
-    kernel zeroes every page of a new mapping), which measured about as much CPU as the sha256.
-    Page-aligned, so the writer can send their 1 MiB blocks to the disk directly (volume/direct.py).
-    Keeps at most `keep` idle buffers; a part taken and given back is a memoryview of one."""
-
-    def __init__(self, chunk_size: int, keep: int) -> None:
-        self.chunk_size = chunk_size
-        self.keep = keep
-        self._idle: list[mmap.mmap] = []
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> memoryview:
-        with self._lock:
-            buffer = self._idle.pop() if self._idle else None
-        if buffer is None:
-            buffer = aligned_buffer(self.chunk_size)
-        return memoryview(buffer)[:size]
-
-    def give(self, part: memoryview) -> None:
-        buffer = part.obj
-        part.release()
-        if isinstance(buffer, mmap.mmap) and len(buffer) == self.chunk_size:
-            with self._lock:
-                if len(self._idle) < self.keep:
-                    self._idle.append(buffer)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._idle.clear()
 
 
 def _code(e: ClientError) -> str:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +43,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, Rea
 from mt_assets.sources.base import TransientSourceError
 from mt_assets.volume.atomic import Expected, IntegrityError, VolumeFullError, mismatch
 from mt_assets.volume.base import ObjectStat
+from mt_assets.volume.buffers import BufferPool
 from mt_assets.volume.hashing import Digest, StreamHasher
 
 MB = 1000 * 1000
@@ -69,35 +69,11 @@ def check_sizes(part_size: int, multipart_threshold: int) -> None:
         )
 
 
-class PartBuffers:
-    """Part buffers of `part_size`, reused across the uploads of a volume: a fresh 64 MiB bytearray
-    is zeroed page by page (page faults, then memset) before a byte of the part is copied in, which
-    measured about as much CPU as that copy and half the sha256 (cProfile of benchmarks/provision.py
-    --to-s3, files of 2 to 4 parts: no upload reused its own buffers). Keeps at most `keep` idle ones;
-    `clear()` lets them go (S3Volume.close)."""
-
-    def __init__(self, part_size: int, keep: int) -> None:
-        self.part_size = part_size
-        self.keep = keep
-        self._idle: list[bytearray] = []
-        self._lock = threading.Lock()
-
-    def take(self) -> bytearray:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return bytearray(self.part_size)
-
-    def give(self, buffer: bytearray) -> None:
-        if len(buffer) != self.part_size:
-            return  # a short last part, trimmed: not reusable
-        with self._lock:
-            if len(self._idle) < self.keep:
-                self._idle.append(buffer)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._idle.clear()
+def part_buffers(part_size: int, keep: int) -> BufferPool[bytearray]:
+    """Part buffers for uploads, shared by a volume's uploads (S3Volume): a file's parts reuse the
+    buffers of the files before it (cProfile of benchmarks/provision.py --to-s3: with files of 2 to 4
+    parts, an upload alone hardly reused its own, and zeroing fresh ones cost as much as copying in)."""
+    return BufferPool(lambda: bytearray(part_size), part_size, keep)
 
 
 class S3Upload:
@@ -120,7 +96,7 @@ class S3Upload:
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT,
         confirm_poll: float = DEFAULT_CONFIRM_POLL,
         spool_memory: int = DEFAULT_SPOOL_MEMORY,
-        buffers: PartBuffers | None = None,
+        buffers: BufferPool[bytearray] | None = None,
     ) -> None:
         check_sizes(part_size, multipart_threshold)
         self.client = client
@@ -149,7 +125,7 @@ class S3Upload:
         self._spool: tempfile.SpooledTemporaryFile[bytes] | None = None  # the whole file, for one PutObject
         self._part: bytearray | None = None  # the part being filled, `_fill` bytes of it so far
         self._fill = 0
-        self._buffers = buffers or PartBuffers(part_size, keep=self.parts_in_flight + 1)
+        self._buffers = buffers or part_buffers(part_size, keep=self.parts_in_flight + 1)
         self._parts: list[Future[dict[str, Any]]] = []
         self._pool: ThreadPoolExecutor | None = None
 
