@@ -4,10 +4,11 @@ A file smaller than `multipart_threshold` (default: RunPod's PutObject limit, 50
 its bytes arrive and are hashed (`tempfile.SpooledTemporaryFile`: the first `spool_memory` bytes,
 64 MiB by default, in memory, the rest in a file in the system temp folder), then sent from the spool
 with one PutObject, and only if its size and sha256 (and git blob id) match the pin: a wrong byte
-never leaves the machine, and no writer holds 500 MB in memory. A larger one is a multipart upload: parts of `part_size` go out as
-they fill (`parts_in_flight` at once, on a thread of the upload's own, so the source keeps
-downloading), each byte hashed on its way and copied once, into a part buffer that is sent as it is
-and reused once sent; CompleteMultipartUpload is sent only once the whole file's digest matches the
+never leaves the machine, and no writer holds 500 MB in memory. A larger one is a multipart upload:
+parts of `part_size` go out as they fill (`parts_in_flight` at once, on a thread of the upload's own,
+so the source keeps downloading), each byte hashed on its way and copied once, into a part buffer that
+is sent as it is and, once sent, reused by the next part of any upload of the volume (`part_buffers`);
+CompleteMultipartUpload is sent only once the whole file's digest matches the
 pin, AbortMultipartUpload otherwise. Until Complete nothing is at the key
 (the parts sit in `.s3compat_uploads/` on a RunPod volume), so a kill leaves no half-written
 object; the next writer of the key aborts the dead upload (s3.py).
