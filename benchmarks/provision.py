@@ -96,6 +96,7 @@ from common import (  # benchmarks/common.py
 from mt_assets.manifest import Manifest, ManifestFile, parse_manifest
 from mt_assets.sources.s3 import S3Source
 from mt_assets.volume import Expected, LocalVolume
+from mt_assets.volume.s3_upload import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_SPOOL_MEMORY
 from mt_assets_tests.s3_server import FaultyProxy, put_tree, s3_client, s3_server
 
 BUCKET = "mt-bench"
@@ -329,7 +330,9 @@ def ours_to_s3(
         prefix,
         s3=config.volume_s3_client(env, max_pool_connections=args.concurrency + 16, tcp_keepalive=True),
         part_size=args.chunk_mb * MB,
-        multipart_threshold=args.chunk_mb * MB,
+        # The provisioner's own rule (s3_upload.py): PutObject below RunPod's 500 MB limit (the file
+        # spooled while hashed), multipart from it; --multipart-from-mb overrides it.
+        **({"multipart_threshold": args.multipart_from_mb * MB} if args.multipart_from_mb else {}),
         parts_in_flight=per_file,
     )
     try:
@@ -388,6 +391,15 @@ def run_to_s3(args: argparse.Namespace) -> float:
         shutil.rmtree(work, ignore_errors=True)
 
     per_file = max(1, args.concurrency // args.file_jobs)
+    below = (
+        f"{args.multipart_from_mb} MiB"
+        if args.multipart_from_mb
+        else f"{DEFAULT_MULTIPART_THRESHOLD / 1e6:g} MB"
+    )
+    ours_rule = (
+        f"PutObject below {below} (spooled, {DEFAULT_SPOOL_MEMORY // MB} MiB in memory), "
+        f"{args.chunk_mb} MiB parts from it, <= {per_file} parts in flight per file"
+    )
     return print_report(
         measured,
         [
@@ -399,8 +411,8 @@ def run_to_s3(args: argparse.Namespace) -> float:
         mode=mode,
         load=(load_before, load_after),
         moto_rss=moto_rss,
-        transfer=f"{args.chunk_mb} MiB parts (multipart from {args.chunk_mb} MiB), <= {per_file} parts in flight "
-        f"per file, {args.file_jobs} files at once (baseline: upload_file max_concurrency={per_file})",
+        transfer=f"ours: {ours_rule}; {args.file_jobs} files at once (baseline: upload_file of "
+        f"{args.chunk_mb} MiB parts from {args.chunk_mb} MiB, max_concurrency={per_file})",
         destination=f"source          {mirror} (removed): a local mirror folder, the same files for both sides",
         goal=GOAL_TO_S3_AT_RATE if args.rate else GOAL_TO_S3,
     )
@@ -447,6 +459,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the other direction: provisioning from a local mirror onto an S3 volume (S3Volume) vs boto3 "
         "upload_file of the same files; the last line is provision_to_s3_ratio (goal <= 1.15; with --rate, "
         "provision_to_s3_ratio_at_rate, goal <= 1.03)",
+    )
+    parser.add_argument(
+        "--multipart-from-mb",
+        type=int,
+        default=None,
+        help="--to-s3: ours sends files of this many MiB or more as multipart uploads (default: the "
+        "provisioner's own threshold, RunPod's 500 MB PutObject limit)",
     )
     parser.add_argument(
         "--no-fsync-row",

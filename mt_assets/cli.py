@@ -120,7 +120,11 @@ def audit(
 @main.command()
 @_manifest_options
 @_volume_option
-@click.option("--source", help="hub | s3://bucket/prefix | a mirror folder (default: $MT_SOURCE or hub).")
+@click.option(
+    "--source",
+    help="hub | s3://bucket/prefix | a mirror folder | a volume (a folder or s3:// prefix holding models/: "
+    "replication, audited in full at the end) (default: $MT_SOURCE or hub).",
+)
 @click.option("--only", "only", multiple=True, help="Only this component (repeatable).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Files fetched at once (default: 4).")
 @click.option(
@@ -179,6 +183,8 @@ def provision(
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
         print_provision(report, out)
+    if report.stopped:
+        click.echo(f"error: {report.stopped}", err=True)  # one line: a full volume stopped the run
     sys.exit(EXIT_OK if report.complete else EXIT_PROBLEM)
 
 

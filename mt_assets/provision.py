@@ -7,6 +7,12 @@ apply() fetches those files, several at once. Each file goes through the volume'
         so bytes are hashed as they arrive and placed only when they match the pin. Transient source errors are retried with exponential backoff; where the
         source serves ranges, a retry (or a re-run after a kill) resumes from the staged bytes.
 
+A full volume stops the run: the first VolumeFullError (a full disk; HTTP 507 from an S3 volume,
+RunPod's "volume full") starts no further file and stops the files in flight at their next bytes
+(their writers discard what they staged or abort their uploads: nothing half-written); the report's
+`stopped` says why, in one line naming the volume, and every file left is `failed` with a detail
+saying it was not fetched. Other failures stay one file's.
+
 Two provisioners on one volume: a file whose lock is held by a live writer is put aside and
 taken up last, waiting for the lock; by then the other writer has usually placed it, and the
 hash cache (which that writer filled) says so without re-reading it. So no file is fetched
@@ -15,6 +21,7 @@ twice and nothing is written over a file being written.
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +40,11 @@ DEFAULT_BACKOFF = 0.5  # seconds before the first retry; doubles each time
 
 class NotEnoughSpace(RuntimeError):
     """The files to fetch do not fit on the volume (with the margin)."""
+
+
+class _Stopped(Exception):
+    """Raised in a fetch's byte callback once the run has stopped (a full volume): the fetch unwinds
+    through its writer, which discards what it staged."""
 
 
 @dataclass
@@ -133,6 +145,7 @@ class ProvisionReport:
     plan: Plan
     results: list[FetchResult] = field(default_factory=list)
     audit: AuditReport | None = None  # after applying
+    stopped: str | None = None  # why the run stopped before every file was tried (a full volume)
 
     @property
     def complete(self) -> bool:
@@ -142,6 +155,7 @@ class ProvisionReport:
         assert self.audit is not None
         return {
             "complete": self.complete,
+            "stopped": self.stopped,
             "plan": self.plan.to_json(),
             "results": [r.to_json() for r in self.results],
             "audit": self.audit.to_json(),
@@ -169,8 +183,16 @@ def apply(
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
     progress: Progress | None = None,
+    full_audit: bool | None = None,
 ) -> ProvisionReport:
-    """Fetch every file of the plan; never raises for one file's failure (see the results)."""
+    """Fetch every file of the plan; never raises for one file's failure (see the results).
+
+    The closing audit is full (every byte of the volume re-read, no hash cache) when `full_audit`, or,
+    left None, when the source is a volume (replication proves the destination, sources/volume.py)."""
+    if full_audit is None:
+        from mt_assets.sources.volume import VolumeSource
+
+        full_audit = isinstance(source, VolumeSource)
     fetcher = _Fetcher(source, volume, retries=retries, backoff=backoff, progress=progress or NullProgress())
     files = [fa.file for fa in the_plan.to_fetch]
     results: dict[str, FetchResult] = {}
@@ -186,7 +208,14 @@ def apply(
             assert result is not None
             results[f.target] = result
     report = ProvisionReport(plan=the_plan, results=[results[f.target] for f in files])
-    report.audit = audit(the_plan.manifest, volume)
+    if fetcher.stopped is not None:
+        placed = sum(r.outcome == "placed" for r in report.results)
+        report.stopped = (
+            f"volume {volume.uri}: {fetcher.stopped}; provisioning stopped ({placed} placed, "
+            f"{len(files) - placed} not): free space on the volume (RunPod: enlarge the network volume), "
+            "then run again"
+        )
+    report.audit = audit(the_plan.manifest, volume, full=full_audit)
     return report
 
 
@@ -199,10 +228,14 @@ class _Fetcher:
         self.retries = retries
         self.backoff = backoff
         self.progress = progress
+        self.stopped: str | None = None  # the first full-volume error: no file starts after it
+        self._stop = threading.Event()
 
     def fetch(self, f: ManifestFile, *, wait: bool) -> FetchResult | None:
         """Fetch one file; None when `wait` is off and another live writer holds it."""
         uri = self.source.uri_for(f)
+        if self._stop.is_set():
+            return self._not_started(f, uri)
         expected = Expected(size=f.size, sha256=f.sha256, git_sha1=f.git_sha1)
         attempts = 0
         fetched = 0
@@ -236,10 +269,14 @@ class _Fetcher:
 
                         def on_bytes(n: int) -> None:
                             nonlocal fetched
+                            if self._stop.is_set():
+                                raise _Stopped
                             fetched += n
                             self.progress.advance(f.target, n)
 
                         self.source.fetch(f, w, on_bytes)
+                        if self._stop.is_set():
+                            raise _Stopped
                         digest = w.commit()
                     finally:
                         self.progress.finish(f.target)
@@ -261,7 +298,14 @@ class _Fetcher:
                 if attempts > self.retries:
                     return self._failed(f, uri, attempts, started, f"{e} (gave up after {attempts} attempts)")
                 time.sleep(self.backoff * 2 ** (attempts - 1))
-            except (SourceError, VolumeFullError, LockLost) as e:
+            except _Stopped:
+                return self._not_started(f, uri, started=started, attempts=attempts)
+            except VolumeFullError as e:
+                if not self._stop.is_set():
+                    self.stopped = str(e)
+                    self._stop.set()
+                return self._failed(f, uri, attempts, started, str(e))
+            except (SourceError, LockLost) as e:
                 return self._failed(f, uri, attempts, started, str(e))
             except IntegrityError as e:
                 if resumed_from and not restarted:
@@ -274,6 +318,15 @@ class _Fetcher:
                 return self._failed(f, uri, attempts, started, f"{f.target}: {e}")
             except Exception as e:  # one file's surprise must not sink the other files' results
                 return self._failed(f, uri, attempts, started, f"{f.target}: {type(e).__name__}: {e}")
+
+    def _not_started(
+        self, f: ManifestFile, uri: str, *, started: float | None = None, attempts: int = 0
+    ) -> FetchResult:
+        """A file the run stopped before (or while) fetching; what it had staged is discarded."""
+        detail = "not fetched: the run stopped, the volume is full"
+        if started is None:
+            return FetchResult(f, "failed", audit_file(f, self.volume).status, uri, detail=detail)
+        return self._failed(f, uri, attempts, started, detail)
 
     def _failed(self, f: ManifestFile, uri: str, attempts: int, started: float, detail: str) -> FetchResult:
         try:

@@ -224,7 +224,8 @@ def audit_summary(report: AuditReport) -> str:
     if report.complete:
         return (
             f"[green]complete[/]: all {t.files} files of profile {report.profile} are on {report.volume} "
-            f"and verified ({human_bytes(t.present_bytes)})."
+            f"and verified ({human_bytes(t.present_bytes)}"
+            + ("; full audit: every byte re-read)." if report.full else ").")
         )
     if counts["missing"] == t.files:
         head = f"[red]nothing there yet[/]: {t.files} files, ~{human_bytes(t.needed_bytes)} needed"

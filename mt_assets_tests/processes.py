@@ -11,6 +11,8 @@ import os
 import signal
 import socket
 import subprocess
+import time
+from collections.abc import Callable
 
 
 def free_port() -> int:
@@ -31,3 +33,22 @@ def stop_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT, *, timeo
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
+
+
+def sigkill_when(
+    proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str, *, timeout: float = 60
+) -> None:
+    """SIGKILL `proc` as soon as `ready()` (polled every 50 ms): a kill at a chosen moment of its work.
+    Fails naming `what` it never got to, with its stderr if it exited first; never leaves it running."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else f"exited before {what}"
+            assert time.monotonic() < deadline, f"it never got to {what}"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

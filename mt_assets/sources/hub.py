@@ -256,9 +256,9 @@ class _WriterSink:
     def write(self, data: bytes) -> int:
         try:
             self.writer.write(data)
+            self.on_bytes(len(data))  # may stop the fetch (provision: the run stopped)
         except Exception as e:
             raise _WriterFailed(e) from e
-        self.on_bytes(len(data))
         return len(data)
 
     def tell(self) -> int:

@@ -6,11 +6,13 @@ Layout: the volume's own `<dir>/<path>` layout under a key prefix,
 
 so a bucket can be filled with `aws s3 sync <mirror folder> s3://bucket/prefix`, and a RunPod
 volume seen through its S3 API (bucket = volume id) serves its own `models/` folder with
-`s3://<volume id>/models`.
+`s3://<volume id>/models`. A prefix that holds `models/` is a volume's root instead (`holds_volume`,
+one ListObjectsV2 of one key when the source is opened): open_source reads it as a volume
+(`as_volume`, sources/volume.py: replication).
 
 Protocol, per file: one HeadObject (the object's size, checked against the manifest's `size`
-before any byte is fetched), then GetObject with a byte Range. Only GET and HEAD are used: no
-listing, no presigned URLs, no DeleteObjects.
+before any byte is fetched), then GetObject with a byte Range. Besides that one listing, only GET and
+HEAD are used: no presigned URLs, no DeleteObjects.
 
 Resume: `supports_ranges` is true; the fetch starts at `writer.resume_from` with
 `Range: bytes=<resume_from>-`. A server that ignores the range (200 with the whole body) makes the
@@ -21,7 +23,7 @@ several at once on a thread pool shared by every fetch of this source (`max_conc
 GETs in flight in all, across files). The parts are written into the writer in order, so the
 sha256 is computed in one pass over the bytes while later parts are still downloading; at most
 `window_bytes` (at least two parts) of one file are held in memory ahead of the writer. Parts are
-read into reused buffers and handed to the writer in 1 MiB writes (both measured: see _Buffers
+read into reused buffers and handed to the writer in 1 MiB writes (both measured: see volume/buffers.py
 and _fetch_ranges). A part that fails stops the fetch after the parts before it were written, so
 a retry resumes there. An object no larger than `chunk_size` (or a resumed remainder that small)
 is one streaming GET.
@@ -60,7 +62,6 @@ be slow: the read timeout is generous and standard retry mode retries what fails
 
 from __future__ import annotations
 
-import mmap
 import re
 import threading
 from collections import deque
@@ -85,6 +86,7 @@ from mt_assets.manifest import ManifestFile
 from mt_assets.sources.base import Source, SourceError, TransientSourceError
 from mt_assets.volume import AtomicWriter
 from mt_assets.volume.base import Writer
+from mt_assets.volume.buffers import BufferPool
 from mt_assets.volume.direct import aligned_buffer
 
 MiB = 1024 * 1024
@@ -257,13 +259,17 @@ class S3Source(Source):
                 addressing_style=addressing_style,
             )
         self.region = s3.region
+        self._s3 = s3
         self._session = s3.session
         self._client = s3.client
         self.endpoint = _without_userinfo(self._client.meta.endpoint_url)
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
         # Enough idle buffers for the parts in flight plus one file's window.
-        self._buffers = _Buffers(chunk_size, keep=max_concurrency + self.window + 1)
+        # Page-aligned, so the writer can send their 1 MiB blocks to the disk directly (volume/direct.py).
+        self._buffers = BufferPool(
+            lambda: aligned_buffer(chunk_size), chunk_size, keep=max_concurrency + self.window + 1
+        )
 
     @classmethod
     def from_uri(
@@ -290,6 +296,36 @@ class S3Source(Source):
 
     def __repr__(self) -> str:
         return f"S3Source({self.uri!r}, endpoint={self.endpoint!r})"
+
+    def holds_volume(self) -> bool:
+        """Whether `<prefix>/models/` holds an object: then the prefix is a volume's root (replication,
+        sources/volume.py), not a bucket in the mirror layout. One ListObjectsV2 of one key. A key that
+        may not list (403) reads the prefix as a bucket, as before listing was asked."""
+        models = f"{self.prefix}/models/" if self.prefix else "models/"
+        try:
+            page = self._client.list_objects_v2(Bucket=self.bucket, Prefix=models, MaxKeys=1)
+        except ClientError as e:
+            if _code(e) in _DENIED or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403:
+                return False
+            raise self._error(e, f"source {self.uri}: listing {models}") from e
+        except BotoCoreError as e:
+            raise self._error(e, f"source {self.uri}: listing {models}") from e
+        return bool(page.get("Contents"))
+
+    def as_volume(self) -> Source:
+        """This prefix read as a volume (`holds_volume`), through the same client (AWS_*, not MT_VOLUME_S3_*)."""
+        from mt_assets.sources.volume import VolumeSource
+        from mt_assets.volume.s3 import S3Volume
+
+        return VolumeSource(
+            S3Volume(
+                self.bucket,
+                self.prefix,
+                s3=self._s3,
+                max_concurrency=self.max_concurrency,
+                chunk_size=self.chunk_size,
+            )
+        )
 
     # -- naming ------------------------------------------------------------------------------
 
@@ -473,7 +509,7 @@ class S3Source(Source):
                 finally:
                     # A part still downloading keeps its buffer (its reader writes into it): dropped.
                     if part.view is not None and part.finished:
-                        self._buffers.give(part.view)
+                        self._give(part.view)
                 pending.popleft()
                 if not topped_up:
                     submit_next()
@@ -483,7 +519,7 @@ class S3Source(Source):
                 future.cancel()
 
     def _get_part(self, key: str, part: _Part, size: int, where: str, stop: threading.Event) -> None:
-        """Read bytes part.first..part.last into a reused buffer (see _Buffers), telling `part` as
+        """Read bytes part.first..part.last into a reused buffer (volume/buffers.py), telling `part` as
         they arrive; the writer gives the buffer back, since it reads from it meanwhile."""
         try:
             if stop.is_set():
@@ -498,7 +534,7 @@ class S3Source(Source):
                         f"{where}: asked for bytes {first}-{last} of {size}, got {got}; the object may be "
                         "changing or the server ignored the range"
                     )
-                view = part.view = self._buffers.take(want)
+                view = part.view = memoryview(self._buffers.take())[:want]
                 received = 0
                 try:
                     while received < want:
@@ -515,6 +551,12 @@ class S3Source(Source):
                 body.close()
         finally:
             part.finish()
+
+    def _give(self, view: memoryview) -> None:
+        """A part's buffer back to the pool, once the view the writer read is released."""
+        buffer = view.obj
+        view.release()
+        self._buffers.give(buffer)  # type: ignore[arg-type]
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._executor_lock:
@@ -592,38 +634,6 @@ class _Part:
         with self._changed:
             self._changed.wait_for(lambda: self._received >= count or self._finished)
             return self._received, self._finished
-
-
-class _Buffers:
-    """Part buffers of chunk_size, reused: a fresh 64 MiB buffer per part costs page faults (the
-    kernel zeroes every page of a new mapping), which measured about as much CPU as the sha256.
-    Page-aligned, so the writer can send their 1 MiB blocks to the disk directly (volume/direct.py).
-    Keeps at most `keep` idle buffers; a part taken and given back is a memoryview of one."""
-
-    def __init__(self, chunk_size: int, keep: int) -> None:
-        self.chunk_size = chunk_size
-        self.keep = keep
-        self._idle: list[mmap.mmap] = []
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> memoryview:
-        with self._lock:
-            buffer = self._idle.pop() if self._idle else None
-        if buffer is None:
-            buffer = aligned_buffer(self.chunk_size)
-        return memoryview(buffer)[:size]
-
-    def give(self, part: memoryview) -> None:
-        buffer = part.obj
-        part.release()
-        if isinstance(buffer, mmap.mmap) and len(buffer) == self.chunk_size:
-            with self._lock:
-                if len(self._idle) < self.keep:
-                    self._idle.append(buffer)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._idle.clear()
 
 
 def _code(e: ClientError) -> str:

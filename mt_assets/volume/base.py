@@ -6,8 +6,9 @@ Two backends, one layout (`models/<dir>/<path>`, `.mt/...`; see DESIGN.md):
     S3Volume     (s3.py)     the same volume through an S3-compatible API (RunPod's, moto, MinIO)
 
 What the audit and provisioner use, and nothing more. A volume can also be read as a provision
-*source* (replication, a later issue): `state` gives a file's size, and its bytes come from
-`LocalVolume.path` or `S3Volume.read_into` (ranged GETs into any Writer, resumable).
+*source* (replication: sources/volume.py's VolumeSource): `state` gives a file's size, and
+`read_into` its bytes, into any Writer from writer.resume_from (a file read from an offset, or ranged
+GETs), so a copy resumes.
 
     uri                          how the volume was named, for reports (never credentials)
     state(target) / states(...)  a FileState: present with its `Stat` (size, and the backend's
@@ -15,6 +16,7 @@ What the audit and provisioner use, and nothing more. A volume can also be read 
     digest(target, st, ...)      the file's Digest, from the hash record while `st` still matches
                                  it, else by reading the bytes (and recording them)
     hash_cache                   the hash record: lookup_many, batched (see hashcache.py, s3_hashes.py)
+    read_into(target, st, w, cb)  the file's bytes into a Writer, from w.resume_from (source errors)
     free_bytes() / used_bytes()  space; free_bytes() is None where it cannot be known
     writing(target, expected)    holds the target's writer lock and yields a writer (`Writer`): bytes
                                  go in with write(), are hashed on the way, and reach the target only
@@ -101,6 +103,8 @@ class Volume(Protocol):
         git_sha1: bool = False,
         on_bytes: Callable[[int], None] | None = None,
     ) -> tuple[Digest, bool]: ...
+
+    def read_into(self, target: str, st: Any, writer: Writer, on_bytes: Callable[[int], None]) -> None: ...
 
     def free_bytes(self) -> int | None: ...
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mt_assets.manifest.schema import check_relative_path
 from mt_assets.volume.atomic import AtomicWriter, Expected, staging_prefix, target_key
-from mt_assets.volume.base import FileState
+from mt_assets.volume.base import FileState, Writer
 from mt_assets.volume.hashcache import CACHE_NAME, HashCache
 from mt_assets.volume.hashing import Digest, hash_file
 from mt_assets.volume.lock import LockOwner, WriterLock
@@ -192,6 +192,17 @@ class LocalVolume:
         if _stat_key(after) == _stat_key(st):
             self.hash_cache.store(target, after, digest)
         return digest, True
+
+    def read_into(
+        self, target: str, st: os.stat_result, writer: Writer, on_bytes: Callable[[int], None]
+    ) -> None:
+        """The file's bytes into a writer (from writer.resume_from): the volume as a source (replication).
+        Read-side errors are source errors naming the volume and the target."""
+        from mt_assets.sources.mirror import read_file_into  # sources build on volume: imported when used
+
+        read_file_into(
+            self.path(target), writer, on_bytes, f"volume {self.root}: {target}", missing="missing"
+        )
 
     # -- writing -----------------------------------------------------------------------------
 

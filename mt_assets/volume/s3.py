@@ -67,10 +67,12 @@ from mt_assets.volume.s3_upload import (
     DEFAULT_MULTIPART_THRESHOLD,
     DEFAULT_PART_SIZE,
     DEFAULT_PARTS_IN_FLIGHT,
+    DEFAULT_SPOOL_MEMORY,
     S3Upload,
     check_sizes,
     error_code,
     http_status,
+    part_buffers,
     server_time,
 )
 
@@ -105,6 +107,7 @@ class S3Volume:
         part_size: int = DEFAULT_PART_SIZE,
         multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
         parts_in_flight: int = DEFAULT_PARTS_IN_FLIGHT,
+        spool_memory: int = DEFAULT_SPOOL_MEMORY,
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT,
         confirm_poll: float = DEFAULT_CONFIRM_POLL,
         lock_stale_after: float = 120.0,
@@ -139,6 +142,10 @@ class S3Volume:
         self.part_size = part_size
         self.multipart_threshold = multipart_threshold
         self.parts_in_flight = parts_in_flight
+        self.spool_memory = spool_memory
+        # Shared by this volume's uploads: a part freed by one is taken by the next; idle ones are kept
+        # for two files' worth (4 files at once kept 12 x 64 MiB idle for little more reuse).
+        self._part_buffers = part_buffers(part_size, keep=2 * (parts_in_flight + 1))
         self.confirm_timeout = confirm_timeout
         self.confirm_poll = confirm_poll
         self.lock_stale_after = lock_stale_after
@@ -174,6 +181,8 @@ class S3Volume:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
     def close(self) -> None:
+        self.hash_cache.flush()  # entries still waiting (s3_hashes.py)
+        self._part_buffers.clear()
         self._reader.close()  # and the client the reader shares
 
     # -- keys --------------------------------------------------------------------------------
@@ -427,6 +436,8 @@ class S3Volume:
                 part_size=self.part_size,
                 multipart_threshold=self.multipart_threshold,
                 parts_in_flight=self.parts_in_flight,
+                spool_memory=self.spool_memory,
+                buffers=self._part_buffers,
                 confirm_timeout=self.confirm_timeout,
                 confirm_poll=self.confirm_poll,
             )

@@ -21,8 +21,15 @@ between, so it reads and merges again. Where the endpoint refuses the headers (4
 plain; where it silently ignores them (no probe is needed to write the record) the last writer wins: an entry lost that way only costs reading the object again.
 The record is disposable: one that is unreadable or not this format counts as empty.
 
-Inside `batched()` entries are gathered and written once on leaving (an audit of many files writes
-the record once, not once per file).
+Writes are batched, since each one reads and rewrites the whole record (a record rewritten per placed
+file grows the cost with the square of the files). Outside `batched()`, entries wait until
+FLUSH_FILES of them are waiting or FLUSH_SECONDS have passed since the last write (so the first file
+placed after a pause is written at once); inside `batched()` they are written once, on leaving (an
+audit of many files writes the record once). `flush()` writes what waits (S3Volume.close calls it, and
+so does leaving any `batched()`, such as the audit that closes a provision run). Entries waiting are
+answered by `lookup` as if written. A process killed meanwhile loses at most those entries: the
+objects are there and whole (they were verified before being placed); the next audit reads them
+again and records them, which costs reading at most FLUSH_FILES files or FLUSH_SECONDS of writing.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from mt_assets.volume.hashing import Digest
 FORMAT = "mt-assets s3 hash record 1"
 RECORD_NAME = "hashes.json"  # in <prefix>/.mt/
 MERGE_ATTEMPTS = 8  # reads and merges again after this many 412s, then gives up (costs re-hashing)
+FLUSH_FILES = 16  # entries waiting, outside batched(), before the record is written
+FLUSH_SECONDS = 10.0  # or since the last write
 
 
 class S3HashRecord:
@@ -51,7 +60,12 @@ class S3HashRecord:
         self.key = key
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, Any]] | None = None  # as last read or written
-        self._pending: dict[str, dict[str, Any] | None] | None = None  # None value: forget
+        self._pending: dict[str, dict[str, Any] | None] = {}  # waiting to be written; None value: forget
+        self._writing: dict[str, dict[str, Any] | None] = {}  # being written (still answered by lookup)
+        self._depth = 0  # batched() nesting
+        self._last_write = 0.0  # time.monotonic() of the last write
+        self.flush_files = FLUSH_FILES
+        self.flush_seconds = FLUSH_SECONDS
         self._takes_if_match = True  # until the endpoint refuses the headers
 
     # -- reading -----------------------------------------------------------------------------
@@ -83,14 +97,21 @@ class S3HashRecord:
                     return {}
             return self._entries
 
+    def _entry(self, entries: dict[str, dict[str, Any]], target: str) -> dict[str, Any] | None:
+        """The newest entry of `target`: waiting, being written, or as read."""
+        for newer in (self._pending, self._writing):
+            if target in newer:
+                return newer[target]
+        return entries.get(target)
+
     def lookup(self, target: str, st: ObjectStat) -> Digest | None:
-        return _trusted(self.entries().get(target), st)
+        return _trusted(self._entry(self.entries(), target), st)
 
     def lookup_many(self, files: Sequence[tuple[str, ObjectStat]]) -> dict[str, Digest]:
         entries = self.entries()
         found = {}
         for target, st in files:
-            digest = _trusted(entries.get(target), st)
+            digest = _trusted(self._entry(entries, target), st)
             if digest is not None:
                 found[target] = digest
         return found
@@ -112,25 +133,42 @@ class S3HashRecord:
 
     def _change(self, changes: dict[str, dict[str, Any] | None]) -> None:
         with self._lock:
-            if self._pending is not None:
-                self._pending.update(changes)
+            self._pending.update(changes)
+            due = self._depth == 0 and (
+                len(self._pending) >= self.flush_files
+                or time.monotonic() - self._last_write >= self.flush_seconds
+            )
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the entries waiting (see the module docstring)."""
+        with self._lock:
+            if not self._pending:
                 return
-        self._write(changes)
+            changes, self._pending = self._pending, {}
+            self._writing.update(changes)
+        try:
+            self._write(changes)
+        finally:
+            with self._lock:
+                for target in changes:
+                    if self._writing.get(target, _GONE) is changes[target]:
+                        del self._writing[target]
+                self._last_write = time.monotonic()
 
     @contextlib.contextmanager
     def batched(self) -> Iterator[None]:
         with self._lock:
-            outer = self._pending is not None
-            if not outer:
-                self._pending = {}
+            self._depth += 1
         try:
             yield
         finally:
-            if not outer:
-                with self._lock:
-                    changes, self._pending = self._pending or {}, None
-                if changes:
-                    self._write(changes)
+            with self._lock:
+                self._depth -= 1
+                outer = self._depth == 0
+            if outer:
+                self.flush()
 
     def _write(self, changes: dict[str, dict[str, Any] | None]) -> None:
         """Merge `changes` into the record as it is now (see the module docstring); a record that
@@ -163,6 +201,9 @@ class S3HashRecord:
                 with self._lock:
                     self._entries = entries
                 return
+
+
+_GONE: Any = object()
 
 
 def _trusted(entry: dict[str, Any] | None, st: ObjectStat) -> Digest | None:

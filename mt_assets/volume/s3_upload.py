@@ -1,17 +1,23 @@
 """The verified upload of one file onto an S3 volume: hash while sending, complete only on a match.
 
-A file smaller than `multipart_threshold` is held in memory while its bytes arrive and hashed, then
-sent with one PutObject, and only if its size and sha256 (and git blob id) match the pin: a wrong
-byte never leaves the machine. A larger one is a multipart upload: parts of `part_size` go out as
-they fill (`parts_in_flight` at once, on a thread of the upload's own, so the source keeps
-downloading), each byte hashed on its way and copied once, into a part buffer that is sent as it is
-and reused once sent; CompleteMultipartUpload is sent only once the whole file's digest matches the
+A file smaller than `multipart_threshold` (default: RunPod's PutObject limit, 500 MB) is spooled while
+its bytes arrive and are hashed (`tempfile.SpooledTemporaryFile`: the first `spool_memory` bytes,
+64 MiB by default, in memory, the rest in a file in the system temp folder), then sent from the spool
+with one PutObject, and only if its size and sha256 (and git blob id) match the pin: a wrong byte
+never leaves the machine, and no writer holds 500 MB in memory. A larger one is a multipart upload:
+parts of `part_size` go out as they fill (`parts_in_flight` at once, on a thread of the upload's own,
+so the source keeps downloading), each byte hashed on its way and copied once, into a part buffer that
+is sent as it is and, once sent, reused by the next part of any upload of the volume (`part_buffers`);
+CompleteMultipartUpload is sent only once the whole file's digest matches the
 pin, AbortMultipartUpload otherwise. Until Complete nothing is at the key
 (the parts sit in `.s3compat_uploads/` on a RunPod volume), so a kill leaves no half-written
 object; the next writer of the key aborts the dead upload (s3.py).
 
-RunPod limits: PutObject below 500 MB, parts of at most 500 MB (both checked); the defaults send
-files from 64 MiB on in 64 MiB parts, so a writer holds at most (parts_in_flight + 1) parts.
+RunPod limits: PutObject below 500 MB, parts of at most 500 MB (both checked). Parts are 64 MiB by
+default: far below the 500 MB limit, so a writer holds at most (parts_in_flight + 1) x 64 MiB =
+192 MiB, and S3's 10,000 parts still reach 10,000 x 64 MiB = 671 GB (625 GiB), far above the largest
+model file (a ~10 GB shard: 150 parts). Larger parts would only cost memory; smaller ones more
+requests (RunPod also merges parts on Complete).
 
 Complete that does not answer (RunPod merges large objects slowly: a timeout, a 524 or another 5xx,
 or, to a retried Complete, NoSuchUpload) is confirmed: HeadObject every `confirm_poll` seconds until
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,13 +44,15 @@ from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, Rea
 from mt_assets.sources.base import TransientSourceError
 from mt_assets.volume.atomic import Expected, IntegrityError, VolumeFullError, mismatch
 from mt_assets.volume.base import ObjectStat
+from mt_assets.volume.buffers import BufferPool
 from mt_assets.volume.hashing import Digest, StreamHasher
 
 MB = 1000 * 1000
 MiB = 1024 * 1024
 RUNPOD_PUT_LIMIT = 500 * MB  # RunPod's S3 API: PutObject below this, parts at most this
-DEFAULT_PART_SIZE = 64 * MiB
-DEFAULT_MULTIPART_THRESHOLD = 64 * MiB
+DEFAULT_PART_SIZE = 64 * MiB  # see the module docstring for the arithmetic
+DEFAULT_MULTIPART_THRESHOLD = RUNPOD_PUT_LIMIT  # PutObject below it, multipart from it
+DEFAULT_SPOOL_MEMORY = 64 * MiB  # of a file spooled for PutObject, in memory; the rest on disk
 DEFAULT_PARTS_IN_FLIGHT = 2
 DEFAULT_CONFIRM_TIMEOUT = 1800.0  # RunPod: a 10+ GB merge can take many minutes
 DEFAULT_CONFIRM_POLL = 5.0
@@ -59,6 +68,13 @@ def check_sizes(part_size: int, multipart_threshold: int) -> None:
             f"multipart_threshold must be 1 to {RUNPOD_PUT_LIMIT} bytes (RunPod's PutObject limit), "
             f"got {multipart_threshold}"
         )
+
+
+def part_buffers(part_size: int, keep: int) -> BufferPool[bytearray]:
+    """Part buffers for uploads, shared by a volume's uploads (S3Volume): a file's parts reuse the
+    buffers of the files before it (cProfile of benchmarks/provision.py --to-s3: with files of 2 to 4
+    parts, an upload alone hardly reused its own, and zeroing fresh ones cost as much as copying in)."""
+    return BufferPool(lambda: bytearray(part_size), part_size, keep)
 
 
 class S3Upload:
@@ -80,6 +96,8 @@ class S3Upload:
         parts_in_flight: int = DEFAULT_PARTS_IN_FLIGHT,
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT,
         confirm_poll: float = DEFAULT_CONFIRM_POLL,
+        spool_memory: int = DEFAULT_SPOOL_MEMORY,
+        buffers: BufferPool[bytearray] | None = None,
     ) -> None:
         check_sizes(part_size, multipart_threshold)
         self.client = client
@@ -95,6 +113,7 @@ class S3Upload:
         self.parts_in_flight = max(parts_in_flight, 1)
         self.confirm_timeout = confirm_timeout
         self.confirm_poll = confirm_poll
+        self.spool_memory = spool_memory
         self.digest: Digest | None = None
         self.stat: ObjectStat | None = None  # of the placed object, once committed
         self.upload_id: str | None = None
@@ -102,12 +121,12 @@ class S3Upload:
             total_size=self.expected.size, git_sha1=self.expected.git_sha1 is not None
         )
         # A file pinned at multipart_threshold or more goes up in parts from its first byte; one of
-        # unknown size is held in `_small` until it proves that large.
+        # unknown size is spooled until it proves that large.
         self._multipart = self.expected.size is not None and self.expected.size >= multipart_threshold
-        self._small = bytearray()  # the whole file, for one PutObject
+        self._spool: tempfile.SpooledTemporaryFile[bytes] | None = None  # the whole file, for one PutObject
         self._part: bytearray | None = None  # the part being filled, `_fill` bytes of it so far
         self._fill = 0
-        self._idle: list[bytearray] = []  # part buffers whose upload finished, for the next parts
+        self._buffers = buffers or part_buffers(part_size, keep=self.parts_in_flight + 1)
         self._parts: list[Future[dict[str, Any]]] = []
         self._pool: ThreadPoolExecutor | None = None
 
@@ -121,10 +140,22 @@ class S3Upload:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._hasher.update(data)
         if not self._multipart:
-            self._small += data
-            if len(self._small) < self.multipart_threshold:
+            if self._spool is None:
+                # Closed by commit or abort (its file, if it rolled over to one, is removed then).
+                self._spool = tempfile.SpooledTemporaryFile(max_size=self.spool_memory, prefix="mt-s3-put-")  # noqa: SIM115
+            self._spool.write(data)
+            if self._spool.tell() < self.multipart_threshold:
                 return
-            self._multipart, data, self._small = True, self._small, bytearray()
+            # Unpinned and now as large as the threshold: what was spooled becomes the first parts.
+            self._multipart, spool, self._spool = True, self._spool, None
+            with spool:
+                spool.seek(0)
+                while block := spool.read(self.part_size):
+                    self._to_parts(block)
+            return
+        self._to_parts(data)
+
+    def _to_parts(self, data: bytes | bytearray | memoryview) -> None:
         if self.upload_id is None:
             self._start_multipart()
         # Each byte is copied once, into a part buffer that goes out as it is (measured: slicing a
@@ -132,7 +163,7 @@ class S3Upload:
         view = memoryview(data).cast("B")
         while view:
             if self._part is None:
-                self._part, self._fill = (self._idle.pop() if self._idle else bytearray(self.part_size)), 0
+                self._part, self._fill = self._buffers.take(), 0
             n = min(len(view), self.part_size - self._fill)
             self._part[self._fill : self._fill + n] = view[:n]
             self._fill += n
@@ -162,14 +193,12 @@ class S3Upload:
             if self.guard is not None:
                 self.guard()
             if self.upload_id is None:
-                response = self._call(
-                    "PutObject",
-                    self.client.put_object,
-                    Bucket=self.bucket,
-                    Key=self.key,
-                    Body=self._small,
-                )
-                self._small = bytearray()
+                spool, self._spool = self._spool, None
+                with spool or tempfile.SpooledTemporaryFile() as body:  # an empty file: an empty spool
+                    body.seek(0)
+                    response = self._call(
+                        "PutObject", self.client.put_object, Bucket=self.bucket, Key=self.key, Body=body
+                    )
                 self.stat = ObjectStat(digest.size, str(response.get("ETag")), time.time())
             else:
                 self.stat = self._complete(parts, digest)
@@ -181,7 +210,9 @@ class S3Upload:
 
     def abort(self) -> None:
         """Drop what was received; abort the multipart upload, if one was started (best effort)."""
-        self._small, self._part, self._fill, self._idle = bytearray(), None, 0, []
+        if self._spool is not None:
+            self._spool.close()  # its file, if it had one, is removed
+        self._spool, self._part, self._fill = None, None, 0
         for future in self._parts:
             future.cancel()
         if self._pool is not None:
@@ -223,7 +254,7 @@ class S3Upload:
         self._pool = ThreadPoolExecutor(self.parts_in_flight, thread_name_prefix="mt-s3-upload")
 
     def _send_part(self, data: bytearray) -> None:
-        """Queue `data` as the next part; its buffer comes back to `_idle` once sent."""
+        """Queue `data` as the next part; its buffer goes back to the pool once sent."""
         assert self._pool is not None and self.upload_id is not None
         # Bounded memory: wait for the oldest part in flight before queueing one more.
         in_flight = [f for f in self._parts if not f.done()]
@@ -244,7 +275,7 @@ class S3Upload:
             Body=data,
         )
         if len(data) == self.part_size:
-            future.add_done_callback(lambda _: self._idle.append(data))
+            future.add_done_callback(lambda _: self._buffers.give(data))
         self._parts.append(future)
 
     def _finish_parts(self) -> list[dict[str, Any]]:

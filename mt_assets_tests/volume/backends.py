@@ -40,6 +40,7 @@ class Backend:
     root: Path  # the folder (local); unused for s3
     endpoint: str = ""
     prefix: str = ""
+    bucket: str = BUCKET  # created by moto_volume_endpoint; another one by the test (create_bucket)
     files: list[SyntheticFile] = field(default_factory=list)
     manifest: Manifest | None = None
     _client: Any = None
@@ -49,7 +50,7 @@ class Backend:
     @property
     def spec(self) -> str:
         """What --volume takes."""
-        return str(self.root) if self.kind == "local" else f"s3://{BUCKET}/{self.prefix}"
+        return str(self.root) if self.kind == "local" else f"s3://{self.bucket}/{self.prefix}"
 
     def volume(self, endpoint: str | None = None, **kwargs: Any) -> Volume:
         """The volume under test; `endpoint` (a proxy's URL) for s3 only."""
@@ -61,7 +62,7 @@ class Backend:
         kwargs.setdefault("part_size", 256 * 1024)  # small parts: several per test file
         kwargs.setdefault("multipart_threshold", 256 * 1024)
         s3 = config.volume_s3_client(env=volume_env(endpoint or self.endpoint), max_attempts=3)
-        return S3Volume(BUCKET, self.prefix, s3=s3, **kwargs)
+        return S3Volume(self.bucket, self.prefix, s3=s3, **kwargs)
 
     # -- from outside ------------------------------------------------------------------------
 
@@ -70,6 +71,11 @@ class Backend:
         if self._client is None:
             self._client = s3_client(self.endpoint)
         return self._client
+
+    def create_bucket(self) -> Backend:
+        """Create this backend's bucket (one other than BUCKET) on its server."""
+        self.client.create_bucket(Bucket=self.bucket)
+        return self
 
     def key(self, target: str) -> str:
         return f"{self.prefix}/{target}"
@@ -80,14 +86,14 @@ class Backend:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         else:
-            self.client.put_object(Bucket=BUCKET, Key=self.key(target), Body=data)
+            self.client.put_object(Bucket=self.bucket, Key=self.key(target), Body=data)
 
     def get(self, target: str) -> bytes | None:
         if self.kind == "local":
             path = self.root / target
             return path.read_bytes() if path.is_file() else None
         try:
-            return self.client.get_object(Bucket=BUCKET, Key=self.key(target))["Body"].read()
+            return self.client.get_object(Bucket=self.bucket, Key=self.key(target))["Body"].read()
         except self.client.exceptions.NoSuchKey:
             return None
 
@@ -95,13 +101,13 @@ class Backend:
         if self.kind == "local":
             (self.root / target).unlink()
         else:
-            self.client.delete_object(Bucket=BUCKET, Key=self.key(target))
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(target))
 
     def uploads(self) -> list[str]:
         """Keys with a multipart upload in progress (s3; none on a folder)."""
         if self.kind == "local":
             return []
-        found = self.client.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{self.prefix}/")
+        found = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=f"{self.prefix}/")
         return [u["Key"][len(self.prefix) + 1 :] for u in found.get("Uploads", [])]
 
     # -- synthetic files ---------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from mt_assets.volume.s3 import ListingError, S3Volume
 from mt_assets.volume.s3_hashes import FORMAT
 from mt_assets.volume.s3_lock import S3Lock
 from mt_assets_tests.conftest import run_cli
+from mt_assets_tests.processes import sigkill_when
 from mt_assets_tests.s3_server import FaultyProxy
 from mt_assets_tests.volume.backends import BUCKET, Backend, GatedMirror, volume_env
 
@@ -71,29 +71,21 @@ def test_sigkill_mid_upload_leaves_nothing_at_the_key_and_the_next_run_aborts_th
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+    def a_part_sent() -> bool:
+        uploads = b.client.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{b.prefix}/").get("Uploads", [])
+        return bool(
+            uploads
+            and b.client.list_parts(
+                Bucket=BUCKET, Key=uploads[0]["Key"], UploadId=uploads[0]["UploadId"]
+            ).get("Parts")
+        )
+
     try:
         with open(pipe, "wb") as feed:  # blocks until the provisioner opens the pipe
             feed.write(b.data("big.bin")[:800_000])
             feed.flush()
-            deadline = time.monotonic() + 30
-            while True:  # at least one part sent
-                uploads = b.client.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{b.prefix}/").get(
-                    "Uploads", []
-                )
-                parts = (
-                    b.client.list_parts(
-                        Bucket=BUCKET, Key=uploads[0]["Key"], UploadId=uploads[0]["UploadId"]
-                    ).get("Parts", [])
-                    if uploads
-                    else []
-                )
-                if parts:
-                    break
-                assert victim.poll() is None, victim.stderr.read() if victim.stderr else ""
-                assert time.monotonic() < deadline, "the provisioner never sent a part"
-                time.sleep(0.05)
-            victim.send_signal(signal.SIGKILL)
-            victim.wait()
+            sigkill_when(victim, a_part_sent, "sending a part")
     finally:
         if victim.poll() is None:
             victim.kill()
@@ -128,27 +120,143 @@ def test_the_hash_record_binds_key_size_and_etag_to_the_sha256(s3: Backend, tmp_
         assert entry["etag"] == listed[b.target(f.path)]["ETag"]
 
 
+def test_the_hash_record_is_written_every_16_files_and_at_the_end_not_once_per_file(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {f"f{i:02}.bin": 1_000 for i in range(20)}}, place=False)
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        vol = b.volume(endpoint=proxy.url)
+        vol.hash_cache.flush_seconds = 3600.0  # only the count decides here
+        report = provision.apply(
+            provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol, jobs=1
+        )
+    assert report.complete
+    record = f"{b.prefix}/.mt/hashes.json"
+    writes = [r for r in proxy.requests if r.method == "PUT" and r.path.endswith(record)]
+    assert len(writes) == 3  # the first file (none written for a while), files 2-17, then the rest on leaving
+    assert not any(r.method == "GET" and "/models/" in r.path for r in proxy.requests)  # nothing re-read
+    doc = json.loads(b.client.get_object(Bucket=BUCKET, Key=record)["Body"].read())
+    assert set(doc["files"]) == {b.target(f.path) for f in b.files}
+
+
 # -- RunPod's faults, through the proxy ------------------------------------------------------------
 
 
-def test_a_full_volume_507_stops_the_file_with_a_message_and_places_nothing(
+def test_a_full_volume_507_stops_the_run_with_one_line_and_places_nothing_more(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {"a.bin": 1_000, "b.bin": 300_000, "c.bin": 1_000, "d.bin": 1_000}}, place=False)
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.volume_full(path_contains="b.bin")
+        vol = b.volume(endpoint=proxy.url)
+        report = provision.apply(
+            provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol, jobs=1
+        )
+    writes = {r.path.rsplit("/", 1)[-1] for r in proxy.requests if r.method in ("PUT", "POST")}
+    assert {"c.bin", "d.bin"}.isdisjoint(writes)  # no file started after the 507
+    assert result_of(report, "a.bin").outcome == "placed"
+    failed = result_of(report, "b.bin")
+    assert (failed.outcome, failed.attempts) == ("failed", 1)  # not retried: a full volume stays full
+    assert failed.detail == (
+        "models/alpha/b.bin: the volume is full (CreateMultipartUpload answered HTTP 507 Insufficient "
+        "Storage); nothing was placed"
+    )
+    for path in ("c.bin", "d.bin"):
+        r = result_of(report, path)
+        assert (r.outcome, r.status, r.detail) == (
+            "failed",
+            "missing",
+            "not fetched: the run stopped, the volume is full",
+        )
+    assert report.stopped == (
+        f"volume {b.spec}: {failed.detail}; provisioning stopped (1 placed, 3 not): free space on the "
+        "volume (RunPod: enlarge the network volume), then run again"
+    )
+    assert [b.get(b.target(p)) for p in ("b.bin", "c.bin", "d.bin")] == [None, None, None]
+    assert b.uploads() == []
+
+
+def test_a_507_stops_the_files_in_flight_and_aborts_their_uploads(s3: Backend, tmp_path: Path) -> None:
+    b = s3.fill({"alpha": {"big.bin": 900_000, "small.bin": 1_000}}, place=False)
+    assert b.manifest is not None
+    gated = GatedMirror(b.mirror(tmp_path / "m"), "big.bin")
+    reports: list[provision.ProvisionReport] = []
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.volume_full(path_contains="small.bin")
+        vol = b.volume(endpoint=proxy.url)
+        the_plan = provision.plan(b.manifest, vol)
+        run = threading.Thread(target=lambda: reports.append(provision.apply(the_plan, gated, vol, jobs=2)))
+        run.start()
+        assert gated.started.wait(30)  # big.bin is in flight ...
+        deadline = time.monotonic() + 30
+        # ... when small.bin meets the 507: the run stops, then looks at small.bin (a HEAD) for its result.
+        while True:
+            seen = list(proxy.requests)
+            full = next((i for i, r in enumerate(seen) if r.status == 507), None)
+            if full is not None and any(r.method == "HEAD" and "small.bin" in r.path for r in seen[full:]):
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        gated.gate.set()
+        run.join(60)
+    [report] = reports
+    big = result_of(report, "big.bin")
+    assert (big.outcome, big.detail) == ("failed", "not fetched: the run stopped, the volume is full")
+    assert report.stopped is not None and "HTTP 507" in report.stopped
+    assert b.get(b.target("big.bin")) is None
+    assert b.uploads() == []  # its upload (if it had begun) aborted
+
+
+def test_cli_stops_on_a_full_volume_with_one_line_naming_the_volume_and_507(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill(place=False)
+    manifest = b.write_manifest(tmp_path / "m.yaml")
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.volume_full()
+        env = {**os.environ, **volume_env(proxy.url)}
+        done = run_cli(
+            "provision", "--manifest", str(manifest), "--volume", b.spec, "--source", str(b.mirror(tmp_path / "m")),
+            "--jobs", "1", env=env, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 1
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: volume {b.spec}: models/")
+    assert "HTTP 507 Insufficient Storage" in line and "provisioning stopped (0 placed, 3 not)" in line
+
+
+def test_files_below_the_put_limit_are_spooled_and_put_once_only_on_a_match(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {"a.bin": 600_000, "bad.bin": 500_000}}, place=False)
+    assert b.manifest is not None
+    mirror = b.mirror(tmp_path / "m")
+    (mirror / "alpha" / "bad.bin").write_bytes(b"\0" + b.data("bad.bin")[1:])  # one wrong byte
+    with FaultyProxy(b.endpoint) as proxy:
+        # 600 KB: 64 KiB in memory, the rest spooled on disk, then one PutObject; no multipart.
+        vol = b.volume(endpoint=proxy.url, multipart_threshold=1_000_000, spool_memory=64 * 1024)
+        report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(mirror), vol)
+    assert result_of(report, "a.bin").outcome == "placed"
+    assert b.get(b.target("a.bin")) == b.data("a.bin")
+    sent = [(r.method, r.path.rsplit("/", 1)[-1]) for r in proxy.requests if r.method in ("PUT", "POST")]
+    assert sent.count(("PUT", "a.bin")) == 1 and ("POST", "a.bin") not in sent
+    assert ("PUT", "bad.bin") not in sent  # a wrong byte never leaves the machine
+    assert result_of(report, "bad.bin").outcome == "failed"
+
+
+def test_the_lock_probe_leaves_nothing_under_the_state_folder_but_the_hash_record(
     s3: Backend, tmp_path: Path
 ) -> None:
     b = s3.fill(place=False)
     assert b.manifest is not None
-    with FaultyProxy(b.endpoint) as proxy:
-        proxy.volume_full(path_contains="a.bin")
-        vol = b.volume(endpoint=proxy.url)
-        report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
-    failed = result_of(report, "a.bin")
-    assert (failed.outcome, failed.attempts) == ("failed", 1)  # not retried: a full volume stays full
-    assert failed.detail is not None
-    assert failed.detail.startswith(
-        "models/alpha/a.bin: the volume is full (CreateMultipartUpload answered HTTP 507"
-    )
-    assert failed.detail.endswith("; nothing was placed")
-    assert b.get(b.target("a.bin")) is None
-    assert b.uploads() == []
+    vol = b.volume(conditional_writes=None)  # probed on the first lock
+    report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
+    assert report.complete
+    listed = b.client.list_objects_v2(Bucket=b.bucket, Prefix=f"{b.prefix}/")["Contents"]
+    state = sorted(o["Key"][len(b.prefix) + 1 :] for o in listed if "/.mt/" in f"/{o['Key']}")
+    assert state == [".mt/hashes.json"]
 
 
 def test_a_complete_answering_524_whose_object_never_appears_is_aborted_naming_524(
