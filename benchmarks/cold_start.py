@@ -202,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     int8_ratio = float(by_profile.set_index("profile").loc[INT8_PROFILE, "ratio"])
     if args.bytes_only:
         if args.json:
-            print(json.dumps({"profiles": by_profile.to_dict(orient="records"), "int8_bytes_ratio": int8_ratio}))
+            print(
+                json.dumps({"profiles": by_profile.to_dict(orient="records"), "int8_bytes_ratio": int8_ratio})
+            )
             return 0
         console.print(bytes_table(by_profile))
         print(f"int8_bytes_ratio={int8_ratio:.3f}")

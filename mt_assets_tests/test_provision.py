@@ -388,7 +388,9 @@ def test_one_files_unexpected_error_fails_that_file_and_not_the_run(
 # -- both backends: a folder, and an S3 volume on moto_server (mt_assets_tests/volume/backends.py) -----
 
 
-def test_provision_fills_both_backends_and_a_rerun_fetches_nothing(volume_backend: Backend, tmp_path: Path) -> None:
+def test_provision_fills_both_backends_and_a_rerun_fetches_nothing(
+    volume_backend: Backend, tmp_path: Path
+) -> None:
     b = volume_backend.fill(place=False)
     assert b.manifest is not None
     vol = b.volume()

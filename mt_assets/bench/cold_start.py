@@ -122,7 +122,15 @@ def profile_bytes(profiles: Sequence[Manifest]) -> pd.DataFrame:
     for m in profiles:
         nbytes, files = cold_start_bytes(m)
         estimated = sum(1 for f in m.files if f.size is None)
-        rows.append({"profile": m.profile, "files": files, "bytes": nbytes, "gb": nbytes / 1e9, "estimated": estimated})
+        rows.append(
+            {
+                "profile": m.profile,
+                "files": files,
+                "bytes": nbytes,
+                "gb": nbytes / 1e9,
+                "estimated": estimated,
+            }
+        )
     frame = pd.DataFrame(rows)
     frame["ratio"] = frame["bytes"] / frame["bytes"].iloc[0]
     return frame

@@ -170,7 +170,9 @@ def demo_renders(
     requests: list[dg.RunRequest] = []
     for _ in range(3):
         time.sleep(SETTLE_SECONDS + 0.5)
-        context = dg.build_sensor_context(instance=instance, resources={"volume": VolumeResource(path=str(volume))})
+        context = dg.build_sensor_context(
+            instance=instance, resources={"volume": VolumeResource(path=str(volume))}
+        )
         # The tick's own log lines are for the daemon's log: the context's logger is a Logger of its own
         # (also named "dagster"), so it is quieted itself.
         context.log.setLevel(logging.WARNING)

@@ -41,7 +41,9 @@ def _has_run(context: dg.SensorEvaluationContext, run_key: str) -> bool:
     return bool(context.instance.get_run_ids(filters=dg.RunsFilter(tags=tags), limit=1))
 
 
-def build_inbox_sensor(minimum_interval_seconds: int = 30, *, manifest: Manifest | None = None) -> dg.SensorDefinition:
+def build_inbox_sensor(
+    minimum_interval_seconds: int = 30, *, manifest: Manifest | None = None
+) -> dg.SensorDefinition:
     """manifest: the Definitions' profile; a dropped job whose preset it does not serve is rejected."""
 
     @dg.sensor(

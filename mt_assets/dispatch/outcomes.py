@@ -59,7 +59,10 @@ def judge(status: JobStatus, *, job_id: str, last_attempt: bool) -> Outcome:
             message=f"{where} was cancelled on RunPod, not by this run; the job stays queued",
         )
     return Outcome(
-        succeeded=False, retry=False, mark_failed=False, message=f"{where}: unexpected final status {status.status!r}"
+        succeeded=False,
+        retry=False,
+        mark_failed=False,
+        message=f"{where}: unexpected final status {status.status!r}",
     )
 
 

@@ -34,6 +34,7 @@ class JobMedia:
     audio: PreparedAudio
     files: dict[str, Any] = field(default_factory=dict)
 
+
 def load_job_media(job: RenderJob) -> JobMedia:
     """Decode the image and audio, prepare the speakers, and check them against the job.
 

@@ -269,7 +269,9 @@ class JobQueue:
         return {
             k: v
             for k, v in (entries.items() if isinstance(entries, dict) else ())
-            if isinstance(v, dict) and isinstance(v.get("signature"), list) and isinstance(v.get("seen"), int | float)
+            if isinstance(v, dict)
+            and isinstance(v.get("signature"), list)
+            and isinstance(v.get("seen"), int | float)
         }
 
     def _write_scan_state(self, seen: dict[str, dict[str, Any]]) -> None:
@@ -330,7 +332,9 @@ class JobQueue:
         except JobError:
             raise
         except Exception as e:  # whatever a hostile or broken entry makes a parser raise: its rejection
-            raise JobError(source, None, f"cannot be read as a job: {type(e).__name__}: {quote_error(e)}") from None
+            raise JobError(
+                source, None, f"cannot be read as a job: {type(e).__name__}: {quote_error(e)}"
+            ) from None
         if self.manifest is not None:
             check_preset_served(job, self.manifest.profile, self.manifest.presets)
         self._check_free(job, source)
@@ -709,9 +713,7 @@ class JobQueue:
 
 def _check_id(job_id: str) -> None:
     if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
-        raise JobNotFound(
-            f"render job {job_id!r}: not a job id ({JOB_ID_RULE})"
-        )
+        raise JobNotFound(f"render job {job_id!r}: not a job id ({JOB_ID_RULE})")
 
 
 def _peek_id(entry: Path, name: str | None = None) -> str:
@@ -776,7 +778,9 @@ def _refuse_links_inside(folder: Path, source: str) -> None:
             if path.is_symlink():
                 inside = path.relative_to(folder).as_posix()
                 raise JobError(
-                    source, None, f"holds a symlink, {inside}: a job folder's files are never read through a link"
+                    source,
+                    None,
+                    f"holds a symlink, {inside}: a job folder's files are never read through a link",
                 )
 
 

@@ -71,7 +71,9 @@ def read_job_bytes(path: Path, source: str | None = None, *, max_bytes: int | No
             raise JobError(source, None, "is not a regular file")
         if st.st_size > limit:
             raise JobError(
-                source, None, f"is {st.st_size:,} bytes; a job file may have at most {limit:,} (MT_JOB_MAX_BYTES)"
+                source,
+                None,
+                f"is {st.st_size:,} bytes; a job file may have at most {limit:,} (MT_JOB_MAX_BYTES)",
             )
         data = f.read(limit + 1)
     if len(data) > limit:  # grew since the stat
@@ -88,7 +90,9 @@ def parse_job_bytes(data: bytes, suffix: str, source: str) -> dict[str, Any]:
     try:
         doc = json.loads(text) if suffix.lower() == ".json" else yaml.load(text, Loader=_JobYamlLoader)
     except json.JSONDecodeError as e:
-        raise JobError(source, None, f"is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+        raise JobError(
+            source, None, f"is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
+        ) from None
     except yaml.YAMLError as e:
         raise JobError(source, None, f"is not valid YAML: {_yaml_problem(e)}") from None
     except RecursionError:
@@ -96,7 +100,9 @@ def parse_job_bytes(data: bytes, suffix: str, source: str) -> dict[str, Any]:
     except MemoryError:
         raise JobError(source, None, "does not fit in memory: not a job") from None
     except ValueError as e:  # e.g. an integer of more digits than Python converts (4300)
-        raise JobError(source, None, f"holds a value that cannot be read: {str(e).split(';')[0][:200]}") from None
+        raise JobError(
+            source, None, f"holds a value that cannot be read: {str(e).split(';')[0][:200]}"
+        ) from None
     if not isinstance(doc, dict):
         raise JobError(source, None, f"expected a mapping of fields, got {describe_kind(doc)}")
     return doc
@@ -151,7 +157,9 @@ def read_job_entry(
         if "id" not in doc:
             if not JOB_ID.fullmatch(name):
                 raise JobError(
-                    source, "id", f"not given, and the folder name {name!r} is not a valid id ({JOB_ID_RULE}): set id"
+                    source,
+                    "id",
+                    f"not given, and the folder name {name!r} is not a valid id ({JOB_ID_RULE}): set id",
                 )
             doc = {"id": name, **doc}
         return doc, path, source

@@ -211,7 +211,9 @@ class RenderJob:
     motion_frames: int
     rerender: bool
     source: str  # the job file, or '<dict>'
-    job_sha256: str | None = None  # of the job file's bytes as read (reader.py); None for a job given as a mapping
+    job_sha256: str | None = (
+        None  # of the job file's bytes as read (reader.py); None for a job given as a mapping
+    )
     teacache: TeaCacheSettings | None = None
     preset: str | None = None  # its settings are in steps, text_guidance, ... already
 
@@ -292,7 +294,8 @@ def parse_job(
     prompt = fields.text("prompt", required=True, max_chars=max_chars)
     # generate() replaces an empty negative prompt with the config's default: "" means the default.
     negative_prompt = (
-        fields.text("negative_prompt", default="", allow_empty=True, max_chars=max_chars) or DEFAULT_NEGATIVE_PROMPT
+        fields.text("negative_prompt", default="", allow_empty=True, max_chars=max_chars)
+        or DEFAULT_NEGATIVE_PROMPT
     )
     cond_image = resolve("cond_image", fields.text("cond_image", required=True))
     speakers = fields.cond_audio()
@@ -479,7 +482,9 @@ class _Fields:
     def size(self) -> str:
         value = self.doc.get("size", SIZE_BUCKETS[0])
         if not isinstance(value, str):
-            raise self.error("size", f"must be a string (multitalk-480, multitalk-720 or WxH), got {quote(value)}")
+            raise self.error(
+                "size", f"must be a string (multitalk-480, multitalk-720 or WxH), got {quote(value)}"
+            )
         if value in SIZE_BUCKETS:
             return value
         match = _WXH.fullmatch(value)
@@ -503,7 +508,8 @@ class _Fields:
         value = self.doc["cond_audio"]
         if not isinstance(value, Mapping):
             raise self.error(
-                "cond_audio", f"must be a mapping {{person1: <audio>[, person2: <audio>]}}, got {quote(value)}"
+                "cond_audio",
+                f"must be a mapping {{person1: <audio>[, person2: <audio>]}}, got {quote(value)}",
             )
         for key in value:
             if key not in SPEAKERS:
@@ -520,7 +526,9 @@ class _Fields:
             elif isinstance(ref, str) and ref.strip():
                 speakers[name] = ref
             else:
-                raise self.error(f"cond_audio.{name}", f"must be a path or URI, got {describe_kind(ref)} {quote(ref)}")
+                raise self.error(
+                    f"cond_audio.{name}", f"must be a path or URI, got {describe_kind(ref)} {quote(ref)}"
+                )
         if all(ref is None for ref in speakers.values()):
             raise self.error(
                 "cond_audio",
@@ -534,7 +542,8 @@ class _Fields:
             return None
         if not isinstance(value, Mapping):
             raise self.error(
-                "bbox", f"must be a mapping {{person1: [x_min, y_min, x_max, y_max], ...}}, got {quote(value)}"
+                "bbox",
+                f"must be a mapping {{person1: [x_min, y_min, x_max, y_max], ...}}, got {quote(value)}",
             )
         for key in value:
             if key not in SPEAKERS:
@@ -579,7 +588,9 @@ class _Fields:
         if value is True:
             return Apg(APG_MOMENTUM, APG_NORM_THRESHOLD)
         if not isinstance(value, Mapping):
-            raise self.error("apg", f"must be true, false or {{momentum, norm_threshold}}, got {quote(value)}")
+            raise self.error(
+                "apg", f"must be true, false or {{momentum, norm_threshold}}, got {quote(value)}"
+            )
         for key in value:
             if key not in _APG_FIELDS:
                 raise self.error(f"apg.{key}", f"unknown field{_suggest(str(key), _APG_FIELDS)}")

@@ -176,7 +176,11 @@ class Manifest:
     def loras(self) -> tuple[tuple[ManifestFile, float], ...]:
         """(file, scale) of every LoRA file, in the order they are merged: components, then files."""
         return tuple(
-            (f, c.lora_scale) for c in self.components if c.lora_scale is not None for f in c.files if f.kind == "weights"
+            (f, c.lora_scale)
+            for c in self.components
+            if c.lora_scale is not None
+            for f in c.files
+            if f.kind == "weights"
         )
 
     def quantized(self, unit: str) -> Component | None:
@@ -393,7 +397,12 @@ class _Parser:
             elif b.component in by_name:  # replaced: the bundle is made again from the new component
                 bundles.append(
                     self.bundle(
-                        {"name": b.name, "loader": b.loader, "component": b.component, "folder": b.folder or None},
+                        {
+                            "name": b.name,
+                            "loader": b.loader,
+                            "component": b.component,
+                            "folder": b.folder or None,
+                        },
                         0,
                         by_name,
                     )
@@ -422,7 +431,9 @@ class _Parser:
         if inherited is None:
             raise self.fail("", "field 'drop' needs 'extends': it removes components of the base profile")
         if not isinstance(raw, list) or not raw or not all(isinstance(n, str) for n in raw):
-            raise self.fail("", f"field 'drop' must be a non-empty list of component names, got {_kind_of(raw)}")
+            raise self.fail(
+                "", f"field 'drop' must be a non-empty list of component names, got {_kind_of(raw)}"
+            )
         known = [c.name for c in inherited.components]
         unknown = [n for n in raw if n not in known]
         if unknown:
@@ -466,7 +477,9 @@ class _Parser:
         except ManifestError as e:
             raise self.fail("", f"field 'extends': {e}") from None
         if base.extends is not None:
-            raise self.fail("", f"field 'extends': profile {name} extends another profile itself; extend {base.extends}")
+            raise self.fail(
+                "", f"field 'extends': profile {name} extends another profile itself; extend {base.extends}"
+            )
         return base
 
     def presets(self, raw: Any) -> tuple[str, ...]:
@@ -548,7 +561,11 @@ class _Parser:
             raw_files.clear()
         lora_scale = mapping.get("lora_scale")
         if lora_scale is not None:
-            if isinstance(lora_scale, bool) or not isinstance(lora_scale, (int, float)) or not 0 < lora_scale <= 10:
+            if (
+                isinstance(lora_scale, bool)
+                or not isinstance(lora_scale, (int, float))
+                or not 0 < lora_scale <= 10
+            ):
                 raise self.fail(where, f"field 'lora_scale' must be a number in (0, 10], got {lora_scale!r}")
             if not any(f.kind == "weights" for f in files):
                 raise self.fail(where, "field 'lora_scale': a LoRA component needs at least one weights file")

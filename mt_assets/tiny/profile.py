@@ -386,7 +386,9 @@ def tiny_addon_yaml(mirror: str | Path, name: str) -> str:
                 raise ManifestError(
                     f"{name} mirror {mirror}: {f.dir}/{f.path} is missing; build the mirror again"
                 )
-            files.append({"path": f.path, "kind": f.kind, "size": path.stat().st_size, "sha256": _sha256(path)})
+            files.append(
+                {"path": f.path, "kind": f.kind, "size": path.stat().st_size, "sha256": _sha256(path)}
+            )
         components.append(
             {
                 "name": component.name,

@@ -130,14 +130,23 @@ def test_a_quantized_profile_reads_about_a_third_of_the_base_bytes_and_none_of_i
     """Issue 22: the int8 profile's cold start reads <= 0.36x the base's bytes (from the manifests)."""
     from mt_assets.bench.cold_start import cold_start_bytes, profile_bytes
 
-    names = ["multitalk-480p", "multitalk-480p-int8", "multitalk-480p-int8-fusionx", "multitalk-480p-fp8-fusionx"]
+    names = [
+        "multitalk-480p",
+        "multitalk-480p-int8",
+        "multitalk-480p-int8-fusionx",
+        "multitalk-480p-fp8-fusionx",
+    ]
     frame = profile_bytes([load_profile(n) for n in names]).set_index("profile")
     assert frame.loc["multitalk-480p", "ratio"] == 1.0
     for name in names[1:]:
         assert frame.loc[name, "ratio"] <= 0.36, name
         nbytes, files = cold_start_bytes(load_profile(name))
         assert (nbytes, files) == (frame.loc[name, "bytes"], frame.loc[name, "files"])
-    base = {f.target for f in load_profile("multitalk-480p").files if f.component in ("wan-dit", "multitalk", "t5")}
+    base = {
+        f.target
+        for f in load_profile("multitalk-480p").files
+        if f.component in ("wan-dit", "multitalk", "t5")
+    }
     for name in names[1:]:
         assert base & {f.target for f in load_profile(name).files} == {
             "models/Wan2.1-I2V-14B-480P/config.json"

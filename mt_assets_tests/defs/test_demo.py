@@ -50,7 +50,9 @@ def test_the_demo_builds_the_tiny_mirror_materializes_everything_and_a_rerun_fet
         with av.open(str(video)) as container:
             assert sum(1 for _ in container.decode(video=0)) == 17  # the frames the demo asks for
     one, two = (json.loads((v.parent / "job.json").read_text()) for v in videos)
-    assert one["job"]["preset"] == "fusionx" and one["job"]["steps"] == 8 and one["job"]["text_guidance"] == 1.0
+    assert (
+        one["job"]["preset"] == "fusionx" and one["job"]["steps"] == 8 and one["job"]["text_guidance"] == 1.0
+    )
     assert one["dit_evaluations_planned"] == one["dit_evaluations_run"] == 16  # 8 steps x 2 evaluations
     assert "models/Wan14BT2VFusioniX/FusionX_LoRa/Wan2.1_I2V_14B_FusionX_LoRA.safetensors" in {
         m["target"] for m in one["models"]

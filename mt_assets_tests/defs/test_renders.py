@@ -118,8 +118,11 @@ def assert_poster_preview(markdown: str, poster: Path) -> None:
     with Image.open(io.BytesIO(base64.b64decode(match[3]))) as preview, Image.open(poster) as full:
         assert preview.size == (int(match[1]), int(match[2]))
         assert preview.width / preview.height == pytest.approx(full.width / full.height, rel=0.05)
+
         # the same picture: the preview's mean colour is the poster's, within JPEG's rounding
-        mean = lambda im: [sum(c) / len(c) for c in zip(*im.convert("RGB").resize((8, 8)).getdata(), strict=True)]  # noqa: E731
+        def mean(im: Image.Image) -> list[float]:
+            return [sum(c) / len(c) for c in zip(*im.convert("RGB").resize((8, 8)).getdata(), strict=True)]
+
         assert max(abs(a - b) for a, b in zip(mean(preview), mean(full), strict=True)) < 8
 
 

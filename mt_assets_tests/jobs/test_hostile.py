@@ -49,7 +49,9 @@ POISON = {
 }
 
 
-def measured(args: list[str], *, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
+def measured(
+    args: list[str], *, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess, float]:
     """Run a command; its result and its peak RSS in MB (the only child of a small wrapper)."""
     wrapper = (
         "import resource, subprocess, sys\n"

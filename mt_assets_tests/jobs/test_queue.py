@@ -492,7 +492,10 @@ def test_a_live_slow_claim_that_keeps_touching_is_never_taken_over(
     [outcome] = outcomes
     assert accepted_ids(outcome) == ["b2"] and outcome.recovered == [] and outcome.rejected == []
     assert first.queued_ids() == ["b2"]
-    assert sorted(p.name for p in (volume / JOBS_DIR / "media" / "b2").iterdir()) == ["face.png", "speech.wav"]
+    assert sorted(p.name for p in (volume / JOBS_DIR / "media" / "b2").iterdir()) == [
+        "face.png",
+        "speech.wav",
+    ]
     assert list(first.folder("inbox").iterdir()) == [] and list(first.folder("rejected").iterdir()) == []
 
 
@@ -527,12 +530,16 @@ def test_a_recovered_entry_whose_name_was_dropped_again_gets_a_free_name(
     folder_claim = inbox / ".claimed-0123456789ab-b2"
     file_claim = inbox / ".claimed-ba9876543210-a1.yaml"
     drop_folder(queue, "b2", job_doc()).rename(folder_claim)
-    drop_file(queue, "a1.yaml", job_doc("volume:media/face.png", "volume:media/speech.wav")).rename(file_claim)
+    drop_file(queue, "a1.yaml", job_doc("volume:media/face.png", "volume:media/speech.wav")).rename(
+        file_claim
+    )
     age(folder_claim, 120)
     age(file_claim, 120)
     # Meanwhile the same names were dropped again, just now (still settling).
     new_folder = drop_folder(queue, "b2", job_doc(id="b3"))
-    new_file = drop_file(queue, "a1.yaml", job_doc("volume:media/face.png", "volume:media/speech.wav", id="a9"))
+    new_file = drop_file(
+        queue, "a1.yaml", job_doc("volume:media/face.png", "volume:media/speech.wav", id="a9")
+    )
 
     result = queue.scan_inbox()
 

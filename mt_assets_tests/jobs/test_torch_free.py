@@ -29,7 +29,9 @@ def test_jobs_package_parses_decodes_and_queues_a_job_with_torch_blocked(tmp_pat
     folder.mkdir(parents=True)
     write_face_image(folder / "face.png", 64, 48)
     write_speech(folder / "speech.wav", 1.0)
-    (folder / "job.yaml").write_text("prompt: hi\ncond_image: face.png\ncond_audio: {person1: speech.wav}\nframes: 5\n")
+    (folder / "job.yaml").write_text(
+        "prompt: hi\ncond_image: face.png\ncond_audio: {person1: speech.wav}\nframes: 5\n"
+    )
     code = BLOCKER + textwrap.dedent(
         f"""
         import os

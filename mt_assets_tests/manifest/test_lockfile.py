@@ -86,7 +86,9 @@ def test_a_lock_of_an_extends_profile_is_flat_and_keeps_presets_and_lora_scales(
     assert diff(locked, again) == []
 
 
-def test_a_lock_of_a_quantized_profile_is_flat_with_the_drop_applied_and_keeps_quantized(tmp_path: Path) -> None:
+def test_a_lock_of_a_quantized_profile_is_flat_with_the_drop_applied_and_keeps_quantized(
+    tmp_path: Path,
+) -> None:
     from dataclasses import dataclass
 
     from mt_assets.manifest.lockfile import lock_manifest

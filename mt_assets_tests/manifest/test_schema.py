@@ -182,7 +182,11 @@ def test_duplicate_component_names() -> None:
             "component 'wav2vec2': field 'revision' must be a 40-hex commit or a ref name, got 'main branch'",
         ),
         ("files", [], "component 'wav2vec2': field 'files' must be a non-empty list"),
-        ("url", "x", "component 'wav2vec2': unknown field 'url' (known: name, repo, revision, dir, files, lora_scale, quantized)"),
+        (
+            "url",
+            "x",
+            "component 'wav2vec2': unknown field 'url' (known: name, repo, revision, dir, files, lora_scale, quantized)",
+        ),
     ],
 )
 def test_bad_component_fields_are_named(field: str, value: Any, message: str) -> None:
@@ -317,8 +321,14 @@ def test_drop_removes_base_components_and_a_dropped_name_may_be_declared_again()
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d.pop("extends"), "field 'drop' needs 'extends': it removes components of the base profile"),
-        (lambda d: d.update(drop="t5"), "field 'drop' must be a non-empty list of component names, got a string ('t5')"),
+        (
+            lambda d: d.pop("extends"),
+            "field 'drop' needs 'extends': it removes components of the base profile",
+        ),
+        (
+            lambda d: d.update(drop="t5"),
+            "field 'drop' must be a non-empty list of component names, got a string ('t5')",
+        ),
         (
             lambda d: d.update(drop=["wan-dit", "t6"]),
             "field 'drop': profile multitalk-480p has no component 't6' (known: wan-dit, t5, t5-tokenizer",

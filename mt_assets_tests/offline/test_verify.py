@@ -291,4 +291,6 @@ def test_a_quantized_file_with_a_key_removed_fails_the_offline_proof_naming_the_
     report = verify_offline(volume, int8, only=["transformer"])
     [unit] = report.units
     assert unit.status == "failed"
-    assert f"{volume / weights.target}: missing key 'blocks.0.self_attn.q.weight._scale'" in (unit.error or "")
+    assert f"{volume / weights.target}: missing key 'blocks.0.self_attn.q.weight._scale'" in (
+        unit.error or ""
+    )

@@ -68,11 +68,16 @@ def rendered_three_ways(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFact
         settled = time.time() - 120
         os.utime(dropped, (settled, settled))
         sensor = defs.get_sensor_def("render_inbox")
-        result = sensor(dg.build_sensor_context(instance=instance, resources={"volume": VolumeResource(path=str(root))}))
+        result = sensor(
+            dg.build_sensor_context(instance=instance, resources={"volume": VolumeResource(path=str(root))})
+        )
         for request in result.dynamic_partitions_requests or []:
             instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
         run = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance, partition_key="via-dagster", asset_selection=[RENDERS_KEY], raise_on_error=False
+            instance=instance,
+            partition_key="via-dagster",
+            asset_selection=[RENDERS_KEY],
+            raise_on_error=False,
         )
         assert run.success, run.all_events
 
@@ -85,7 +90,8 @@ def rendered_three_ways(tiny_mirror: Path, tmp_path_factory: pytest.TempPathFact
 
 def test_the_cli_dagster_and_the_worker_render_the_same_frames(rendered_three_ways: Path) -> None:
     cli, dagster, worker = (
-        frames(rendered_three_ways / "outputs" / i / "video.mp4") for i in ("via-cli", "via-dagster", "via-worker")
+        frames(rendered_three_ways / "outputs" / i / "video.mp4")
+        for i in ("via-cli", "via-dagster", "via-worker")
     )
     assert len(cli) == 13
     assert all(np.array_equal(a, b) for a, b in zip(cli, dagster, strict=True))
@@ -102,7 +108,9 @@ def test_the_three_record_the_same_resolved_settings_in_job_json(rendered_three_
     def settings(doc: dict) -> dict:
         # where the media were read from differs (the queue copies a dropped job's media), and the job
         # files themselves (job_sha256: the worker's job is a mapping); nothing else
-        return {k: v for k, v in doc["job"].items() if k not in ("id", "cond_image", "cond_audio", "job_sha256")}
+        return {
+            k: v for k, v in doc["job"].items() if k not in ("id", "cond_image", "cond_audio", "job_sha256")
+        }
 
     assert settings(cli) == settings(dagster) == settings(worker)
     assert cli["job"]["seed"] == 1234

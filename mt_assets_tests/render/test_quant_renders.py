@@ -29,7 +29,9 @@ def _float_files(names: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def int8_renderer(tiny_int8_volume: Path) -> MultiTalkRenderer:
-    return MultiTalkRenderer.from_volume(LocalVolume(tiny_int8_volume), load_profile("tiny-int8"), device="cpu")
+    return MultiTalkRenderer.from_volume(
+        LocalVolume(tiny_int8_volume), load_profile("tiny-int8"), device="cpu"
+    )
 
 
 def test_a_render_on_tiny_int8_decodes_with_a_quantized_dit_and_t5(int8_renderer, media, tmp_path) -> None:  # noqa: F811
@@ -76,7 +78,9 @@ def test_the_int8_volume_holds_no_float_dit_adapter_or_t5_and_audits_complete(ti
     assert audit(manifest, LocalVolume(tiny_int8_volume), full=True).complete
 
 
-def test_the_offline_proof_of_tiny_int8_reads_only_declared_files_and_no_float_one(tiny_int8_volume: Path) -> None:
+def test_the_offline_proof_of_tiny_int8_reads_only_declared_files_and_no_float_one(
+    tiny_int8_volume: Path,
+) -> None:
     manifest = load_profile("tiny-int8")
     report = verify_offline(tiny_int8_volume, manifest, only=["transformer", "t5"])
     doc = report.to_json()

@@ -255,7 +255,9 @@ def test_a_bfloat16_render_keeps_the_vae_and_wav2vec2_in_float32(tiny_volume, me
     assert json.loads(result.output.job_json.read_text())["renderer"]["dtype"] == "bfloat16"
 
 
-def test_an_empty_negative_prompt_renders_with_the_default_one_and_records_it(renderer, media, tmp_path) -> None:
+def test_an_empty_negative_prompt_renders_with_the_default_one_and_records_it(
+    renderer, media, tmp_path
+) -> None:
     """The reference's generate() replaces "" with the config's negative prompt; so do we."""
     from mt_assets.jobs.schema import DEFAULT_NEGATIVE_PROMPT
 
