@@ -407,7 +407,7 @@ class _Parser:
                         by_name,
                     )
                 )
-        self.check_quantized(components)
+        self.check_quantized(profile, components)
         bundle_names: set[str] = {b.name for b in bundles}
         for index, raw in enumerate(raw_bundles, start=1):
             bundle = self.bundle(raw, index, by_name)
@@ -443,8 +443,10 @@ class _Parser:
             )
         return set(raw)
 
-    def check_quantized(self, components: list[Component]) -> None:
-        """One quantized component per unit; no LoRA merged into a quantized DiT."""
+    def check_quantized(self, profile: str, components: list[Component]) -> None:
+        """One quantized component per unit; no LoRA merged into a quantized DiT; no float file the
+        quantized unit does not read (models/pipeline.py `unit_components` is what a load reads, and
+        what the render record and the cold-start bench count)."""
         seen: dict[str, str] = {}
         for c in components:
             if c.quantized is None:
@@ -455,6 +457,7 @@ class _Parser:
                     f"field 'quantized': component '{seen[c.quantized]}' already holds the quantized {c.quantized}",
                 )
             seen[c.quantized] = c.name
+        self.check_no_float_files(profile, components, seen)
         loras = [c.name for c in components if c.lora_scale is not None]
         if "transformer" in seen and loras:
             raise self.fail(
@@ -463,6 +466,39 @@ class _Parser:
                 "a LoRA is not merged into quantized weights (MeiGen's reference ignores its LoRA scales "
                 "there): declare a quantized file with the LoRA merged in, such as MeiGen's "
                 "quant_model_int8_FusionX.safetensors, instead",
+            )
+
+    def check_no_float_files(self, profile: str, components: list[Component], seen: dict[str, str]) -> None:
+        """A quantized DiT reads only wan-dit's config.json (no shards, no multitalk adapter); a
+        quantized T5 reads no `t5` component."""
+        by_name = {c.name: c for c in components}
+        drop = "drop it (field 'drop' with extends, or remove it from 'components')"
+        if "transformer" in seen:
+            quantized = f"the DiT of profile {profile} is quantized (component '{seen['transformer']}')"
+            config = by_name.get("wan-dit")
+            if config is None:
+                raise self.fail(
+                    "",
+                    f"field 'components': {quantized} and is built from the config.json of a 'wan-dit' "
+                    "component: declare one with only config.json",
+                )
+            extra = [f.path for f in config.files if f.path != "config.json"]
+            if extra or not config.files:
+                raise self.fail(
+                    "component 'wan-dit': ",
+                    f"{quantized}, so only its config.json is read; it declares {_declares(extra)}: "
+                    "drop wan-dit and declare it again with config.json only",
+                )
+            if "multitalk" in by_name:
+                raise self.fail(
+                    "component 'multitalk': ",
+                    f"{quantized} and holds the adapter, so multitalk is never read: {drop}",
+                )
+        if "t5" in seen and "t5" in by_name:
+            raise self.fail(
+                "component 't5': ",
+                f"the T5 of profile {profile} is quantized (component '{seen['t5']}'), so the float t5 "
+                f"is never read: {drop}",
             )
 
     def base_profile(self, name: Any) -> Manifest:
@@ -623,6 +659,12 @@ class _Parser:
             git_sha1=self.hex_digest(mapping, "git_sha1", 40, where),
             estimated_size=self.size(mapping, "estimated_size", where),
         )
+
+
+def _declares(extra: list[str]) -> str:
+    if not extra:
+        return "no config.json"
+    return extra[0] if len(extra) == 1 else f"{extra[0]} and {len(extra) - 1} other files"
 
 
 def _declared_by(target: str, components: list[Component]) -> str:

@@ -275,7 +275,6 @@ def load_pipeline_components(
 
     loras = [(f, scale) for f, scale in manifest.loras]
     loras_by_component = {f.component for f, _ in loras}
-    quantized_dit = manifest.quantized("transformer") is not None
 
     def merge_into(transformer: Any) -> list[tuple[str, int]]:
         """Merge the manifest's LoRA files into the loaded DiT; (target, size) of each file read."""
@@ -307,13 +306,10 @@ def load_pipeline_components(
         components = unit_components(manifest, unit)
         if unit == "transformer":
             check_loras()
-        # the unit's own files (LoRAs: merge_into); of wan-dit only config.json for a quantized DiT
+        # the unit's own files (LoRAs: merge_into); a quantized DiT's wan-dit declares only its
+        # config.json (manifest/schema.py check_quantized), so every declared file is read
         files = tuple(
-            f
-            for name in components
-            if name not in loras_by_component
-            for f in manifest.component(name).files
-            if not (quantized_dit and name == "wan-dit" and f.path != "config.json")
+            f for name in components if name not in loras_by_component for f in manifest.component(name).files
         )
         started = time.perf_counter()
         repack = (

@@ -401,3 +401,71 @@ def test_a_dropped_components_bundle_goes_with_it_or_is_made_again_from_its_repl
     [bundle] = [b for b in parse(replaced_doc).bundles if b.name == "t5-tokenizer"]
     assert bundle.location == "models/umt5-elsewhere/google/umt5-xxl"
     assert {f.revision for f in bundle.files} == {"main"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: d["components"][0]["files"].append(
+                {"path": "diffusion_pytorch_model-00001-of-00007.safetensors", "kind": "weights"}
+            ),
+            "component 'wan-dit': the DiT of profile custom is quantized (component 'dit-int8'), so only "
+            "its config.json is read; it declares diffusion_pytorch_model-00001-of-00007.safetensors: "
+            "drop wan-dit and declare it again with config.json only",
+        ),
+        (
+            lambda d: (d.update(drop=["t5"]), d["components"].pop(0)),
+            "component 'wan-dit': the DiT of profile custom is quantized (component 'dit-int8'), so only "
+            "its config.json is read; it declares diffusion_pytorch_model.safetensors.index.json and 7 other "
+            "files: drop wan-dit",
+        ),
+        (
+            lambda d: d.update(drop=["wan-dit", "t5"]),
+            "component 'multitalk': the DiT of profile custom is quantized (component 'dit-int8') and "
+            "holds the adapter, so multitalk is never read: drop it",
+        ),
+        (
+            lambda d: d["components"].pop(0),
+            "field 'components': the DiT of profile custom is quantized (component 'dit-int8') and is "
+            "built from the config.json of a 'wan-dit' component",
+        ),
+        (
+            lambda d: (
+                d.update(drop=["wan-dit", "multitalk"]),
+                d["components"].append(
+                    {
+                        "name": "t5-int8",
+                        "quantized": "t5",
+                        "repo": "MeiGen-AI/MeiGen-MultiTalk",
+                        "revision": "main",
+                        "dir": "MeiGen-MultiTalk",
+                        "files": [
+                            {"path": "quant_models/t5_int8.safetensors", "kind": "weights"},
+                            {"path": "quant_models/t5_map_int8.json", "kind": "config"},
+                        ],
+                    }
+                ),
+            ),
+            "component 't5': the T5 of profile custom is quantized (component 't5-int8'), so the float t5 "
+            "is never read: drop it",
+        ),
+    ],
+)
+def test_a_quantized_profile_that_keeps_float_files_it_never_reads_is_refused(
+    edit: Any, message: str
+) -> None:
+    """The loader reads every file of `unit_components`: a quantized unit's float files must be dropped."""
+    doc = quant_doc()
+    edit(doc)
+    assert message in quant_error(doc)
+
+
+def test_every_shipped_quantized_profile_declares_only_what_its_load_reads() -> None:
+    from mt_assets.manifest import load_profile
+    from mt_assets.models.pipeline import loaded_components
+
+    for name in ("multitalk-480p-int8", "multitalk-480p-int8-fusionx", "multitalk-480p-fp8-fusionx"):
+        m = load_profile(name)
+        assert [f.path for f in m.component("wan-dit").files] == ["config.json"]
+        assert not {"multitalk", "t5"} & loaded_components(m)
