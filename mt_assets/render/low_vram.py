@@ -138,7 +138,9 @@ def check_budget(budget: int) -> int:
 
 
 class LowVram:
-    """Budgeted residency of one model's units on `device`; `remove()` undoes it (everything on the host)."""
+    """Budgeted residency of one model's units on `device`; `remove()` undoes it (everything on the host).
+    A failure while enabling (a device out of memory) leaves the model as it was: no hooks, its own
+    tensor objects back."""
 
     def __init__(self, model: nn.Module, device: str | torch.device, budget: int) -> None:
         check_budget(budget)
@@ -148,9 +150,35 @@ class LowVram:
         self.device = torch.device(device)
         self.units: list[Unit] = []
         self._handles: list[RemovableHandle] = []
+        # every module's tensor objects as they were: a failure part-way (a device out of memory)
+        # puts them back, so the model is as before and enabling again starts from it
+        originals = [(m, kind, key, t) for m in model.modules() for kind, key, t in own_tensors(m)]
+        try:
+            spent = self._enable(budget)
+        except BaseException:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            for module, kind, key, tensor in originals:
+                _put(module, kind, key, tensor)
+            self.units.clear()
+            raise
+        offloaded = [u.params for u in self.units if not u.resident]
+        self.stats = ResidencyStats(
+            budget=budget,
+            total=sum(u.params for u in self.units),
+            persistent=spent,
+            largest_offloaded=max(offloaded, default=0),
+            on_device=spent,
+            peak=spent,
+        )
+        _MANAGED[model] = self.device
+
+    def _enable(self, budget: int) -> int:
+        """Place or offload every unit and hook the offloaded leaves; the resident parameters."""
         fits = True
         spent = 0
-        for name, module in model.named_modules():
+        for name, module in self.model.named_modules():
             tensors = own_tensors(module)
             if not tensors:
                 continue
@@ -173,16 +201,7 @@ class LowVram:
                     module.register_forward_hook(partial(self._leave, unit), always_call=True)
                 )
             self.units.append(unit)
-        offloaded = [u.params for u in self.units if not u.resident]
-        self.stats = ResidencyStats(
-            budget=budget,
-            total=sum(u.params for u in self.units),
-            persistent=spent,
-            largest_offloaded=max(offloaded, default=0),
-            on_device=spent,
-            peak=spent,
-        )
-        _MANAGED[model] = self.device
+        return spent
 
     @staticmethod
     def _place(unit: Unit, device: torch.device) -> None:

@@ -218,6 +218,51 @@ def test_remove_leaves_an_ordinary_model(tiny_dit, inputs) -> None:
     LowVram(tiny_dit, "cpu", 0).remove()  # and it can be enabled again
 
 
+@pytest.mark.parametrize("at", ["second", "last"])
+def test_a_failure_part_way_through_enabling_leaves_the_model_as_it_was(
+    tiny_dit, inputs, monkeypatch, at: str
+) -> None:
+    """A device out of memory while placing a unit: no hook stays, every tensor object is back, and
+    low VRAM can be enabled again (not a second manager stacked on the first)."""
+    from mt_assets.render import low_vram
+
+    reference = run(tiny_dit, inputs)
+    budget = total_params(tiny_dit) // 2
+    put = low_vram._put
+    calls: list[int] = []
+    monkeypatch.setattr(low_vram, "_put", lambda *a: (calls.append(1), put(*a))[1])
+    counted = LowVram(tiny_dit, "cpu", budget)
+    # the second tensor put (a resident unit's, before any hook) or the last (offloaded leaves hooked)
+    fail_at = 2 if at == "second" else len(calls)
+    counted.remove()
+    # the tensor objects now (remove() put new host copies in place of the resident units')
+    before = {(m, kind, key): t for m in tiny_dit.modules() for kind, key, t in low_vram.own_tensors(m)}
+    calls.clear()
+    hooked_when_failed: list[bool] = []
+
+    def failing_put(module: nn.Module, kind: str, key: str, tensor: object) -> None:
+        calls.append(1)
+        if len(calls) == fail_at:
+            hooked_when_failed.append(any(m._forward_pre_hooks for m in tiny_dit.modules()))
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        put(module, kind, key, tensor)
+
+    monkeypatch.setattr(low_vram, "_put", failing_put)
+    with pytest.raises(torch.OutOfMemoryError, match="injected"):
+        LowVram(tiny_dit, "cpu", budget)
+    monkeypatch.setattr(low_vram, "_put", put)
+    assert hooked_when_failed == [at == "last"]
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in tiny_dit.modules())
+    after = {(m, kind, key): t for m in tiny_dit.modules() for kind, key, t in low_vram.own_tensors(m)}
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert torch.equal(run(tiny_dit, inputs), reference)
+    manager = LowVram(tiny_dit, "cpu", budget)  # not refused as "already enabled"
+    try:
+        assert torch.equal(run(tiny_dit, inputs), reference)
+    finally:
+        manager.remove()
+
+
 def test_a_bad_budget_or_a_second_manager_is_refused(tiny_dit) -> None:
     for bad in (-1, True, 1.5):
         with pytest.raises(LowVramError, match="persistent_params: expected a whole number"):
