@@ -149,8 +149,8 @@ def check_quantized_header(
     expected: Mapping[str, tuple[int, ...]],
     qmap: Mapping[str, str],
 ) -> None:
-    """Exactly the expected keys and shapes, and quantized data of its map entry's dtype; else a
-    QuantError naming `path` and the keys."""
+    """Exactly the expected keys and shapes, quantized data of its map entry's dtype and every other
+    tensor a float; else a QuantError naming `path` and the keys."""
     from optimum.quanto import qtypes
 
     missing = sorted(set(expected) - set(header))
@@ -164,6 +164,12 @@ def check_quantized_header(
             raise QuantError(
                 f"{path}: key {key!r} has shape {list(header[key][1])}, the model expects {list(shape)}"
             )
+    for key in expected:
+        dtype = header[key][0]
+        # every tensor but a quantized weight's data is read as a float (an int8 bias or norm weight
+        # would fail the first forward without naming the file)
+        if not key.endswith(".weight._data") and not dtype.is_floating_point:
+            raise QuantError(f"{path}: key {key!r} is {dtype}, expected a floating-point tensor")
     for module, weights in qmap.items():
         want = qtypes[weights].dtype
         got = header[f"{module}.weight._data"][0]
@@ -171,9 +177,6 @@ def check_quantized_header(
             raise QuantError(
                 f"{path}: key '{module}.weight._data' is {got}, its map entry {weights} stores {want}"
             )
-        scale = header[f"{module}.weight._scale"][0]
-        if not scale.is_floating_point:
-            raise QuantError(f"{path}: key '{module}.weight._scale' is {scale}, expected a float scale")
 
 
 def load_quantized(

@@ -11,6 +11,7 @@ key missing from a file left uninitialised memory; here it is an error naming th
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -246,6 +247,21 @@ def test_an_unexpected_key_is_refused_naming_it(tmp_path: Path, dit_config) -> N
         tmp_path, file, add={"time_embedding.0.weight._data": torch.zeros(2, dtype=torch.int8)}
     )
     with pytest.raises(QuantError, match=r"unexpected key 'time_embedding.0.weight._data'") as e:
+        load_quantized_transformer(dit_config, bad, QUANT / qmap)
+    assert str(bad) in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["time_embedding.0.weight", "blocks.1.self_attn.q.weight._scale"])
+def test_an_integer_tensor_where_a_float_is_read_is_refused_naming_file_and_key(
+    tmp_path: Path, dit_config, key: str
+) -> None:
+    """Right key and shape, wrong kind: it would load and fail at the first forward, the file unnamed."""
+    file, qmap = VARIANTS["int8"]
+    shape = load_file(str(QUANT / file))[key].shape
+    bad = _copy_without(tmp_path, file, add={key: torch.ones(shape, dtype=torch.int8)})
+    with pytest.raises(
+        QuantError, match=rf"key '{re.escape(key)}' is torch.int8, expected a floating-point"
+    ) as e:
         load_quantized_transformer(dit_config, bad, QUANT / qmap)
     assert str(bad) in str(e.value)
 
