@@ -602,8 +602,15 @@ def is_adapter_key(key: str) -> bool:
     )
 
 
+def kept_in_fp32(model: nn.Module, name: str) -> bool:
+    """Whether the tensor `name` (diffusers naming) stays float32 whatever the load's dtype: a dotted
+    part of it is one of the model's `_keep_in_fp32_modules`, diffusers' from_pretrained(torch_dtype=...)
+    rule. The one rule for every DiT loader (float, quantized, repack)."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or ()
+    return any(part in name.split(".") for part in keep)
+
+
 def keep_fp32_modules(model: MultiTalkTransformer3DModel) -> None:
-    # Same rule as diffusers' from_pretrained(torch_dtype=...): these stay float32 in bf16 runs.
     for name, param in model.named_parameters():
-        if any(part in name.split(".") for part in model._keep_in_fp32_modules):
+        if kept_in_fp32(model, name):
             param.data = param.data.float()

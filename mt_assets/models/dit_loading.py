@@ -34,7 +34,12 @@ from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from torch import nn
 
 from mt_assets.models.checkpoints import CheckpointError, check_keys
-from mt_assets.models.dit import MultiTalkTransformer3DModel, build_multitalk_transformer, is_adapter_key
+from mt_assets.models.dit import (
+    MultiTalkTransformer3DModel,
+    build_multitalk_transformer,
+    is_adapter_key,
+    kept_in_fp32,
+)
 from mt_assets.models.reading import (
     LoadStrategy,
     ReadBuffer,
@@ -247,7 +252,6 @@ def _fill_from_file(
     file's buffer (or mapping) is released when this returns. Keys are renamed one by one
     (`to_diffusers`), so a shard may hold any part of a block (the norm2/norm3 swap is a rename).
     """
-    keep_fp32 = model._keep_in_fp32_modules or []
     part: dict[str, torch.Tensor] = {}
     for key, source in iter_safetensors(path, strategy, buffer=buffer):  # each tensor as soon as it is read
         if key not in header or tuple(source.shape) != tuple(header[key].shape):
@@ -255,7 +259,7 @@ def _fill_from_file(
         name = to_diffusers[key]
         target = source.dtype
         if source.is_floating_point():
-            target = torch.float32 if any(p in name.split(".") for p in keep_fp32) else dtype
+            target = torch.float32 if kept_in_fp32(model, name) else dtype
         part[name] = owned_copy(source, device=device, dtype=target)
         del source
     if len(part) != len(header):  # the file changed between the header check and the read

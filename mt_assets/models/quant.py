@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -288,7 +289,7 @@ def load_quantized_transformer(
     `quant_models/dit_model_int8.safetensors` + `dit_model_map_int8.json`), built from the Wan
     `config.json` (a path or its dict). dtype as `load_multitalk_transformer`'s: the time embedder,
     norms and modulation tables stay float32."""
-    from mt_assets.models.dit import build_multitalk_transformer
+    from mt_assets.models.dit import build_multitalk_transformer, kept_in_fp32
     from mt_assets.models.dit_loading import diffusers_to_reference_key, finish_buffers
 
     if not isinstance(config, Mapping):
@@ -299,7 +300,6 @@ def load_quantized_transformer(
             raise CheckpointError(f"{config_path}: cannot read the Wan config: {e}") from None
     model = build_multitalk_transformer(config, device="meta")
     to_model = {diffusers_to_reference_key(k): (k,) for k in model.state_dict()}
-    keep = model._keep_in_fp32_modules or []
     load_quantized(
         model,
         path,
@@ -307,7 +307,7 @@ def load_quantized_transformer(
         to_model=to_model,
         device=device,
         dtype=dtype,
-        keep_fp32=lambda name: any(p in name.split(".") for p in keep),
+        keep_fp32=partial(kept_in_fp32, model),
         strategy=strategy,
     )
     finish_buffers(model, device)  # the reference's init_freqs(): RoPE tables built off the meta device

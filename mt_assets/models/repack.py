@@ -238,7 +238,7 @@ def repack_transformer(volume: LocalVolume, manifest: Manifest, *, strategy: Any
     """Write repacks/transformer_bf16 from the verified DiT shards and adapter; one source file at a time."""
     import torch
 
-    from mt_assets.models.dit import build_multitalk_transformer
+    from mt_assets.models.dit import build_multitalk_transformer, kept_in_fp32
     from mt_assets.models.dit_loading import ADAPTER_FILE_NAME, diffusers_to_reference_key
     from mt_assets.models.dit_loading import INDEX_NAME as WAN_INDEX
     from mt_assets.models.reading import iter_safetensors
@@ -249,10 +249,7 @@ def repack_transformer(volume: LocalVolume, manifest: Manifest, *, strategy: Any
     adapter = volume.root / "models" / manifest.component("multitalk").dir / ADAPTER_FILE_NAME
     config = json.loads((wan_dir / "config.json").read_text())
     model = build_multitalk_transformer(config, device="meta")
-    keep = model._keep_in_fp32_modules or []
-    fp32_keys = {
-        diffusers_to_reference_key(k) for k in model.state_dict() if any(p in k.split(".") for p in keep)
-    }
+    fp32_keys = {diffusers_to_reference_key(k) for k in model.state_dict() if kept_in_fp32(model, k)}
     del model
     weight_map: dict[str, str] = json.loads((wan_dir / WAN_INDEX).read_text())["weight_map"]
     inputs = [wan_dir / shard for shard in sorted(set(weight_map.values()))] + [adapter]

@@ -16,6 +16,7 @@ from mt_assets.models.dit import (
     MultiTalkTransformer3DModel,
     build_multitalk_transformer,
     is_adapter_key,
+    kept_in_fp32,
     parse_wan_config,
 )
 from mt_assets.models.dit_loading import INDEX_NAME, diffusers_to_reference_key, load_multitalk_transformer
@@ -92,6 +93,16 @@ def test_14b_adapter_has_exactly_the_330_reference_keys_and_shapes_on_meta() -> 
     assert len(adapter) == 330
     assert sum(v.numel() for v in adapter.values()) == 2_487_168_000
     assert all(p.is_meta for p in model.parameters())  # nothing allocated
+
+
+def test_kept_in_fp32_matches_whole_dotted_parts_of_a_name() -> None:
+    """The one float32 rule of every DiT loader (float, quantized, repack): diffusers' part match."""
+    model = build_multitalk_transformer(WAN_480P_CONFIG, device="meta")
+    kept = {n for n, _ in model.named_parameters() if kept_in_fp32(model, n)}
+    assert "condition_embedder.time_embedder.linear_1.weight" in kept and "scale_shift_table" in kept
+    assert "blocks.0.attn1.to_q.weight" not in kept and "proj_out.weight" not in kept
+    assert not kept_in_fp32(model, "blocks.0.norm2x.weight")  # a part, not a prefix of one
+    assert not kept_in_fp32(torch.nn.Linear(2, 2), "weight")  # a model without the list keeps nothing
 
 
 def test_audio_arguments_default_to_the_reference_values() -> None:
