@@ -384,6 +384,27 @@ def test_a_complete_answering_524_is_confirmed_when_the_object_appears_and_verif
     assert audit(b.manifest, b.volume()).bytes_read == 0  # recorded once verified
 
 
+def test_a_complete_answering_524_over_a_damaged_file_of_the_same_size_places_the_new_one(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {"a.bin": 600_000}}, place=False)
+    assert b.manifest is not None
+    good = b.data("a.bin")
+    b.put(b.target("a.bin"), bytes(len(good)))  # damaged: the right size, the wrong bytes
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.complete_times_out(
+            524, delay=1.0, path_contains="a.bin"
+        )  # the old object answers HEAD meanwhile
+        vol = b.volume(endpoint=proxy.url, confirm_poll=0.2, confirm_timeout=30)
+        report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
+        deletes = [r for r in proxy.requests if r.method == "DELETE" and r.path.endswith("a.bin")]
+    placed = result_of(report, "a.bin")
+    assert (placed.outcome, placed.status, placed.attempts) == ("placed", "ok", 1)
+    assert deletes == []  # the old object was never taken for the new one
+    assert b.get(b.target("a.bin")) == good
+    assert b.uploads() == []
+
+
 # -- locks, and without them -----------------------------------------------------------------------
 
 
