@@ -22,7 +22,8 @@ Writing (s3_upload.py): hashed while sending, placed only on a match with the pi
 CompleteMultipartUpload), else nothing at the key. Before writing a key, the writer aborts the
 multipart uploads left on it (ListMultipartUploads): all of them when it holds the key's lock (their
 writers are dead), else only those older than `stale_upload_age` (24 h); once per volume it also
-aborts every upload under the prefix older than that, since parts take space on the volume.
+aborts every upload under the prefix older than that, since parts take space on the volume. An
+upload's age is that of its newest part; one with no part yet takes no space and counts as live.
 
 Locks (s3_lock.py) need an endpoint that refuses a second `If-None-Match: *` write with 412. Whether
 it does is a fact to probe (`conditional_writes`; None: probed on first need with
@@ -462,22 +463,24 @@ class S3Volume:
             for u in page.get("Uploads", []):
                 age = now - u["Initiated"].timestamp()
                 if age > self.stale_upload_age:
-                    age = now - self._newest_part(u["Key"], u["UploadId"], u["Initiated"].timestamp())
+                    age = now - self._newest_part(u["Key"], u["UploadId"], now)
                 yield u["Key"], u["UploadId"], age
             if not page.get("IsTruncated"):
                 return
             args.update(KeyMarker=page.get("NextKeyMarker"), UploadIdMarker=page.get("NextUploadIdMarker"))
 
-    def _newest_part(self, key: str, upload_id: str, initiated: float) -> float:
-        """When the upload last showed life: its newest part, else its start. (A writer sends parts
-        all along; and moto reports a fixed Initiated date, so the parts are the better clock.)"""
+    def _newest_part(self, key: str, upload_id: str, now: float) -> float:
+        """When the upload last showed life: its newest part. One with no part yet takes no space and
+        may be another writer's that has not sent its first part: live (`now`, the server's clock).
+        (A writer sends parts all along; and moto reports a fixed Initiated date, so the parts are the
+        better clock.)"""
         try:
             parts = self.client.list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id).get("Parts", [])
-        except ClientError as e:
-            if error_code(e) == "NoSuchUpload":
-                return initiated
+        except (ClientError, BotoCoreError) as e:
+            if isinstance(e, ClientError) and error_code(e) == "NoSuchUpload":
+                return now  # gone meanwhile: nothing to abort
             raise self._error(e, f"volume {self.uri}: listing the parts of the upload of {key}") from e
-        return max([initiated, *(p["LastModified"].timestamp() for p in parts)])
+        return max((p["LastModified"].timestamp() for p in parts), default=now)
 
     def abort_uploads(self, key: str, *, holding: bool) -> int:
         """Abort the uploads left on `key`: all (`holding` its lock: their writers are gone) or the

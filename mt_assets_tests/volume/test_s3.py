@@ -492,24 +492,27 @@ def test_without_conditional_writes_two_provisioners_both_upload_and_the_volume_
 def test_stale_uploads_of_others_are_aborted_and_live_ones_kept(s3: Backend, tmp_path: Path) -> None:
     b = s3.fill({"alpha": {"a.bin": 1000}}, place=False)
     assert b.manifest is not None
-    old = b.client.create_multipart_upload(Bucket=BUCKET, Key=f"{b.prefix}/models/other/old.bin")
-    time.sleep(2.2)
-    live = b.client.create_multipart_upload(Bucket=BUCKET, Key=f"{b.prefix}/models/other/live.bin")
-    b.client.upload_part(  # a live writer sends parts (moto reports a fixed Initiated date: parts tell)
-        Bucket=BUCKET,
-        Key=f"{b.prefix}/models/other/live.bin",
-        UploadId=live["UploadId"],
-        PartNumber=1,
-        Body=b"x",
-    )
+
+    def start(name: str, *, part: bool) -> str:
+        key = f"{b.prefix}/models/other/{name}"
+        upload_id = b.client.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+        if part:  # a live writer sends parts (moto reports a fixed Initiated date: parts tell)
+            b.client.upload_part(Bucket=BUCKET, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x")
+        return upload_id
+
+    start("old.bin", part=True)
+    time.sleep(3.1)  # part dates and the server's clock are whole seconds: 3 s or more, past 2.0
+    live = start("live.bin", part=True)
+    starting = start("starting.bin", part=False)  # no part sent yet: takes no space, may be live
     vol = b.volume(stale_upload_age=2.0)
     report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
     assert report.complete
-    assert b.uploads() == ["models/other/live.bin"]  # the old one aborted, another provisioner's kept
-    b.client.abort_multipart_upload(
-        Bucket=BUCKET, Key=f"{b.prefix}/models/other/live.bin", UploadId=live["UploadId"]
-    )
-    assert old["UploadId"] != live["UploadId"]
+    # the old one aborted, other provisioners' kept
+    assert sorted(b.uploads()) == ["models/other/live.bin", "models/other/starting.bin"]
+    for name, upload_id in (("live.bin", live), ("starting.bin", starting)):
+        b.client.abort_multipart_upload(
+            Bucket=BUCKET, Key=f"{b.prefix}/models/other/{name}", UploadId=upload_id
+        )
 
 
 # -- free space ------------------------------------------------------------------------------------
