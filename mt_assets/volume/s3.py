@@ -56,6 +56,7 @@ from mt_assets import config
 from mt_assets.manifest.schema import check_relative_path
 from mt_assets.sources.base import SourceError, TransientSourceError
 from mt_assets.sources.s3 import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, S3Source, parse_s3_uri, scrub
+from mt_assets.sources.s3_errors import error_code, http_status, is_not_found
 from mt_assets.volume.atomic import Expected, VolumeFullError, target_key
 from mt_assets.volume.base import FileState, ObjectStat
 from mt_assets.volume.hashing import Digest, StreamHasher
@@ -71,8 +72,6 @@ from mt_assets.volume.s3_upload import (
     DEFAULT_SPOOL_MEMORY,
     S3Upload,
     check_sizes,
-    error_code,
-    http_status,
     part_buffers,
     server_time,
 )
@@ -230,7 +229,7 @@ class S3Volume:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as e:
-            if error_code(e) in ("NoSuchKey", "404", "NotFound"):
+            if is_not_found(e):
                 return FileState(None, "missing")
             raise self._error(e, self._where(target)) from e
         except BotoCoreError as e:

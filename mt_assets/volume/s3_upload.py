@@ -42,6 +42,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
 
 from mt_assets.sources.base import TransientSourceError
+from mt_assets.sources.s3_errors import error_code, http_status, is_not_found
 from mt_assets.volume.atomic import Expected, IntegrityError, VolumeFullError, mismatch
 from mt_assets.volume.base import ObjectStat
 from mt_assets.volume.buffers import BufferPool
@@ -365,21 +366,13 @@ class S3Upload:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self.key)
         except ClientError as e:
-            if error_code(e) in ("NoSuchKey", "404", "NotFound") or http_status(e) >= 500:
+            if is_not_found(e) or http_status(e) >= 500:
                 return None, server_time(e.response)
             raise self._translate(e, "HeadObject") from e
         except (ReadTimeoutError, ConnectionError):
             return None, time.time()
         stat = ObjectStat(int(head["ContentLength"]), str(head.get("ETag")), head["LastModified"].timestamp())
         return stat, server_time(head)
-
-
-def http_status(e: ClientError) -> int:
-    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-
-
-def error_code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code") or "")
 
 
 def server_time(response: dict[str, Any]) -> float:

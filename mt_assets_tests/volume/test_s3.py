@@ -443,6 +443,35 @@ def test_a_lock_keeps_beating_where_the_endpoint_refuses_if_match(s3: Backend) -
         assert lock.holder() is None
 
 
+def test_a_heartbeat_that_meets_502s_for_a_while_keeps_the_lock_and_the_upload_completes(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {"a.bin": 600_000}}, place=False)
+    assert b.manifest is not None
+    gated = GatedMirror(b.mirror(tmp_path / "m"), "a.bin")
+    reports: list[provision.ProvisionReport] = []
+    with FaultyProxy(b.endpoint) as proxy:
+        vol = b.volume(endpoint=proxy.url, lock_stale_after=4.0)  # a heartbeat every second
+        the_plan = provision.plan(b.manifest, vol)
+        run = threading.Thread(target=lambda: reports.append(provision.apply(the_plan, gated, vol, jobs=1)))
+        run.start()
+        assert gated.started.wait(30)  # the lock is held, the file not sent yet
+        # One heartbeat meets 502 on all of botocore's attempts: the endpoint hiccups, nobody took the lock.
+        proxy.fail(502, times=3, method="PUT", path_contains="/.mt/locks/")
+        deadline = time.monotonic() + 30
+        while [r.status for r in proxy.requests].count(502) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.5)  # the next heartbeat goes through
+        gated.gate.set()
+        run.join(60)
+        beats = [r.status for r in proxy.requests if r.method == "PUT" and "/.mt/locks/" in r.path]
+    placed = result_of(reports[0], "a.bin")
+    assert (placed.outcome, placed.status, placed.attempts) == ("placed", "ok", 1), placed.detail
+    assert beats.count(502) == 3 and beats[-1] == 200  # beating again after the 502s
+    assert b.get(b.target("a.bin")) == b.data("a.bin")
+
+
 def test_locks_are_used_only_where_a_live_probe_saw_the_second_writer_refused(
     s3: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
