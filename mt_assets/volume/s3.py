@@ -377,7 +377,9 @@ class S3Volume:
             if self._conditional is None:
                 from mt_assets.volume.s3_probe import probe_conditional_writes
 
-                found = probe_conditional_writes(self.client, self.bucket, self.prefix, scrub=self._scrub)
+                found = probe_conditional_writes(
+                    self.client, self.bucket, self.prefix, scrub=self._scrub, error=self._error
+                )  # a TransientSourceError (no answer) leaves it unprobed: asked again on next need
                 self._conditional, self._probe_detail = found.ok, found.detail
             if not self._conditional and not self._warned:
                 self._warned = True

@@ -50,6 +50,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
+from mt_assets.sources.base import TransientSourceError
 from mt_assets.volume.local import STATE_DIR, VolumeError
 from mt_assets.volume.s3_upload import MB, RUNPOD_PUT_LIMIT, MiB
 
@@ -230,14 +231,23 @@ def probe(
 
 
 def probe_conditional_writes(
-    client: Any, bucket: str, prefix: str, *, scrub: Callable[[str], str] = lambda text: text
+    client: Any,
+    bucket: str,
+    prefix: str,
+    *,
+    scrub: Callable[[str], str] = lambda text: text,
+    error: Callable[[BaseException, str], Exception] | None = None,
 ) -> Probe:
-    """Only the conditional_writes probe (two small PUTs, a GET, their removal): what a writer asks
-    before it relies on locks, without the rest of `probe` (a 5 MiB multipart upload among them)."""
+    """Only the conditional_writes probe (small PUTs, a GET, their removal): what a writer asks
+    before it relies on locks, without the rest of `probe` (a 5 MiB multipart upload among them).
+
+    `error` reads a botocore failure as the volume does (S3Volume._error): one it reads as a
+    TransientSourceError (a 5xx, throttling, a dropped connection: no answer, not a "no") is raised,
+    so that no verdict is taken from it."""
     uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
     run = _Run(client, bucket, probe_prefix(prefix), uri, None, scrub)
     try:
-        return run.attempt("conditional_writes", run.conditional_writes)
+        return run.attempt("conditional_writes", run.conditional_writes, error=error)
     finally:
         run.clean_up()
 
@@ -300,12 +310,22 @@ class _Run:
 
     # -- running one probe ----------------------------------------------------------------------
 
-    def attempt(self, name: str, fn: Callable[[], tuple[bool, str]]) -> Probe:
-        """Run one probe; an S3 error records False and what the server said (access denied stops all)."""
+    def attempt(
+        self,
+        name: str,
+        fn: Callable[[], tuple[bool, str]],
+        error: Callable[[BaseException, str], Exception] | None = None,
+    ) -> Probe:
+        """Run one probe; an S3 error records False and what the server said (access denied stops all;
+        with `error`, one it reads as transient is raised: see probe_conditional_writes)."""
         try:
             ok, detail = fn()
         except (ClientError, BotoCoreError) as e:
             self._stop_if_denied(e)
+            if error is not None:
+                failure = error(e, f"{self.where}: probing {name}")
+                if isinstance(failure, TransientSourceError):
+                    raise failure from e
             return Probe(name, False, f"failed: {self._said(e)}")
         return Probe(name, ok, detail)
 
@@ -341,10 +361,14 @@ class _Run:
             self._put("lock", first, IfNoneMatch="*")
         except ClientError as e:
             self._stop_if_denied(e)
+            if _no_answer(e):
+                raise
             return False, f"a PutObject with If-None-Match: * on a fresh key was refused: {self._said(e)}"
         try:
             self._put("lock", second, IfNoneMatch="*")
         except ClientError as e:
+            if _no_answer(e):
+                raise
             if _status(e) != 412:
                 return False, f"a second PutObject with If-None-Match: * answered {self._said(e)}, not 412"
         else:
@@ -510,6 +534,12 @@ class _Run:
         if left:
             self.cleaned_up = False
             self.warnings.append(f"left under {self.base}/ after the probe: {', '.join(left)}")
+
+
+def _no_answer(e: ClientError) -> bool:
+    """A failure that says nothing of the header: throttling or a 5xx other than 501 Not Implemented
+    (which refuses the header: a real "no")."""
+    return _status(e) == 429 or (_status(e) >= 500 and _status(e) != 501)
 
 
 def _code(e: ClientError) -> str:

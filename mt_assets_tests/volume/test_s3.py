@@ -487,6 +487,16 @@ def test_locks_are_used_only_where_a_live_probe_saw_the_second_writer_refused(
     )
 
 
+def test_a_probe_that_gets_no_answer_is_transient_and_not_taken_as_no_conditional_writes(s3: Backend) -> None:
+    with FaultyProxy(s3.endpoint) as proxy:
+        vol = s3.volume(endpoint=proxy.url, conditional_writes=None)
+        assert isinstance(vol, S3Volume)
+        proxy.fail(502, times=3, method="PUT", path_contains="/.mt/probe-")  # all of botocore's attempts
+        with pytest.raises(TransientSourceError, match=r"probing conditional_writes.*HTTP 502"):
+            vol.lock_for("models/a/x.bin")
+        assert isinstance(vol.lock_for("models/a/x.bin"), S3Lock)  # probed again: the endpoint enforces it
+
+
 def test_without_conditional_writes_two_provisioners_both_upload_and_the_volume_ends_correct(
     s3: Backend, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
