@@ -268,7 +268,9 @@ class S3Volume:
         return found
 
     def _list(self, prefix: str) -> Iterator[dict[str, Any]]:
-        """ListObjectsV2 pages under `prefix`; a page whose next token was seen before is asked again."""
+        """ListObjectsV2 pages under `prefix`; a page whose next token was seen before is asked again.
+        A page's contents are yielded only once its next token is accepted: a repeated page (the one
+        before, again) is dropped, never counted twice."""
         token: str | None = None
         seen: set[str] = set()
         repeats = 0
@@ -283,8 +285,8 @@ class S3Volume:
                 page = self.client.list_objects_v2(**args)
             except (ClientError, BotoCoreError) as e:
                 raise self._error(e, where) from e
-            yield from page.get("Contents", [])
             if not page.get("IsTruncated"):
+                yield from page.get("Contents", [])
                 return
             following = page.get("NextContinuationToken")
             if not following or following == token or following in seen:
@@ -299,6 +301,7 @@ class S3Volume:
                     )
                 time.sleep(self.list_retry_wait * repeats)
                 continue
+            yield from page.get("Contents", [])
             seen.add(following)
             token, repeats = following, 0
 

@@ -352,6 +352,18 @@ def test_a_repeated_continuation_token_is_asked_again_and_the_listing_completes(
     assert [r.fault for r in listings].count("repeat_continuation_token") == 1
 
 
+def test_a_repeated_page_is_not_counted_twice_in_the_space_used(s3: Backend) -> None:
+    b = s3.fill()
+    used = b.volume(list_page_size=1)
+    assert isinstance(used, S3Volume)
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.repeat_continuation_token(times=1)
+        vol = b.volume(endpoint=proxy.url, list_page_size=1, list_retry_wait=0.01)
+        assert isinstance(vol, S3Volume)
+        assert vol.used_bytes() == used.used_bytes() == sum(len(f.data) for f in b.files)
+        assert [r.fault for r in proxy.requests].count("repeat_continuation_token") == 1
+
+
 def test_a_token_that_keeps_repeating_stops_the_listing_with_a_message_naming_it(s3: Backend) -> None:
     b = s3.fill()
     with FaultyProxy(b.endpoint) as proxy:
