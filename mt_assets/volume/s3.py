@@ -156,6 +156,7 @@ class S3Volume:
         self.list_page_size = list_page_size
         self._conditional = conditional_writes
         self._probe_detail = ""  # what the lock probe observed, for the warning
+        self._if_match = True  # whether the endpoint enforces If-Match (the probe's finding)
         self._conditional_lock = threading.Lock()
         self._warned = False
         self._swept = False
@@ -384,6 +385,7 @@ class S3Volume:
                     self.client, self.bucket, self.prefix, scrub=self._scrub, error=self._error
                 )  # a TransientSourceError (no answer) leaves it unprobed: asked again on next need
                 self._conditional, self._probe_detail = found.ok, found.detail
+                self._if_match = found.if_match is not False
             if not self._conditional and not self._warned:
                 self._warned = True
                 seen = f" (the probe saw: {self._probe_detail})" if self._probe_detail else ""
@@ -406,6 +408,7 @@ class S3Volume:
             key,
             stale_after=self.lock_stale_after,
             trust_local_pids=self.trust_local_pids,
+            takes_if_match=self._if_match,
         )
 
     @contextmanager

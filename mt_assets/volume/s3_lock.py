@@ -41,6 +41,7 @@ class S3Lock:
         stale_after: float = 120.0,
         heartbeat: float | None = None,
         trust_local_pids: bool = True,
+        takes_if_match: bool = True,
     ) -> None:
         self.client = client
         self.bucket = bucket
@@ -52,7 +53,8 @@ class S3Lock:
         self.owner: LockOwner | None = None
         self.lost = False
         self._etag: str | None = None
-        self._takes_if_match = True  # until the endpoint refuses the header (see _if_match)
+        # False where the probe saw If-Match ignored, or once the endpoint refuses it (see _if_match).
+        self._takes_if_match = takes_if_match
         self._body = b""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

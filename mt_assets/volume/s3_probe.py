@@ -13,7 +13,9 @@ server gave, the others still run):
     conditional_writes       PutObject with `If-None-Match: *` on a fresh key succeeds, a second one on
                              the same key answers 412 and the first writer's bytes stay. Only then may
                              a writer lock be an object created that way; anything else (501, 400, a
-                             second 200 that overwrote) means two writers cannot be told apart.
+                             second 200 that overwrote) means two writers cannot be told apart. Then
+                             a PutObject with a wrong `If-Match` must answer 412 (`Probe.if_match`);
+                             where not, the lock reads the ETag before it beats or takes over.
     metadata_kept            an `x-amz-meta-mt-sha256` header on PutObject comes back from HeadObject.
     range_honoured           a GetObject with `Range: bytes=1000-1999` answers 206 and exactly those
                              1000 bytes (a server that ignores Range answers 200 with everything).
@@ -41,6 +43,7 @@ What could not be removed is named in `warnings`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import secrets
@@ -133,6 +136,9 @@ class Probe:
     name: str
     ok: bool
     detail: str
+    # conditional_writes only: whether a PutObject with a wrong If-Match got 412 (the lock's
+    # heartbeat and take-over rely on it; without it they read the ETag first). None: not tried.
+    if_match: bool | None = None
 
     @property
     def meaning(self) -> str:
@@ -247,7 +253,8 @@ def probe_conditional_writes(
     uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
     run = _Run(client, bucket, probe_prefix(prefix), uri, None, scrub)
     try:
-        return run.attempt("conditional_writes", run.conditional_writes, error=error)
+        found = run.attempt("conditional_writes", run.conditional_writes, error=error)
+        return dataclasses.replace(found, if_match=run.if_match)
     finally:
         run.clean_up()
 
@@ -271,6 +278,7 @@ class _Run:
         self.upload: tuple[str, str] | None = None  # (key, upload id) of a multipart upload left open
         self.warnings: list[str] = []
         self.cleaned_up = True
+        self.if_match: bool | None = None  # what conditional_writes saw of If-Match
 
     # -- the bucket itself: a failure here is the user's input, not a capability ------------------
 
@@ -379,7 +387,22 @@ class _Run:
         kept = self._get(f"{self.base}/lock")
         if kept != first:
             return False, "a second writer got 412, yet the object's bytes changed"
-        return True, "a second PutObject with If-None-Match: * answered 412; the first writer's bytes stayed"
+        said = "a second PutObject with If-None-Match: * answered 412; the first writer's bytes stayed"
+        self.if_match, answer = self._if_match_enforced()
+        return True, f"{said}; {answer}"
+
+    def _if_match_enforced(self) -> tuple[bool, str]:
+        """Does a PutObject with an ETag the object does not have get 412? (An endpoint may accept
+        If-Match and ignore it, as some do If-None-Match.)"""
+        try:
+            self._put("lock", b"a writer with a wrong ETag", IfMatch=f'"{"0" * 32}"')
+        except ClientError as e:
+            if _no_answer(e):
+                raise
+            if _status(e) == 412:
+                return True, "a PutObject with a wrong If-Match answered 412"
+            return False, f"a PutObject with a wrong If-Match answered {self._said(e)}, not 412"
+        return False, "a PutObject with a wrong If-Match succeeded: that header is ignored"
 
     def metadata_kept(self) -> tuple[bool, str]:
         body = b"metadata probe"

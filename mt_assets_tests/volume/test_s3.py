@@ -484,6 +484,30 @@ def test_a_heartbeat_that_meets_502s_for_a_while_keeps_the_lock_and_the_upload_c
     assert b.get(b.target("a.bin")) == b.data("a.bin")
 
 
+def test_where_the_endpoint_ignores_if_match_a_lock_reads_before_it_beats_and_learns_it_was_taken(
+    s3: Backend,
+) -> None:
+    with FaultyProxy(s3.endpoint) as proxy:
+        proxy.ignore_if_match(times=None)  # accepted and ignored, probe and lock alike
+        vol = s3.volume(endpoint=proxy.url, conditional_writes=None)
+        assert isinstance(vol, S3Volume)
+        lock = vol.lock_for("models/a/x.bin")
+        assert isinstance(lock, S3Lock)
+        lock.heartbeat = 0.2
+        assert lock.try_acquire()
+        key = lock.path.split("/", 3)[3]
+        s3.client.delete_object(Bucket=BUCKET, Key=key)  # another writer takes it over meanwhile
+        other = S3Lock(s3.client, BUCKET, key, stale_after=60)
+        assert other.try_acquire()
+        time.sleep(0.8)  # a few heartbeats of the first holder
+        try:
+            assert lock.lost and not lock.still_held()  # its heartbeat saw the ETag changed
+            assert other.still_held()  # not overwritten: one holder, not two
+        finally:
+            other.release()
+            lock.release()
+
+
 def test_locks_are_used_only_where_a_live_probe_saw_the_second_writer_refused(
     s3: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
