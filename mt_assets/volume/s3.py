@@ -409,6 +409,7 @@ class S3Volume:
             stale_after=self.lock_stale_after,
             trust_local_pids=self.trust_local_pids,
             takes_if_match=self._if_match,
+            error=lambda e, what: self._error(e, f"volume {self.uri}: {what}"),
         )
 
     @contextmanager

@@ -22,6 +22,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -42,6 +43,7 @@ class S3Lock:
         heartbeat: float | None = None,
         trust_local_pids: bool = True,
         takes_if_match: bool = True,
+        error: Callable[[BaseException, str], Exception] | None = None,
     ) -> None:
         self.client = client
         self.bucket = bucket
@@ -50,6 +52,9 @@ class S3Lock:
         self.stale_after = stale_after
         self.heartbeat = heartbeat if heartbeat is not None else max(stale_after / 4, 0.05)
         self.trust_local_pids = trust_local_pids
+        # A botocore failure -> the error to raise (S3Volume._error: 507 a full volume, 5xx transient,
+        # named by volume and lock); None: raised as it is.
+        self.error = error
         self.owner: LockOwner | None = None
         self.lost = False
         self._etag: str | None = None
@@ -64,6 +69,15 @@ class S3Lock:
     def try_acquire(self) -> bool:
         if self.owner is not None:
             raise RuntimeError(f"lock {self.path} is already held by this object")
+        try:
+            return self._try_acquire()
+        except (ClientError, BotoCoreError) as e:
+            raise self._failed(e, "taking it") from e
+
+    def _failed(self, e: ClientError | BotoCoreError, doing: str) -> Exception:
+        return self.error(e, f"lock {self.path}: {doing}") if self.error is not None else e
+
+    def _try_acquire(self) -> bool:
         if self._create():
             return True
         found = self._read()
@@ -99,7 +113,10 @@ class S3Lock:
     # -- state -------------------------------------------------------------------------
 
     def holder(self) -> LockOwner | None:
-        found = self._read()
+        try:
+            found = self._read()
+        except (ClientError, BotoCoreError) as e:
+            raise self._failed(e, "reading its holder") from e
         return found[0] if found else None
 
     def still_held(self) -> bool:

@@ -178,6 +178,39 @@ def test_a_full_volume_507_stops_the_run_with_one_line_and_places_nothing_more(
     assert b.uploads() == []
 
 
+def test_a_507_on_the_lock_stops_the_run_as_a_full_volume_naming_volume_and_lock(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {"a.bin": 1_000, "b.bin": 1_000}}, place=False)
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.volume_full(method="PUT", path_contains="/.mt/locks/")
+        vol = b.volume(endpoint=proxy.url)
+        report = provision.apply(
+            provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol, jobs=1
+        )
+    failed = result_of(report, "a.bin")
+    assert (failed.outcome, failed.attempts) == ("failed", 1)
+    assert failed.detail.startswith(f"volume {b.spec}: lock s3://{BUCKET}/{b.prefix}/.mt/locks/")
+    assert "the volume is full (HTTP 507 Insufficient Storage)" in failed.detail
+    assert report.stopped is not None and "provisioning stopped" in report.stopped
+    assert result_of(report, "b.bin").detail == "not fetched: the run stopped, the volume is full"
+
+
+def test_5xx_on_the_lock_are_transient_and_the_file_is_tried_again(s3: Backend, tmp_path: Path) -> None:
+    b = s3.fill({"alpha": {"a.bin": 1_000}}, place=False)
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.fail(503, times=3, method="PUT", path_contains="/.mt/locks/")  # all of botocore's attempts
+        vol = b.volume(endpoint=proxy.url)
+        report = provision.apply(
+            provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol, jobs=1
+        )
+    placed = result_of(report, "a.bin")
+    assert (placed.outcome, placed.status, placed.attempts) == ("placed", "ok", 2), placed.detail
+    assert b.get(b.target("a.bin")) == b.data("a.bin")
+
+
 def test_a_507_stops_the_files_in_flight_and_aborts_their_uploads(s3: Backend, tmp_path: Path) -> None:
     b = s3.fill({"alpha": {"big.bin": 900_000, "small.bin": 1_000}}, place=False)
     assert b.manifest is not None
