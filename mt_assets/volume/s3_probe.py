@@ -54,6 +54,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from mt_assets.sources.base import TransientSourceError
+from mt_assets.sources.s3_errors import error_code, http_status
 from mt_assets.volume.local import STATE_DIR, VolumeError
 from mt_assets.volume.s3_upload import MB, RUNPOD_PUT_LIMIT, MiB
 
@@ -286,7 +287,7 @@ class _Run:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError as e:
-            code, status = _code(e), _status(e)
+            code, status = error_code(e), http_status(e)
             if code in {"404", "NoSuchBucket", "NotFound"} or status == 404:
                 raise ProbeError(
                     f"{self.where}: no bucket {self.bucket!r} (on RunPod the bucket is the network volume "
@@ -338,7 +339,7 @@ class _Run:
         return Probe(name, ok, detail)
 
     def _stop_if_denied(self, e: BaseException) -> None:
-        if isinstance(e, ClientError) and (_code(e) in _DENIED or _status(e) == 403):
+        if isinstance(e, ClientError) and (error_code(e) in _DENIED or http_status(e) == 403):
             raise ProbeError(
                 f"{self.where}: access denied writing under {self.base}/ ({self._said(e)}): the key "
                 "must be allowed to write the volume"
@@ -347,8 +348,8 @@ class _Run:
     def _said(self, e: BaseException) -> str:
         if isinstance(e, ClientError):
             message = e.response.get("Error", {}).get("Message") or ""
-            text = f"HTTP {_status(e)} {_code(e)}" + (
-                f" ({message})" if message and message != _code(e) else ""
+            text = f"HTTP {http_status(e)} {error_code(e)}" + (
+                f" ({message})" if message and message != error_code(e) else ""
             )
         else:
             text = f"{type(e).__name__}: {e}"
@@ -377,7 +378,7 @@ class _Run:
         except ClientError as e:
             if _no_answer(e):
                 raise
-            if _status(e) != 412:
+            if http_status(e) != 412:
                 return False, f"a second PutObject with If-None-Match: * answered {self._said(e)}, not 412"
         else:
             return (
@@ -399,7 +400,7 @@ class _Run:
         except ClientError as e:
             if _no_answer(e):
                 raise
-            if _status(e) == 412:
+            if http_status(e) == 412:
                 return True, "a PutObject with a wrong If-Match answered 412"
             return False, f"a PutObject with a wrong If-Match answered {self._said(e)}, not 412"
         return False, "a PutObject with a wrong If-Match succeeded: that header is ignored"
@@ -562,12 +563,4 @@ class _Run:
 def _no_answer(e: ClientError) -> bool:
     """A failure that says nothing of the header: throttling or a 5xx other than 501 Not Implemented
     (which refuses the header: a real "no")."""
-    return _status(e) == 429 or (_status(e) >= 500 and _status(e) != 501)
-
-
-def _code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code") or "")
-
-
-def _status(e: ClientError) -> int:
-    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return http_status(e) == 429 or (http_status(e) >= 500 and http_status(e) != 501)

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from mt_assets import provision
 from mt_assets.audit import audit
+from mt_assets.cli import main as cli_main
 from mt_assets.sources import MirrorSource, TransientSourceError
 from mt_assets.volume import open_volume
 from mt_assets.volume.s3 import ListingError, S3Volume
@@ -726,6 +728,28 @@ def test_cli_provisions_and_audits_an_s3_volume_with_its_own_endpoint_and_keys(
     doc = json.loads(audited.stdout)
     assert (doc["complete"], doc["volume"], doc["free_bytes"]) == (True, b.spec, None)
     assert "testing" not in done.stdout + done.stderr + audited.stdout + audited.stderr
+
+
+@pytest.mark.parametrize("command", ["audit", "provision"])
+def test_cli_closes_the_s3_volume_when_the_command_ends(
+    s3: Backend, tmp_path: Path, command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = s3.fill(place=False)
+    manifest = b.write_manifest(tmp_path / "m.yaml")
+    closed: list[str] = []
+    real_close = S3Volume.close
+
+    def close(self: S3Volume) -> None:
+        closed.append(self.uri)
+        real_close(self)
+
+    monkeypatch.setattr(S3Volume, "close", close)  # the real close, noted
+    args = [command, "--manifest", str(manifest), "--volume", b.spec, "--json"]
+    if command == "provision":
+        args += ["--source", str(b.mirror(tmp_path / "mirror"))]
+    result = CliRunner().invoke(cli_main, args, env=volume_env(b.endpoint))
+    assert result.exit_code == (0 if command == "provision" else 1), result.output
+    assert closed == [b.spec]
 
 
 def test_refused_keys_are_named_as_the_volumes_own_variables_never_their_values(
