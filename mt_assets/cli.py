@@ -24,7 +24,14 @@ from mt_assets.config import PROFILE, SOURCE, VOLUME, ConfigError
 from mt_assets.manifest import Manifest, ManifestError, load_manifest, load_profile
 from mt_assets.sources import SourceError, TransientSourceError, open_source
 from mt_assets.terminal import RichProgress, print_audit, print_plan, print_provision
-from mt_assets.volume import LocalVolume, Volume, VolumeError, open_mounted_volume, open_volume
+from mt_assets.volume import (
+    LocalVolume,
+    Volume,
+    VolumeError,
+    close_volume,
+    open_mounted_volume,
+    open_volume,
+)
 
 EXIT_OK, EXIT_PROBLEM, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -70,8 +77,13 @@ def resolve_manifest(profile: str | None, manifest_path: str | None) -> Manifest
 
 
 def resolve_volume(volume: str | None) -> Volume:
-    """The volume to audit or provision: a folder, or s3://bucket[/prefix]."""
-    return open_volume(volume or VOLUME.read())
+    """The volume to audit or provision: a folder, or s3://bucket[/prefix]; closed (an S3 volume's
+    connections and hash record) when the command ends, however it ends."""
+    vol = open_volume(volume or VOLUME.read())
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(lambda: close_volume(vol))
+    return vol
 
 
 def resolve_mounted_volume(volume: str | None, purpose: str) -> LocalVolume:

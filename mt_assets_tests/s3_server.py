@@ -24,6 +24,8 @@ the request must have:
     proxy.ignore_if_none_match()   forward a PUT or POST without its If-None-Match header, as S3
                                    look-alikes that accept the header and ignore it do: a second
                                    "create only if absent" PUT overwrites and answers 200, not 412
+    proxy.ignore_if_match()        the same for If-Match: a PUT or DELETE "only if the ETag is still
+                                   this one" acts whatever the object's ETag is, answers 2xx, not 412
 
 RunPod's S3 API (docs.runpod.io/storage/s3-api, "known issues") documents a few behaviours of its
 own, imitated here:
@@ -237,7 +239,8 @@ class ProxiedRequest:
 
 @dataclass
 class _Fault:
-    # drop | fail | corrupt | stall | ignore_range | ignore_if_none_match | complete_times_out | repeat_token
+    # drop | fail | corrupt | stall | ignore_range | ignore_if_none_match | ignore_if_match
+    # | complete_times_out | repeat_token
     kind: str
     times: int | None
     method: str | None
@@ -476,6 +479,18 @@ class FaultyProxy:
         self._arm(
             _Fault("ignore_if_none_match", times, method, path_contains, skip, header_has="If-None-Match")
         )
+
+    def ignore_if_match(
+        self,
+        *,
+        times: int | None = 1,
+        skip: int = 0,
+        method: str | None = None,
+        path_contains: str | None = None,
+    ) -> None:
+        """Forward the next matching request(s) that carry If-Match without it: a PUT or DELETE meant
+        only for an object that still has a given ETag acts on whatever is there and answers 2xx."""
+        self._arm(_Fault("ignore_if_match", times, method, path_contains, skip, header_has="If-Match"))
 
     def complete_times_out(
         self,
@@ -759,6 +774,8 @@ class _Handler(BaseHTTPRequestHandler):
             dropped.add("range")
         if fault is not None and fault.kind == "ignore_if_none_match":
             dropped.add("if-none-match")
+        if fault is not None and fault.kind == "ignore_if_match":
+            dropped.add("if-match")
         return {k: v for k, v in self.headers.items() if k.lower() not in dropped}
 
     def _list_repeating(self, fault: _Fault, request: _Request, record: ProxiedRequest) -> None:

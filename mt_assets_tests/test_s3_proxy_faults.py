@@ -148,6 +148,20 @@ def test_an_ignored_if_none_match_lets_a_second_writer_overwrite(proxy: FaultyPr
     assert status_of(e) == 412  # moto itself enforces it
 
 
+def test_an_ignored_if_match_lets_a_writer_with_a_wrong_etag_overwrite(
+    proxy: FaultyProxy, client: Any
+) -> None:
+    client.put_object(Bucket=BUCKET, Key="held", Body=b"first")
+    wrong = '"00000000000000000000000000000000"'
+    with pytest.raises(ClientError) as e:
+        client.put_object(Bucket=BUCKET, Key="held", Body=b"second", IfMatch=wrong)
+    assert status_of(e) == 412  # moto itself enforces it
+    proxy.ignore_if_match(times=1)
+    client.put_object(Bucket=BUCKET, Key="held", Body=b"second", IfMatch=wrong)  # 200, not 412
+    assert client.get_object(Bucket=BUCKET, Key="held")["Body"].read() == b"second"
+    assert [r.fault for r in proxy.requests if r.method == "PUT"] == [None, None, "ignore_if_match"]
+
+
 def test_the_rate_limit_holds_uploads_too(endpoint: str) -> None:
     with FaultyProxy(endpoint, rate_bytes_per_s=20e6) as limited:
         client = s3_client(limited.url)

@@ -84,6 +84,7 @@ from botocore.exceptions import (
 from mt_assets import config
 from mt_assets.manifest import ManifestFile
 from mt_assets.sources.base import Source, SourceError, TransientSourceError
+from mt_assets.sources.s3_errors import error_code, http_status, is_not_found
 from mt_assets.volume import AtomicWriter
 from mt_assets.volume.base import Writer
 from mt_assets.volume.buffers import BufferPool
@@ -100,7 +101,6 @@ READ_TIMEOUT = 120.0  # RunPod computes ETags of large files lazily on first acc
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 
-_NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
 _CREDENTIALS = {
     "InvalidAccessKeyId": "the access key is not known to the endpoint: check AWS_ACCESS_KEY_ID",
     "SignatureDoesNotMatch": (
@@ -305,7 +305,7 @@ class S3Source(Source):
         try:
             page = self._client.list_objects_v2(Bucket=self.bucket, Prefix=models, MaxKeys=1)
         except ClientError as e:
-            if _code(e) in _DENIED or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403:
+            if error_code(e) in _DENIED or http_status(e) == 403:
                 return False
             raise self._error(e, f"source {self.uri}: listing {models}") from e
         except BotoCoreError as e:
@@ -379,7 +379,7 @@ class S3Source(Source):
         try:
             head = self._client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as e:
-            if _code(e) in _NOT_FOUND:
+            if is_not_found(e):
                 raise self._not_found(where) from None
             raise self._error(e, where) from e
         except BotoCoreError as e:
@@ -391,7 +391,7 @@ class S3Source(Source):
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except ClientError as e:
-            if _code(e) in ("NoSuchBucket", "404", "NotFound"):
+            if error_code(e) in ("NoSuchBucket", "404", "NotFound"):
                 return self._no_such_bucket(where)
         except BotoCoreError:
             pass
@@ -410,7 +410,7 @@ class S3Source(Source):
         try:
             return self._client.get_object(**args)
         except ClientError as e:
-            if _code(e) in _NOT_FOUND:
+            if is_not_found(e):
                 raise self._not_found(where) from None
             raise self._error(e, where) from e
         except BotoCoreError as e:
@@ -568,8 +568,8 @@ class S3Source(Source):
         """The SourceError or TransientSourceError for a botocore/network failure."""
         suffix = f" {when}" if when else ""
         if isinstance(e, ClientError):
-            code = _code(e)
-            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            code = error_code(e)
+            status = http_status(e)
             detail = self._scrub(e.response.get("Error", {}).get("Message") or "")
             said = f" ({code}: {detail})" if detail and detail != code else f" ({code})"
             if code == "NoSuchBucket":
@@ -634,10 +634,6 @@ class _Part:
         with self._changed:
             self._changed.wait_for(lambda: self._received >= count or self._finished)
             return self._received, self._finished
-
-
-def _code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code") or "")
 
 
 def _check_endpoint(uri: str, endpoint_url: str) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from mt_assets.manifest import ManifestFile
 from mt_assets.sources.base import Source, SourceError
-from mt_assets.volume import AtomicWriter, Volume, VolumeError
+from mt_assets.volume import AtomicWriter, Volume, VolumeError, close_volume
 
 
 class VolumeSource(Source):
@@ -56,6 +56,4 @@ class VolumeSource(Source):
         self.volume.read_into(f.target, state.st, writer, on_bytes)
 
     def close(self) -> None:
-        close = getattr(self.volume, "close", None)  # an S3Volume's connections; a folder has none
-        if close is not None:
-            close()
+        close_volume(self.volume)

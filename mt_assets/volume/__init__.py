@@ -24,6 +24,14 @@ def open_volume(spec: str) -> LocalVolume | S3Volume:
     return LocalVolume(spec)
 
 
+def close_volume(volume: object) -> None:
+    """Release what a volume holds: an S3Volume's pending hash-record entries and connections; a
+    folder holds nothing."""
+    close = getattr(volume, "close", None)
+    if close is not None:
+        close()
+
+
 def open_mounted_volume(spec: str, purpose: str) -> LocalVolume:
     """A volume that must be a folder, for `purpose` (render, verify-offline, the worker): those read
     the files as a filesystem, which the S3 API is not. VolumeError for s3://, saying so."""
@@ -51,6 +59,7 @@ __all__ = [
     "VolumeFullError",
     "WriterBusy",
     "WriterLock",
+    "close_volume",
     "hash_file",
     "open_mounted_volume",
     "open_volume",

@@ -22,7 +22,8 @@ Writing (s3_upload.py): hashed while sending, placed only on a match with the pi
 CompleteMultipartUpload), else nothing at the key. Before writing a key, the writer aborts the
 multipart uploads left on it (ListMultipartUploads): all of them when it holds the key's lock (their
 writers are dead), else only those older than `stale_upload_age` (24 h); once per volume it also
-aborts every upload under the prefix older than that, since parts take space on the volume.
+aborts every upload under the prefix older than that, since parts take space on the volume. An
+upload's age is that of its newest part; one with no part yet takes no space and counts as live.
 
 Locks (s3_lock.py) need an endpoint that refuses a second `If-None-Match: *` write with 412. Whether
 it does is a fact to probe (`conditional_writes`; None: probed on first need with
@@ -55,6 +56,7 @@ from mt_assets import config
 from mt_assets.manifest.schema import check_relative_path
 from mt_assets.sources.base import SourceError, TransientSourceError
 from mt_assets.sources.s3 import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, S3Source, parse_s3_uri, scrub
+from mt_assets.sources.s3_errors import error_code, http_status, is_not_found
 from mt_assets.volume.atomic import Expected, VolumeFullError, target_key
 from mt_assets.volume.base import FileState, ObjectStat
 from mt_assets.volume.hashing import Digest, StreamHasher
@@ -70,8 +72,6 @@ from mt_assets.volume.s3_upload import (
     DEFAULT_SPOOL_MEMORY,
     S3Upload,
     check_sizes,
-    error_code,
-    http_status,
     part_buffers,
     server_time,
 )
@@ -156,6 +156,7 @@ class S3Volume:
         self.list_page_size = list_page_size
         self._conditional = conditional_writes
         self._probe_detail = ""  # what the lock probe observed, for the warning
+        self._if_match = True  # whether the endpoint enforces If-Match (the probe's finding)
         self._conditional_lock = threading.Lock()
         self._warned = False
         self._swept = False
@@ -229,7 +230,7 @@ class S3Volume:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as e:
-            if error_code(e) in ("NoSuchKey", "404", "NotFound"):
+            if is_not_found(e):
                 return FileState(None, "missing")
             raise self._error(e, self._where(target)) from e
         except BotoCoreError as e:
@@ -268,7 +269,9 @@ class S3Volume:
         return found
 
     def _list(self, prefix: str) -> Iterator[dict[str, Any]]:
-        """ListObjectsV2 pages under `prefix`; a page whose next token was seen before is asked again."""
+        """ListObjectsV2 pages under `prefix`; a page whose next token was seen before is asked again.
+        A page's contents are yielded only once its next token is accepted: a repeated page (the one
+        before, again) is dropped, never counted twice."""
         token: str | None = None
         seen: set[str] = set()
         repeats = 0
@@ -283,8 +286,8 @@ class S3Volume:
                 page = self.client.list_objects_v2(**args)
             except (ClientError, BotoCoreError) as e:
                 raise self._error(e, where) from e
-            yield from page.get("Contents", [])
             if not page.get("IsTruncated"):
+                yield from page.get("Contents", [])
                 return
             following = page.get("NextContinuationToken")
             if not following or following == token or following in seen:
@@ -299,6 +302,7 @@ class S3Volume:
                     )
                 time.sleep(self.list_retry_wait * repeats)
                 continue
+            yield from page.get("Contents", [])
             seen.add(following)
             token, repeats = following, 0
 
@@ -377,8 +381,11 @@ class S3Volume:
             if self._conditional is None:
                 from mt_assets.volume.s3_probe import probe_conditional_writes
 
-                found = probe_conditional_writes(self.client, self.bucket, self.prefix, scrub=self._scrub)
+                found = probe_conditional_writes(
+                    self.client, self.bucket, self.prefix, scrub=self._scrub, error=self._error
+                )  # a TransientSourceError (no answer) leaves it unprobed: asked again on next need
                 self._conditional, self._probe_detail = found.ok, found.detail
+                self._if_match = found.if_match is not False
             if not self._conditional and not self._warned:
                 self._warned = True
                 seen = f" (the probe saw: {self._probe_detail})" if self._probe_detail else ""
@@ -401,6 +408,8 @@ class S3Volume:
             key,
             stale_after=self.lock_stale_after,
             trust_local_pids=self.trust_local_pids,
+            takes_if_match=self._if_match,
+            error=lambda e, what: self._error(e, f"volume {self.uri}: {what}"),
         )
 
     @contextmanager
@@ -462,22 +471,24 @@ class S3Volume:
             for u in page.get("Uploads", []):
                 age = now - u["Initiated"].timestamp()
                 if age > self.stale_upload_age:
-                    age = now - self._newest_part(u["Key"], u["UploadId"], u["Initiated"].timestamp())
+                    age = now - self._newest_part(u["Key"], u["UploadId"], now)
                 yield u["Key"], u["UploadId"], age
             if not page.get("IsTruncated"):
                 return
             args.update(KeyMarker=page.get("NextKeyMarker"), UploadIdMarker=page.get("NextUploadIdMarker"))
 
-    def _newest_part(self, key: str, upload_id: str, initiated: float) -> float:
-        """When the upload last showed life: its newest part, else its start. (A writer sends parts
-        all along; and moto reports a fixed Initiated date, so the parts are the better clock.)"""
+    def _newest_part(self, key: str, upload_id: str, now: float) -> float:
+        """When the upload last showed life: its newest part. One with no part yet takes no space and
+        may be another writer's that has not sent its first part: live (`now`, the server's clock).
+        (A writer sends parts all along; and moto reports a fixed Initiated date, so the parts are the
+        better clock.)"""
         try:
             parts = self.client.list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id).get("Parts", [])
-        except ClientError as e:
-            if error_code(e) == "NoSuchUpload":
-                return initiated
+        except (ClientError, BotoCoreError) as e:
+            if isinstance(e, ClientError) and error_code(e) == "NoSuchUpload":
+                return now  # gone meanwhile: nothing to abort
             raise self._error(e, f"volume {self.uri}: listing the parts of the upload of {key}") from e
-        return max([initiated, *(p["LastModified"].timestamp() for p in parts)])
+        return max((p["LastModified"].timestamp() for p in parts), default=now)
 
     def abort_uploads(self, key: str, *, holding: bool) -> int:
         """Abort the uploads left on `key`: all (`holding` its lock: their writers are gone) or the

@@ -43,6 +43,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from mt_assets.sources.s3_errors import http_status, is_not_found
 from mt_assets.volume.base import ObjectStat
 from mt_assets.volume.hashing import Digest
 
@@ -76,7 +77,7 @@ class S3HashRecord:
             response = self.client.get_object(Bucket=self.bucket, Key=self.key)
             body = response["Body"].read()
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            if is_not_found(e):
                 return {}, None
             raise
         try:
@@ -191,7 +192,7 @@ class S3HashRecord:
                 try:
                     self.client.put_object(**args, ContentType="application/json")
                 except ClientError as e:
-                    status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                    status = http_status(e)
                     if status in (409, 412):  # another writer came between: read and merge again
                         continue
                     if status in (400, 501) and ("IfMatch" in args or "IfNoneMatch" in args):

@@ -8,8 +8,9 @@ this class only where a live probe saw a second writer refused (`conditional_wri
 uses `NoLock` and says so (see s3.py).
 
 Heartbeat: the holder puts the object again every `heartbeat` seconds with `If-Match: <its ETag>`
-(so it never overwrites a lock that was taken over). A lock whose LastModified is older than
-`stale_after` seconds by the server's own clock (the Date header of the same response: no clock
+(so it never overwrites a lock that was taken over); a 412, 409 or 404 means the lock is lost, any
+other failure (a 5xx, a dropped connection) is beaten through until no beat went through for
+`stale_after`. A lock whose LastModified is older than `stale_after` seconds by the server's own clock (the Date header of the same response: no clock
 skew between machines), or whose owner ran in this host's pid space and is gone, is stale. Take-over
 deletes it with `If-Match` (only the ETag that was judged stale) and creates it afresh; the writer
 that was presumed dead sees its token gone (`still_held`) and does not complete its upload.
@@ -20,12 +21,15 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from mt_assets.sources.s3_errors import http_status, is_not_found
 from mt_assets.volume.lock import LockOwner, is_stale, new_owner, parse_owner, wait_for
-from mt_assets.volume.s3_upload import error_code, http_status, server_time
+from mt_assets.volume.s3_upload import server_time
 
 
 class S3Lock:
@@ -38,6 +42,8 @@ class S3Lock:
         stale_after: float = 120.0,
         heartbeat: float | None = None,
         trust_local_pids: bool = True,
+        takes_if_match: bool = True,
+        error: Callable[[BaseException, str], Exception] | None = None,
     ) -> None:
         self.client = client
         self.bucket = bucket
@@ -46,10 +52,14 @@ class S3Lock:
         self.stale_after = stale_after
         self.heartbeat = heartbeat if heartbeat is not None else max(stale_after / 4, 0.05)
         self.trust_local_pids = trust_local_pids
+        # A botocore failure -> the error to raise (S3Volume._error: 507 a full volume, 5xx transient,
+        # named by volume and lock); None: raised as it is.
+        self.error = error
         self.owner: LockOwner | None = None
         self.lost = False
         self._etag: str | None = None
-        self._takes_if_match = True  # until the endpoint refuses the header (see _if_match)
+        # False where the probe saw If-Match ignored, or once the endpoint refuses it (see _if_match).
+        self._takes_if_match = takes_if_match
         self._body = b""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -59,6 +69,15 @@ class S3Lock:
     def try_acquire(self) -> bool:
         if self.owner is not None:
             raise RuntimeError(f"lock {self.path} is already held by this object")
+        try:
+            return self._try_acquire()
+        except (ClientError, BotoCoreError) as e:
+            raise self._failed(e, "taking it") from e
+
+    def _failed(self, e: ClientError | BotoCoreError, doing: str) -> Exception:
+        return self.error(e, f"lock {self.path}: {doing}") if self.error is not None else e
+
+    def _try_acquire(self) -> bool:
         if self._create():
             return True
         found = self._read()
@@ -72,7 +91,7 @@ class S3Lock:
         except ClientError as e:
             if http_status(e) in (409, 412):
                 return False  # changed hands between our look and the delete
-            if error_code(e) not in ("NoSuchKey", "404"):
+            if not is_not_found(e):
                 raise
         return self._create()
 
@@ -94,7 +113,10 @@ class S3Lock:
     # -- state -------------------------------------------------------------------------
 
     def holder(self) -> LockOwner | None:
-        found = self._read()
+        try:
+            found = self._read()
+        except (ClientError, BotoCoreError) as e:
+            raise self._failed(e, "reading its holder") from e
         return found[0] if found else None
 
     def still_held(self) -> bool:
@@ -113,7 +135,7 @@ class S3Lock:
             response = self.client.get_object(Bucket=self.bucket, Key=self.key)
             body = response["Body"].read()
         except ClientError as e:
-            if error_code(e) in ("NoSuchKey", "404", "NotFound"):
+            if is_not_found(e):
                 return None
             raise
         holder = parse_owner(body)
@@ -164,14 +186,29 @@ class S3Lock:
         return fn(Bucket=self.bucket, Key=self.key, **kwargs)
 
     def _beat(self) -> None:
-        try:
-            while not self._stop.wait(self.heartbeat):
+        """Put the lock object again every `heartbeat` seconds. 412, 409 or 404: it was taken over or
+        deleted, the lock is lost. Anything else (a 5xx, a dropped connection) may pass: beat on, and
+        give the lock up only once no beat went through for as long as others wait before taking it
+        over (`stale_after`, less the beat that would come too late)."""
+        last = time.monotonic()
+        while not self._stop.wait(self.heartbeat):
+            try:
                 response = self._if_match("put_object", self._etag, Body=self._body)
-                self._etag = str(response.get("ETag"))
-        except BaseException:
-            # Taken over (412), or the endpoint unreachable: this writer must assume the lock is lost
-            # rather than complete an upload blindly.
-            self.lost = True
+            except ClientError as e:
+                if http_status(e) in (404, 409, 412) or is_not_found(e):
+                    self.lost = True
+                    return
+            except BotoCoreError:
+                pass
+            except BaseException:
+                self.lost = True  # anything else: assume lost rather than complete an upload blindly
+                return
+            else:
+                self._etag, last = str(response.get("ETag")), time.monotonic()
+                continue
+            if time.monotonic() - last + self.heartbeat >= self.stale_after:
+                self.lost = True  # the endpoint unreachable too long: others may take the lock now
+                return
 
 
 class NoLock:

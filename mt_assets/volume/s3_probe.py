@@ -13,7 +13,9 @@ server gave, the others still run):
     conditional_writes       PutObject with `If-None-Match: *` on a fresh key succeeds, a second one on
                              the same key answers 412 and the first writer's bytes stay. Only then may
                              a writer lock be an object created that way; anything else (501, 400, a
-                             second 200 that overwrote) means two writers cannot be told apart.
+                             second 200 that overwrote) means two writers cannot be told apart. Then
+                             a PutObject with a wrong `If-Match` must answer 412 (`Probe.if_match`);
+                             where not, the lock reads the ETag before it beats or takes over.
     metadata_kept            an `x-amz-meta-mt-sha256` header on PutObject comes back from HeadObject.
     range_honoured           a GetObject with `Range: bytes=1000-1999` answers 206 and exactly those
                              1000 bytes (a server that ignores Range answers 200 with everything).
@@ -41,6 +43,7 @@ What could not be removed is named in `warnings`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import secrets
@@ -50,6 +53,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
+from mt_assets.sources.base import TransientSourceError
+from mt_assets.sources.s3_errors import error_code, http_status
 from mt_assets.volume.local import STATE_DIR, VolumeError
 from mt_assets.volume.s3_upload import MB, RUNPOD_PUT_LIMIT, MiB
 
@@ -132,6 +137,9 @@ class Probe:
     name: str
     ok: bool
     detail: str
+    # conditional_writes only: whether a PutObject with a wrong If-Match got 412 (the lock's
+    # heartbeat and take-over rely on it; without it they read the ETag first). None: not tried.
+    if_match: bool | None = None
 
     @property
     def meaning(self) -> str:
@@ -230,14 +238,24 @@ def probe(
 
 
 def probe_conditional_writes(
-    client: Any, bucket: str, prefix: str, *, scrub: Callable[[str], str] = lambda text: text
+    client: Any,
+    bucket: str,
+    prefix: str,
+    *,
+    scrub: Callable[[str], str] = lambda text: text,
+    error: Callable[[BaseException, str], Exception] | None = None,
 ) -> Probe:
-    """Only the conditional_writes probe (two small PUTs, a GET, their removal): what a writer asks
-    before it relies on locks, without the rest of `probe` (a 5 MiB multipart upload among them)."""
+    """Only the conditional_writes probe (small PUTs, a GET, their removal): what a writer asks
+    before it relies on locks, without the rest of `probe` (a 5 MiB multipart upload among them).
+
+    `error` reads a botocore failure as the volume does (S3Volume._error): one it reads as a
+    TransientSourceError (a 5xx, throttling, a dropped connection: no answer, not a "no") is raised,
+    so that no verdict is taken from it."""
     uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
     run = _Run(client, bucket, probe_prefix(prefix), uri, None, scrub)
     try:
-        return run.attempt("conditional_writes", run.conditional_writes)
+        found = run.attempt("conditional_writes", run.conditional_writes, error=error)
+        return dataclasses.replace(found, if_match=run.if_match)
     finally:
         run.clean_up()
 
@@ -261,6 +279,7 @@ class _Run:
         self.upload: tuple[str, str] | None = None  # (key, upload id) of a multipart upload left open
         self.warnings: list[str] = []
         self.cleaned_up = True
+        self.if_match: bool | None = None  # what conditional_writes saw of If-Match
 
     # -- the bucket itself: a failure here is the user's input, not a capability ------------------
 
@@ -268,7 +287,7 @@ class _Run:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError as e:
-            code, status = _code(e), _status(e)
+            code, status = error_code(e), http_status(e)
             if code in {"404", "NoSuchBucket", "NotFound"} or status == 404:
                 raise ProbeError(
                     f"{self.where}: no bucket {self.bucket!r} (on RunPod the bucket is the network volume "
@@ -300,17 +319,27 @@ class _Run:
 
     # -- running one probe ----------------------------------------------------------------------
 
-    def attempt(self, name: str, fn: Callable[[], tuple[bool, str]]) -> Probe:
-        """Run one probe; an S3 error records False and what the server said (access denied stops all)."""
+    def attempt(
+        self,
+        name: str,
+        fn: Callable[[], tuple[bool, str]],
+        error: Callable[[BaseException, str], Exception] | None = None,
+    ) -> Probe:
+        """Run one probe; an S3 error records False and what the server said (access denied stops all;
+        with `error`, one it reads as transient is raised: see probe_conditional_writes)."""
         try:
             ok, detail = fn()
         except (ClientError, BotoCoreError) as e:
             self._stop_if_denied(e)
+            if error is not None:
+                failure = error(e, f"{self.where}: probing {name}")
+                if isinstance(failure, TransientSourceError):
+                    raise failure from e
             return Probe(name, False, f"failed: {self._said(e)}")
         return Probe(name, ok, detail)
 
     def _stop_if_denied(self, e: BaseException) -> None:
-        if isinstance(e, ClientError) and (_code(e) in _DENIED or _status(e) == 403):
+        if isinstance(e, ClientError) and (error_code(e) in _DENIED or http_status(e) == 403):
             raise ProbeError(
                 f"{self.where}: access denied writing under {self.base}/ ({self._said(e)}): the key "
                 "must be allowed to write the volume"
@@ -319,8 +348,8 @@ class _Run:
     def _said(self, e: BaseException) -> str:
         if isinstance(e, ClientError):
             message = e.response.get("Error", {}).get("Message") or ""
-            text = f"HTTP {_status(e)} {_code(e)}" + (
-                f" ({message})" if message and message != _code(e) else ""
+            text = f"HTTP {http_status(e)} {error_code(e)}" + (
+                f" ({message})" if message and message != error_code(e) else ""
             )
         else:
             text = f"{type(e).__name__}: {e}"
@@ -341,11 +370,15 @@ class _Run:
             self._put("lock", first, IfNoneMatch="*")
         except ClientError as e:
             self._stop_if_denied(e)
+            if _no_answer(e):
+                raise
             return False, f"a PutObject with If-None-Match: * on a fresh key was refused: {self._said(e)}"
         try:
             self._put("lock", second, IfNoneMatch="*")
         except ClientError as e:
-            if _status(e) != 412:
+            if _no_answer(e):
+                raise
+            if http_status(e) != 412:
                 return False, f"a second PutObject with If-None-Match: * answered {self._said(e)}, not 412"
         else:
             return (
@@ -355,7 +388,22 @@ class _Run:
         kept = self._get(f"{self.base}/lock")
         if kept != first:
             return False, "a second writer got 412, yet the object's bytes changed"
-        return True, "a second PutObject with If-None-Match: * answered 412; the first writer's bytes stayed"
+        said = "a second PutObject with If-None-Match: * answered 412; the first writer's bytes stayed"
+        self.if_match, answer = self._if_match_enforced()
+        return True, f"{said}; {answer}"
+
+    def _if_match_enforced(self) -> tuple[bool, str]:
+        """Does a PutObject with an ETag the object does not have get 412? (An endpoint may accept
+        If-Match and ignore it, as some do If-None-Match.)"""
+        try:
+            self._put("lock", b"a writer with a wrong ETag", IfMatch=f'"{"0" * 32}"')
+        except ClientError as e:
+            if _no_answer(e):
+                raise
+            if http_status(e) == 412:
+                return True, "a PutObject with a wrong If-Match answered 412"
+            return False, f"a PutObject with a wrong If-Match answered {self._said(e)}, not 412"
+        return False, "a PutObject with a wrong If-Match succeeded: that header is ignored"
 
     def metadata_kept(self) -> tuple[bool, str]:
         body = b"metadata probe"
@@ -512,9 +560,7 @@ class _Run:
             self.warnings.append(f"left under {self.base}/ after the probe: {', '.join(left)}")
 
 
-def _code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code") or "")
-
-
-def _status(e: ClientError) -> int:
-    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+def _no_answer(e: ClientError) -> bool:
+    """A failure that says nothing of the header: throttling or a 5xx other than 501 Not Implemented
+    (which refuses the header: a real "no")."""
+    return http_status(e) == 429 or (http_status(e) >= 500 and http_status(e) != 501)

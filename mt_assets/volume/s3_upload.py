@@ -42,6 +42,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
 
 from mt_assets.sources.base import TransientSourceError
+from mt_assets.sources.s3_errors import error_code, http_status, is_not_found
 from mt_assets.volume.atomic import Expected, IntegrityError, VolumeFullError, mismatch
 from mt_assets.volume.base import ObjectStat
 from mt_assets.volume.buffers import BufferPool
@@ -294,6 +295,9 @@ class S3Upload:
 
     def _complete(self, parts: list[dict[str, Any]], digest: Digest) -> ObjectStat:
         assert self.upload_id is not None
+        # What is at the key before Complete (a damaged file being replaced may have the same size):
+        # should Complete not answer, only an object other than this one can be ours (_confirm).
+        before, sent_at = self._head()
         try:
             response = self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}
@@ -312,15 +316,22 @@ class S3Upload:
         else:
             self.upload_id = None  # completed: nothing left to abort
             return ObjectStat(digest.size, str(response.get("ETag")), time.time())
-        return self._confirm(digest, answer)
+        return self._confirm(digest, answer, before, sent_at)
 
-    def _confirm(self, digest: Digest, answer: str) -> ObjectStat:
-        """After Complete answered `answer`: wait for the object to appear whole, then read it back."""
+    def _confirm(self, digest: Digest, answer: str, before: ObjectStat | None, sent_at: float) -> ObjectStat:
+        """After Complete answered `answer`: wait for the object to appear whole, then read it back.
+
+        `before` is what HeadObject found at the key just before Complete was sent, `sent_at` the
+        server's clock then: an object with its ETag and no later LastModified is the old one, not ours."""
         said = f"CompleteMultipartUpload answered {answer}"
         deadline = time.monotonic() + self.confirm_timeout
         while True:
-            st = self._head()
-            if st is not None and st.st_size == digest.size:
+            st, _ = self._head()
+            if (
+                st is not None
+                and st.st_size == digest.size
+                and (before is None or st.etag != before.etag or st.last_modified > sent_at)
+            ):
                 break
             if time.monotonic() >= deadline:
                 raise TransientSourceError(
@@ -334,29 +345,34 @@ class S3Upload:
             None if got.sha256 == digest.sha256 else "sha256 differs from the bytes sent"
         )
         if problem:
-            with contextlib.suppress(ClientError, BotoCoreError):
-                self.client.delete_object(Bucket=self.bucket, Key=self.key)
+            self._delete_if_match(st.etag)
             raise IntegrityError(f"{self.label}: {said}; the object that appeared has {problem}; deleted")
         return st
 
-    def _head(self) -> ObjectStat | None:
+    def _delete_if_match(self, etag: str) -> None:
+        """Delete the object at the key only while it is the one with `etag` (best effort): a Complete
+        that ends later must not lose its good object to the delete of a bad one. Plain delete only
+        where the endpoint refuses If-Match (400, 501)."""
+        with contextlib.suppress(ClientError, BotoCoreError):
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag)
+            except ClientError as e:
+                if http_status(e) not in (400, 501):
+                    raise
+                self.client.delete_object(Bucket=self.bucket, Key=self.key)
+
+    def _head(self) -> tuple[ObjectStat | None, float]:
+        """The object at the key (None: none, or no answer) and the server's clock at the answer."""
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self.key)
         except ClientError as e:
-            if error_code(e) in ("NoSuchKey", "404", "NotFound") or http_status(e) >= 500:
-                return None
+            if is_not_found(e) or http_status(e) >= 500:
+                return None, server_time(e.response)
             raise self._translate(e, "HeadObject") from e
         except (ReadTimeoutError, ConnectionError):
-            return None
-        return ObjectStat(int(head["ContentLength"]), str(head.get("ETag")), head["LastModified"].timestamp())
-
-
-def http_status(e: ClientError) -> int:
-    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-
-
-def error_code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code") or "")
+            return None, time.time()
+        stat = ObjectStat(int(head["ContentLength"]), str(head.get("ETag")), head["LastModified"].timestamp())
+        return stat, server_time(head)
 
 
 def server_time(response: dict[str, Any]) -> float:

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from mt_assets import provision
 from mt_assets.audit import audit
+from mt_assets.cli import main as cli_main
 from mt_assets.sources import MirrorSource, TransientSourceError
 from mt_assets.volume import open_volume
 from mt_assets.volume.s3 import ListingError, S3Volume
@@ -176,6 +178,39 @@ def test_a_full_volume_507_stops_the_run_with_one_line_and_places_nothing_more(
     )
     assert [b.get(b.target(p)) for p in ("b.bin", "c.bin", "d.bin")] == [None, None, None]
     assert b.uploads() == []
+
+
+def test_a_507_on_the_lock_stops_the_run_as_a_full_volume_naming_volume_and_lock(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {"a.bin": 1_000, "b.bin": 1_000}}, place=False)
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.volume_full(method="PUT", path_contains="/.mt/locks/")
+        vol = b.volume(endpoint=proxy.url)
+        report = provision.apply(
+            provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol, jobs=1
+        )
+    failed = result_of(report, "a.bin")
+    assert (failed.outcome, failed.attempts) == ("failed", 1)
+    assert failed.detail.startswith(f"volume {b.spec}: lock s3://{BUCKET}/{b.prefix}/.mt/locks/")
+    assert "the volume is full (HTTP 507 Insufficient Storage)" in failed.detail
+    assert report.stopped is not None and "provisioning stopped" in report.stopped
+    assert result_of(report, "b.bin").detail == "not fetched: the run stopped, the volume is full"
+
+
+def test_5xx_on_the_lock_are_transient_and_the_file_is_tried_again(s3: Backend, tmp_path: Path) -> None:
+    b = s3.fill({"alpha": {"a.bin": 1_000}}, place=False)
+    assert b.manifest is not None
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.fail(503, times=3, method="PUT", path_contains="/.mt/locks/")  # all of botocore's attempts
+        vol = b.volume(endpoint=proxy.url)
+        report = provision.apply(
+            provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol, jobs=1
+        )
+    placed = result_of(report, "a.bin")
+    assert (placed.outcome, placed.status, placed.attempts) == ("placed", "ok", 2), placed.detail
+    assert b.get(b.target("a.bin")) == b.data("a.bin")
 
 
 def test_a_507_stops_the_files_in_flight_and_aborts_their_uploads(s3: Backend, tmp_path: Path) -> None:
@@ -352,6 +387,18 @@ def test_a_repeated_continuation_token_is_asked_again_and_the_listing_completes(
     assert [r.fault for r in listings].count("repeat_continuation_token") == 1
 
 
+def test_a_repeated_page_is_not_counted_twice_in_the_space_used(s3: Backend) -> None:
+    b = s3.fill()
+    used = b.volume(list_page_size=1)
+    assert isinstance(used, S3Volume)
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.repeat_continuation_token(times=1)
+        vol = b.volume(endpoint=proxy.url, list_page_size=1, list_retry_wait=0.01)
+        assert isinstance(vol, S3Volume)
+        assert vol.used_bytes() == used.used_bytes() == sum(len(f.data) for f in b.files)
+        assert [r.fault for r in proxy.requests].count("repeat_continuation_token") == 1
+
+
 def test_a_token_that_keeps_repeating_stops_the_listing_with_a_message_naming_it(s3: Backend) -> None:
     b = s3.fill()
     with FaultyProxy(b.endpoint) as proxy:
@@ -382,6 +429,27 @@ def test_a_complete_answering_524_is_confirmed_when_the_object_appears_and_verif
     assert b.get(b.target("a.bin")) == b.data("a.bin")
     assert b.uploads() == []
     assert audit(b.manifest, b.volume()).bytes_read == 0  # recorded once verified
+
+
+def test_a_complete_answering_524_over_a_damaged_file_of_the_same_size_places_the_new_one(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {"a.bin": 600_000}}, place=False)
+    assert b.manifest is not None
+    good = b.data("a.bin")
+    b.put(b.target("a.bin"), bytes(len(good)))  # damaged: the right size, the wrong bytes
+    with FaultyProxy(b.endpoint) as proxy:
+        proxy.complete_times_out(
+            524, delay=1.0, path_contains="a.bin"
+        )  # the old object answers HEAD meanwhile
+        vol = b.volume(endpoint=proxy.url, confirm_poll=0.2, confirm_timeout=30)
+        report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
+        deletes = [r for r in proxy.requests if r.method == "DELETE" and r.path.endswith("a.bin")]
+    placed = result_of(report, "a.bin")
+    assert (placed.outcome, placed.status, placed.attempts) == ("placed", "ok", 1)
+    assert deletes == []  # the old object was never taken for the new one
+    assert b.get(b.target("a.bin")) == good
+    assert b.uploads() == []
 
 
 # -- locks, and without them -----------------------------------------------------------------------
@@ -422,6 +490,59 @@ def test_a_lock_keeps_beating_where_the_endpoint_refuses_if_match(s3: Backend) -
         assert lock.holder() is None
 
 
+def test_a_heartbeat_that_meets_502s_for_a_while_keeps_the_lock_and_the_upload_completes(
+    s3: Backend, tmp_path: Path
+) -> None:
+    b = s3.fill({"alpha": {"a.bin": 600_000}}, place=False)
+    assert b.manifest is not None
+    gated = GatedMirror(b.mirror(tmp_path / "m"), "a.bin")
+    reports: list[provision.ProvisionReport] = []
+    with FaultyProxy(b.endpoint) as proxy:
+        vol = b.volume(endpoint=proxy.url, lock_stale_after=4.0)  # a heartbeat every second
+        the_plan = provision.plan(b.manifest, vol)
+        run = threading.Thread(target=lambda: reports.append(provision.apply(the_plan, gated, vol, jobs=1)))
+        run.start()
+        assert gated.started.wait(30)  # the lock is held, the file not sent yet
+        # One heartbeat meets 502 on all of botocore's attempts: the endpoint hiccups, nobody took the lock.
+        proxy.fail(502, times=3, method="PUT", path_contains="/.mt/locks/")
+        deadline = time.monotonic() + 30
+        while [r.status for r in proxy.requests].count(502) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.5)  # the next heartbeat goes through
+        gated.gate.set()
+        run.join(60)
+        beats = [r.status for r in proxy.requests if r.method == "PUT" and "/.mt/locks/" in r.path]
+    placed = result_of(reports[0], "a.bin")
+    assert (placed.outcome, placed.status, placed.attempts) == ("placed", "ok", 1), placed.detail
+    assert beats.count(502) == 3 and beats[-1] == 200  # beating again after the 502s
+    assert b.get(b.target("a.bin")) == b.data("a.bin")
+
+
+def test_where_the_endpoint_ignores_if_match_a_lock_reads_before_it_beats_and_learns_it_was_taken(
+    s3: Backend,
+) -> None:
+    with FaultyProxy(s3.endpoint) as proxy:
+        proxy.ignore_if_match(times=None)  # accepted and ignored, probe and lock alike
+        vol = s3.volume(endpoint=proxy.url, conditional_writes=None)
+        assert isinstance(vol, S3Volume)
+        lock = vol.lock_for("models/a/x.bin")
+        assert isinstance(lock, S3Lock)
+        lock.heartbeat = 0.2
+        assert lock.try_acquire()
+        key = lock.path.split("/", 3)[3]
+        s3.client.delete_object(Bucket=BUCKET, Key=key)  # another writer takes it over meanwhile
+        other = S3Lock(s3.client, BUCKET, key, stale_after=60)
+        assert other.try_acquire()
+        time.sleep(0.8)  # a few heartbeats of the first holder
+        try:
+            assert lock.lost and not lock.still_held()  # its heartbeat saw the ETag changed
+            assert other.still_held()  # not overwritten: one holder, not two
+        finally:
+            other.release()
+            lock.release()
+
+
 def test_locks_are_used_only_where_a_live_probe_saw_the_second_writer_refused(
     s3: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -435,6 +556,16 @@ def test_locks_are_used_only_where_a_live_probe_saw_the_second_writer_refused(
     assert warning.startswith(
         f"volume {s3.spec}: the endpoint does not enforce conditional writes (If-None-Match)"
     )
+
+
+def test_a_probe_that_gets_no_answer_is_transient_and_not_taken_as_no_conditional_writes(s3: Backend) -> None:
+    with FaultyProxy(s3.endpoint) as proxy:
+        vol = s3.volume(endpoint=proxy.url, conditional_writes=None)
+        assert isinstance(vol, S3Volume)
+        proxy.fail(502, times=3, method="PUT", path_contains="/.mt/probe-")  # all of botocore's attempts
+        with pytest.raises(TransientSourceError, match=r"probing conditional_writes.*HTTP 502"):
+            vol.lock_for("models/a/x.bin")
+        assert isinstance(vol.lock_for("models/a/x.bin"), S3Lock)  # probed again: the endpoint enforces it
 
 
 def test_without_conditional_writes_two_provisioners_both_upload_and_the_volume_ends_correct(
@@ -471,24 +602,27 @@ def test_without_conditional_writes_two_provisioners_both_upload_and_the_volume_
 def test_stale_uploads_of_others_are_aborted_and_live_ones_kept(s3: Backend, tmp_path: Path) -> None:
     b = s3.fill({"alpha": {"a.bin": 1000}}, place=False)
     assert b.manifest is not None
-    old = b.client.create_multipart_upload(Bucket=BUCKET, Key=f"{b.prefix}/models/other/old.bin")
-    time.sleep(2.2)
-    live = b.client.create_multipart_upload(Bucket=BUCKET, Key=f"{b.prefix}/models/other/live.bin")
-    b.client.upload_part(  # a live writer sends parts (moto reports a fixed Initiated date: parts tell)
-        Bucket=BUCKET,
-        Key=f"{b.prefix}/models/other/live.bin",
-        UploadId=live["UploadId"],
-        PartNumber=1,
-        Body=b"x",
-    )
+
+    def start(name: str, *, part: bool) -> str:
+        key = f"{b.prefix}/models/other/{name}"
+        upload_id = b.client.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+        if part:  # a live writer sends parts (moto reports a fixed Initiated date: parts tell)
+            b.client.upload_part(Bucket=BUCKET, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x")
+        return upload_id
+
+    start("old.bin", part=True)
+    time.sleep(3.1)  # part dates and the server's clock are whole seconds: 3 s or more, past 2.0
+    live = start("live.bin", part=True)
+    starting = start("starting.bin", part=False)  # no part sent yet: takes no space, may be live
     vol = b.volume(stale_upload_age=2.0)
     report = provision.apply(provision.plan(b.manifest, vol), MirrorSource(b.mirror(tmp_path / "m")), vol)
     assert report.complete
-    assert b.uploads() == ["models/other/live.bin"]  # the old one aborted, another provisioner's kept
-    b.client.abort_multipart_upload(
-        Bucket=BUCKET, Key=f"{b.prefix}/models/other/live.bin", UploadId=live["UploadId"]
-    )
-    assert old["UploadId"] != live["UploadId"]
+    # the old one aborted, other provisioners' kept
+    assert sorted(b.uploads()) == ["models/other/live.bin", "models/other/starting.bin"]
+    for name, upload_id in (("live.bin", live), ("starting.bin", starting)):
+        b.client.abort_multipart_upload(
+            Bucket=BUCKET, Key=f"{b.prefix}/models/other/{name}", UploadId=upload_id
+        )
 
 
 # -- free space ------------------------------------------------------------------------------------
@@ -594,6 +728,28 @@ def test_cli_provisions_and_audits_an_s3_volume_with_its_own_endpoint_and_keys(
     doc = json.loads(audited.stdout)
     assert (doc["complete"], doc["volume"], doc["free_bytes"]) == (True, b.spec, None)
     assert "testing" not in done.stdout + done.stderr + audited.stdout + audited.stderr
+
+
+@pytest.mark.parametrize("command", ["audit", "provision"])
+def test_cli_closes_the_s3_volume_when_the_command_ends(
+    s3: Backend, tmp_path: Path, command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = s3.fill(place=False)
+    manifest = b.write_manifest(tmp_path / "m.yaml")
+    closed: list[str] = []
+    real_close = S3Volume.close
+
+    def close(self: S3Volume) -> None:
+        closed.append(self.uri)
+        real_close(self)
+
+    monkeypatch.setattr(S3Volume, "close", close)  # the real close, noted
+    args = [command, "--manifest", str(manifest), "--volume", b.spec, "--json"]
+    if command == "provision":
+        args += ["--source", str(b.mirror(tmp_path / "mirror"))]
+    result = CliRunner().invoke(cli_main, args, env=volume_env(b.endpoint))
+    assert result.exit_code == (0 if command == "provision" else 1), result.output
+    assert closed == [b.spec]
 
 
 def test_refused_keys_are_named_as_the_volumes_own_variables_never_their_values(

@@ -117,12 +117,18 @@ def test_the_conditional_writes_probe_alone_tells_moto_from_a_server_that_ignore
 ) -> None:
     client = s3_client(proxy.url)
     try:
-        assert probe_conditional_writes(client, BUCKET, "team").ok
+        enforced = probe_conditional_writes(client, BUCKET, "team")
+        assert enforced.ok and enforced.if_match  # moto: 412 to a wrong If-Match too
+        proxy.ignore_if_match(times=None)
+        if_match_ignored = probe_conditional_writes(client, BUCKET, "team")
+        proxy.clear()
         proxy.ignore_if_none_match(times=None)
         ignored = probe_conditional_writes(client, BUCKET, "team")
     finally:
         client.close()
     assert not ignored.ok and "the header is ignored" in ignored.detail
+    assert if_match_ignored.ok and if_match_ignored.if_match is False  # locks, read before they act
+    assert "a PutObject with a wrong If-Match succeeded" in if_match_ignored.detail
     assert {r.method for r in proxy.requests} <= {"PUT", "GET", "DELETE"}  # no multipart, no listing...
     assert everything_under(endpoint, "team/.mt/") == ([], [])
 
