@@ -3,20 +3,17 @@ group per component, check, drift, staleness; and no bf16 transformer repack is 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.loader import LoadingContextForTest
 
 from mt_assets.defs import build_definitions
 from mt_assets.defs.keys import file_key
 from mt_assets.defs.repacks import repack_key
-from mt_assets.defs.resources import SourceResource, VolumeResource
-from mt_assets.manifest import Manifest, load_profile
+from mt_assets.manifest import load_profile
 from mt_assets.models.repack import CLIP_VISION, TRANSFORMER
+from mt_assets_tests.defs.file_lifecycle import assert_file_asset_materializes_drifts_and_goes_stale
 
 
 @pytest.mark.parametrize(
@@ -44,39 +41,9 @@ def test_each_quantized_component_has_its_file_assets_in_its_own_group(profile: 
     assert repack_key(TRANSFORMER) not in keys and repack_key(CLIP_VISION) in keys
 
 
-def _with_sha(manifest: Manifest, component: str, sha256: str) -> Manifest:
-    components = tuple(
-        replace(c, files=tuple(replace(f, sha256=sha256) for f in c.files)) if c.name == component else c
-        for c in manifest.components
-    )
-    return replace(manifest, components=components)
-
-
 def test_the_tiny_quantization_map_materializes_from_the_mirror_drifts_and_goes_stale(
     tiny_mirror: Path, tmp_path: Path
 ) -> None:
     int8 = load_profile("tiny-int8")
     _, qmap = int8.quantized("transformer").quant_files
-    volume = tmp_path / "volume"
-    volume.mkdir()
-    resources = {"volume": VolumeResource(path=str(volume)), "source": SourceResource(spec=str(tiny_mirror))}
-    defs = build_definitions(int8, resources=resources)
-    (tmp_path / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
-        job = defs.resolve_implicit_global_asset_job_def()
-        result = job.execute_in_process(instance=instance, asset_selection=[file_key(qmap)])
-        assert result.success
-        assert [e.passed for e in result.get_asset_check_evaluations()] == [True]
-        assert (volume / qmap.target).is_file()
-
-        (volume / qmap.target).unlink()
-        sensor = defs.get_sensor_def("volume_drift")
-        with dg.build_sensor_context(instance=instance, resources=resources, definitions=defs) as context:
-            drift = sensor(context)
-        assert [r.asset_selection for r in drift.run_requests] == [[file_key(qmap)]]
-
-        changed = build_definitions(_with_sha(int8, qmap.component, "e" * 64), resources=resources)
-        resolver = CachingStaleStatusResolver(
-            instance, changed.resolve_asset_graph(), LoadingContextForTest(instance)
-        )
-        assert resolver.get_status(file_key(qmap)) == StaleStatus.STALE
+    assert_file_asset_materializes_drifts_and_goes_stale(int8, qmap, tiny_mirror, tmp_path)
