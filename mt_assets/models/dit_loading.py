@@ -129,6 +129,14 @@ def reference_to_diffusers_state(
     return {to_diffusers[k]: v for k, v in state.items()}
 
 
+def read_wan_config(path: str | Path) -> dict[str, Any]:
+    """Wan's `config.json` (the DiT's sizes), or a CheckpointError naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read the Wan config: {e}") from None
+
+
 def load_multitalk_transformer(
     wan_dir: str | Path,
     multitalk: str | Path | None = None,
@@ -163,11 +171,7 @@ def load_multitalk_transformer(
     strategy = strategy_from_env() if strategy is None else check_strategy(strategy)
     wan_dir = Path(wan_dir)
     if config is None:
-        config_path = wan_dir / "config.json"
-        try:
-            config = json.loads(config_path.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{config_path}: cannot read the Wan config: {e}") from None
+        config = read_wan_config(wan_dir / "config.json")
     model = build_multitalk_transformer(config, device="meta")
     expected = reference_key_shapes(model)
     adapter_expected = {k: s for k, s in expected.items() if is_adapter_key(k)}

@@ -37,7 +37,6 @@ encoders' last byte next to the DiT's and the encoding after both.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -180,7 +179,7 @@ def load_pipeline_components(
     dtype = dtype or torch.float32
     from mt_assets.models.audio import load_wav2vec2
     from mt_assets.models.clip_vision import load_clip_vision
-    from mt_assets.models.dit_loading import load_multitalk_transformer
+    from mt_assets.models.dit_loading import load_multitalk_transformer, read_wan_config
     from mt_assets.models.quant import load_quantized_t5, load_quantized_transformer
     from mt_assets.models.repack import (
         CLIP_FILE_NAME,
@@ -252,7 +251,7 @@ def load_pipeline_components(
         "transformer": lambda r: load_multitalk_transformer(
             volume.root / r.folder,
             None,
-            config=json.loads((dir_of("wan-dit") / "config.json").read_text()),
+            config=read_wan_config(dir_of("wan-dit") / "config.json"),
             device=device,
             dtype=dtype,
             strategy=strategy,

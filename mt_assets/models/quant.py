@@ -290,14 +290,10 @@ def load_quantized_transformer(
     `config.json` (a path or its dict). dtype as `load_multitalk_transformer`'s: the time embedder,
     norms and modulation tables stay float32."""
     from mt_assets.models.dit import build_multitalk_transformer, kept_in_fp32
-    from mt_assets.models.dit_loading import diffusers_to_reference_key, finish_buffers
+    from mt_assets.models.dit_loading import diffusers_to_reference_key, finish_buffers, read_wan_config
 
     if not isinstance(config, Mapping):
-        config_path = Path(config)
-        try:
-            config = json.loads(config_path.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{config_path}: cannot read the Wan config: {e}") from None
+        config = read_wan_config(config)
     model = build_multitalk_transformer(config, device="meta")
     to_model = {diffusers_to_reference_key(k): (k,) for k in model.state_dict()}
     load_quantized(

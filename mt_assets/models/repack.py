@@ -239,7 +239,7 @@ def repack_transformer(volume: LocalVolume, manifest: Manifest, *, strategy: Any
     import torch
 
     from mt_assets.models.dit import build_multitalk_transformer, kept_in_fp32
-    from mt_assets.models.dit_loading import ADAPTER_FILE_NAME, diffusers_to_reference_key
+    from mt_assets.models.dit_loading import ADAPTER_FILE_NAME, diffusers_to_reference_key, read_wan_config
     from mt_assets.models.dit_loading import INDEX_NAME as WAN_INDEX
     from mt_assets.models.reading import iter_safetensors
 
@@ -247,7 +247,7 @@ def repack_transformer(volume: LocalVolume, manifest: Manifest, *, strategy: Any
     _check_sources(volume, manifest, TRANSFORMER)
     wan_dir = volume.root / "models" / manifest.component("wan-dit").dir
     adapter = volume.root / "models" / manifest.component("multitalk").dir / ADAPTER_FILE_NAME
-    config = json.loads((wan_dir / "config.json").read_text())
+    config = read_wan_config(wan_dir / "config.json")
     model = build_multitalk_transformer(config, device="meta")
     fp32_keys = {diffusers_to_reference_key(k) for k in model.state_dict() if kept_in_fp32(model, k)}
     del model

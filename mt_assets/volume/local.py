@@ -13,7 +13,6 @@ against traversal before it is joined to the root.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat as stat_module
 from collections.abc import Callable, Iterable, Iterator
@@ -208,9 +207,8 @@ class LocalVolume:
 
     def lock_for(self, target: str) -> WriterLock:
         self.refuse_symlinked_parents(f"{STATE_DIR}/locks/x")
-        key = hashlib.sha1(target.encode(), usedforsecurity=False).hexdigest()[:16]
         return WriterLock(
-            self.state_dir / "locks" / f"{key}.lock",
+            self.state_dir / "locks" / f"{target_key(target)}.lock",
             stale_after=self.lock_stale_after,
             trust_local_pids=self.trust_local_pids,
         )
