@@ -290,3 +290,20 @@ def test_bf16_load_keeps_time_embedder_and_modulation_in_fp32(tiny_dirs: tuple[P
             audio=torch.randn(1, 9, 5, 2, 32, generator=gen),
         ).sample
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_a_missing_or_broken_wan_config_is_named_by_the_float_and_the_quantized_loaders(
+    tmp_path: Path,
+) -> None:
+    from mt_assets.models.quant import load_quantized_transformer
+
+    config = tmp_path / "config.json"
+    with pytest.raises(CheckpointError, match=r"config\.json: cannot read the Wan config"):
+        load_multitalk_transformer(tmp_path, None)
+    config.write_text('{"dim": ')  # truncated
+    for load in (
+        lambda: load_multitalk_transformer(tmp_path, None),
+        lambda: load_quantized_transformer(config, tmp_path / "q.safetensors", tmp_path / "q.json"),
+    ):
+        with pytest.raises(CheckpointError, match=rf"{config}: cannot read the Wan config"):
+            load()
